@@ -1,0 +1,1 @@
+"""Code shared by the components: errors, artifact manifests, atomic outputs, image tags."""

@@ -1,0 +1,1 @@
+"""kftune components download_model package."""

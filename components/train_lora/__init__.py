@@ -1,0 +1,1 @@
+"""kftune components train_lora package."""

@@ -1,0 +1,69 @@
+"""KFP interface of the train_lora component."""
+
+from kfp import dsl
+from kfp.dsl import Dataset, Input, Metrics, Model, Output
+
+from kftune.components.common.images import RUNTIME_IMAGE
+
+
+@dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
+def train_lora(
+    model: Input[Model],
+    train_data: Input[Dataset],
+    adapter: Output[Model],
+    metrics: Output[Metrics],
+    task: str = "causal-lm",
+    training_parameters: dict = None,
+    lora_config: dict = None,
+    num_workers: int = 1,
+    num_procs_per_worker: str = "1",
+    resources_per_worker: dict = None,
+    backend: str = "auto",
+    image: str = "",
+    timeout_minutes: int = 1440,
+    kubernetes_options: dict = None,
+):
+    """Fine-tunes `model` with LoRA on `train_data` across `num_workers` x `num_procs_per_worker`.
+
+    Args:
+        model: The base model (output of download_model).
+        train_data: The training rows (output of download_dataset).
+        adapter: Output. The LoRA adapter (PEFT layout), tokenizer and manifest naming the base model.
+        metrics: Output. Final train loss, steps, tokens/s and runtime.
+        task: `causal-lm` or `sequence-classification`.
+        training_parameters: `transformers.TrainingArguments` fields, e.g. `{"learning_rate": 2e-4,
+            "num_train_epochs": 1, "per_device_train_batch_size": 8}`. Unknown keys are an error.
+        lora_config: `peft.LoraConfig` fields, e.g. `{"r": 8, "lora_alpha": 8, "lora_dropout": 0.1}`.
+        num_workers: Pods (PyTorchJob Master 1 + Worker n-1), or local "nodes".
+        num_procs_per_worker: Processes per pod (torchrun `--nproc-per-node`): a number or `auto`.
+        resources_per_worker: Requests = limits per pod, e.g. `{"gpu": 2, "cpu": 5, "memory": "10G"}`.
+        backend: `kubernetes` (a PyTorchJob), `local` (torchrun on this host), or `auto`: kubernetes
+            inside a cluster, local elsewhere.
+        image: Trainer image for the pods; empty for kftune's CUDA trainer image.
+        timeout_minutes: Fail the step (and delete the job) when training takes longer.
+        kubernetes_options: Everything else about the PyTorchJob: namespace, service_account,
+            node_selector, tolerations, priority_class, queue_name (Kueue), env, secret_env
+            (`{"HF_TOKEN": "secret-name:key"}`), elastic_policy, clean_pod_policy, backoff_limit,
+            ttl_seconds_after_finished, pvc.
+    """
+    from kftune.components.train_lora.launch import run_training
+
+    run_training(
+        model_dir=model.path,
+        model_uri=model.uri,
+        data_dir=train_data.path,
+        data_uri=train_data.uri,
+        adapter_dir=adapter.path,
+        adapter_uri=adapter.uri,
+        metrics=metrics,
+        task=task,
+        training_parameters=training_parameters or {},
+        lora_config=lora_config or {},
+        num_workers=num_workers,
+        num_procs_per_worker=num_procs_per_worker,
+        resources_per_worker=resources_per_worker or {},
+        backend=backend,
+        image=image,
+        timeout_minutes=timeout_minutes,
+        kubernetes_options=kubernetes_options or {},
+    )

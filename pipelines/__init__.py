@@ -1,0 +1,1 @@
+"""Pipelines built from the kftune components, and the `kftune` CLI."""
