@@ -1,0 +1,13 @@
+"""The fine-tuning tasks kftune knows, shared by every component."""
+
+from typing import Literal, get_args
+
+Task = Literal["causal-lm", "sequence-classification"]
+TASKS: tuple[str, ...] = get_args(Task)
+
+
+def check_task(task: str, *, parameter: str = "task") -> list[str]:
+    """Returns the problems with `task` (empty when it is one of `TASKS`)."""
+    if task in TASKS:
+        return []
+    return [f"`{parameter}` must be one of {', '.join(TASKS)}; got {task!r}"]

@@ -1,0 +1,24 @@
+"""Test tiers: plain pytest = unit; `-m local` = kfp.local/torchrun on CPU; `-m gpu` = CUDA only."""
+
+import pytest
+
+
+def _cuda_device_count() -> int:
+    try:
+        import torch
+    except ImportError:
+        return 0
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def pytest_collection_modifyitems(config, items):
+    gpus = None
+    for item in items:
+        marker = item.get_closest_marker("gpu")
+        if marker is None:
+            continue
+        if gpus is None:
+            gpus = _cuda_device_count()
+        needed = marker.kwargs.get("count", 1)
+        if gpus < needed:
+            item.add_marker(pytest.mark.skip(reason=f"needs {needed} CUDA GPU(s), found {gpus}"))
