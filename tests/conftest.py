@@ -2,6 +2,9 @@
 
 import pytest
 
+# Local S3/HTTP/Hub servers as fixtures for every test module.
+pytest_plugins = ("support.servers",)
+
 
 def _cuda_device_count() -> int:
     try:

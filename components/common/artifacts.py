@@ -64,6 +64,8 @@ def atomic_directory(final: str | os.PathLike) -> Iterator[Path]:
     final_path = Path(final)
     final_path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{final_path.name}.partial-", dir=final_path.parent))
+    # mkdtemp makes the directory 0700; artifacts are read by other users (pods, a shared PVC).
+    staging.chmod(0o755)
     try:
         yield staging
         if final_path.is_dir() and not final_path.is_symlink():

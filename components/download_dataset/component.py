@@ -2,7 +2,6 @@
 
 from kfp import dsl
 from kfp.dsl import Dataset, Output
-
 from kftune.components.common.images import RUNTIME_IMAGE
 
 
@@ -22,10 +21,10 @@ def download_dataset(
     """Downloads a dataset and writes its training and held-out rows in kftune's normalized format.
 
     Args:
-        uri: Where the data is: `hf://org/name`, `s3://bucket/key`, `gs://bucket/key`, `https://...`,
-            `file://...` or a plain path, `pvc://claim/path`, or `pkg://module/path` (a file shipped in
-            an installed Python package). Files may be jsonl, json, csv, parquet (optionally
-            compressed) or a `save_to_disk` directory.
+        uri: Where the data is: `hf://org/name`, `s3://bucket/key`, `gs://bucket/key`,
+            `https://...`, `file://...` or a plain path, `pvc://claim/path`, or `pkg://module/path`
+            (a file shipped in an installed Python package). Files may be jsonl, json, csv,
+            parquet (optionally compressed) or a `save_to_disk` directory.
         train_data: Output. The training rows (`data.parquet`) and their `manifest.json`.
         eval_data: Output. The held-out rows, disjoint from `train_data`, and their manifest.
         split: Which rows to take, in `datasets` slicing syntax: `train`, `train[:3000]`,
@@ -39,7 +38,11 @@ def download_dataset(
         eval_split: A separate split expression for the held-out rows, e.g. `test[:500]`.
         seed: Seed of the shuffle that picks the held-out rows.
     """
+    import logging
+
     from kftune.components.download_dataset.dataset import DatasetSource, download_dataset_to
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     source = DatasetSource(
         uri=uri,

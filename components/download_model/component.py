@@ -2,7 +2,6 @@
 
 from kfp import dsl
 from kfp.dsl import Model, Output
-
 from kftune.components.common.images import RUNTIME_IMAGE
 
 
@@ -25,9 +24,11 @@ def download_model(
         trust_remote_code: Allow the model's own Python code from the Hub. Off by default: only
             turn it on for repositories you trust.
     """
+    import logging
+
     from kftune.components.download_model.model import ModelSource, download_model_to
 
-    source = ModelSource(
-        uri=uri, revision=revision, task=task, trust_remote_code=trust_remote_code
-    )
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+    source = ModelSource(uri=uri, revision=revision, task=task, trust_remote_code=trust_remote_code)
     download_model_to(source, model_dir=model.path)

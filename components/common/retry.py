@@ -1,0 +1,167 @@
+"""Bounded retries with exponential backoff for transient network errors.
+
+Object stores and the Hub fail now and then for reasons that go away on their own (a reset
+connection, a 503, a slow response). Those are retried a bounded number of times; anything else
+(a missing object, wrong credentials) fails at once. The knobs come from the environment so a
+pipeline run can tune them without new component parameters:
+
+- `KFTUNE_RETRIES`: attempts in total, default 4.
+- `KFTUNE_RETRY_DELAY_SECONDS`: the first backoff delay, doubled per attempt (capped at 30 s),
+  default 1.0.
+- `KFTUNE_TIMEOUT_SECONDS`: connect/read timeout of one request, default 60.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from typing import TypeVar
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+RETRIES_ENV = "KFTUNE_RETRIES"
+RETRY_DELAY_ENV = "KFTUNE_RETRY_DELAY_SECONDS"
+TIMEOUT_ENV = "KFTUNE_TIMEOUT_SECONDS"
+MAX_DELAY_SECONDS = 30.0
+TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+_TRANSIENT_S3_CODES = frozenset(
+    {
+        "SlowDown",
+        "InternalError",
+        "ServiceUnavailable",
+        "RequestTimeout",
+        "503",
+        "500",
+        "Throttling",
+    }
+)
+
+
+def _env_number(name: str, default: float, minimum: float) -> float:
+    raw = os.environ.get(name, "")
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ValueError(f"environment variable {name} must be a number, got {raw!r}") from None
+    if value < minimum:
+        raise ValueError(f"environment variable {name} must be >= {minimum}, got {raw!r}")
+    return value
+
+
+def attempts() -> int:
+    """Attempts in total for one transient-prone operation (`KFTUNE_RETRIES`, default 4)."""
+    return int(_env_number(RETRIES_ENV, 4, 1))
+
+
+def first_delay() -> float:
+    """Seconds before the first retry (`KFTUNE_RETRY_DELAY_SECONDS`, default 1.0)."""
+    return _env_number(RETRY_DELAY_ENV, 1.0, 0)
+
+
+def timeout_seconds() -> float:
+    """Connect/read timeout of one request in seconds (`KFTUNE_TIMEOUT_SECONDS`, default 60)."""
+    return _env_number(TIMEOUT_ENV, 60.0, 0.01)
+
+
+def error_chain(error: BaseException) -> Iterator[BaseException]:
+    """Yields `error` and the exceptions it was raised from (cause or context), once each."""
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def is_timeout(error: BaseException) -> bool:
+    """Whether `error` (or what it was raised from) is a timeout."""
+    names = {"ConnectTimeoutError", "ReadTimeoutError", "ServerTimeoutError", "TimeoutException"}
+    return any(
+        isinstance(link, (TimeoutError, asyncio.TimeoutError, socket.timeout))
+        or type(link).__name__ in names
+        for link in error_chain(error)
+    )
+
+
+def _http_status(error: BaseException) -> int | None:
+    status = getattr(error, "status", None)
+    if isinstance(status, int):
+        return status
+    response = getattr(error, "response", None)
+    code = getattr(response, "status_code", None)
+    return code if isinstance(code, int) else None
+
+
+def is_transient(error: BaseException) -> bool:
+    """Whether `error` is worth retrying: timeouts, dropped connections, 429/5xx responses."""
+    if is_timeout(error):
+        return True
+    transient_names = {
+        "EndpointConnectionError",
+        "ConnectionClosedError",
+        "ClientConnectionError",
+        "ClientOSError",
+        "ServerDisconnectedError",
+        "ClientPayloadError",
+        "ConnectError",
+        "RemoteProtocolError",
+        "IncompleteRead",
+    }
+    for link in error_chain(error):
+        if isinstance(link, ConnectionError) or type(link).__name__ in transient_names:
+            return True
+        if _http_status(link) in TRANSIENT_HTTP_STATUS:
+            return True
+        code = getattr(link, "response", None)
+        if isinstance(code, dict):
+            if code.get("Error", {}).get("Code") in _TRANSIENT_S3_CODES:
+                return True
+    return False
+
+
+def call_with_retries(
+    operation: Callable[[], T],
+    *,
+    what: str,
+    retry_if: Callable[[BaseException], bool] = is_transient,
+) -> T:
+    """Runs `operation`, retrying transient failures with exponential backoff.
+
+    Args:
+        operation: the call to make; it must be safe to repeat.
+        what: a short description for the log ("download s3://bucket/key"); no secrets.
+        retry_if: which errors to retry.
+
+    Returns:
+        What `operation` returned.
+
+    Raises:
+        Exception: the last error, when it is not transient or the attempts are used up.
+    """
+    total = attempts()
+    delay = first_delay()
+    for attempt in range(1, total + 1):
+        try:
+            return operation()
+        except Exception as error:
+            if attempt == total or not retry_if(error):
+                raise
+            logger.warning(
+                "%s failed (%s), attempt %d of %d; retrying in %.1f s",
+                what,
+                type(error).__name__,
+                attempt,
+                total,
+                delay,
+            )
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_DELAY_SECONDS)
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -1,0 +1,750 @@
+"""download_dataset logic: fetch, select rows, normalize columns, write two Dataset artifacts.
+
+The step reads from any supported URI (see `kftune.components.common.uris`), lets `datasets` parse
+the files (jsonl, json, csv/tsv, parquet, arrow, text; compressed; `save_to_disk` directories; Hub
+repositories), selects rows with the `datasets` split syntax, maps source columns to kftune's
+canonical roles and writes:
+
+    train_dir/ data.parquet + manifest.json   (part "train")
+    eval_dir/  data.parquet + manifest.json   (part "eval", disjoint from train)
+
+`row_ranges` in each manifest are the [start, stop) positions of its rows in the selected source
+split, so train/eval disjointness can be checked from the manifests alone.
+"""
+
+from __future__ import annotations
+
+import codecs
+import hashlib
+import json
+import logging
+import math
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kftune.components.common import uris
+from kftune.components.common.artifacts import atomic_directory, write_manifest
+from kftune.components.common.errors import InputError, Problems
+
+logger = logging.getLogger(__name__)
+
+ROLES = ("text", "label", "prompt", "completion", "messages")
+DATA_FILE = "data.parquet"
+_STRING_ROLES = ("text", "prompt", "completion")
+_BUILDERS = {
+    ".jsonl": "json",
+    ".ndjson": "json",
+    ".json": "json",
+    ".csv": "csv",
+    ".tsv": "csv",
+    ".parquet": "parquet",
+    ".arrow": "arrow",
+    ".txt": "text",
+}
+_COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
+_SPLIT_EXAMPLES = "train, train[:3000], train[10%:20%], test[-500:]"
+
+
+@dataclass(frozen=True)
+class DatasetSource:
+    """What to download and how to cut it into training and held-out rows."""
+
+    uri: str
+    """Where the data is: hf://, s3://, gs://, https://, file:// or a path, pvc://, pkg://."""
+    split: str = "train"
+    """The training rows, in `datasets` split syntax: `train`, `train[:3000]`, `train[10%:20%]`."""
+    revision: str = ""
+    """Hub revision (branch, tag, commit) for hf:// URIs; empty for the default branch."""
+    subset: str = ""
+    """Dataset configuration (subset) name, when the source has several."""
+    column_mapping: Mapping[str, str] = field(default_factory=dict)
+    """Role -> source column, e.g. {"text": "tweet", "label": "sentiment"}. Roles: text, label,
+    prompt, completion, messages. Unmapped roles whose canonical column exists are kept."""
+    eval_fraction: float = 0.1
+    """Fraction of the selected rows held out (seeded shuffle); ignored with `eval_split`."""
+    eval_split: str = ""
+    """A separate split expression for the held-out rows, e.g. `test[:500]`."""
+    seed: int = 42
+    """Seed of the shuffle that picks the held-out rows."""
+
+    def __post_init__(self) -> None:
+        problems = Problems()
+        location, uri_problems = uris.parse_problems(self.uri, parameter="uri")
+        problems.extend(uri_problems)
+        problems.extend(_split_problems(self.split, "split"))
+        if self.eval_split:
+            problems.extend(_split_problems(self.eval_split, "eval_split"))
+        if not isinstance(self.revision, str):
+            problems.add(f"`revision` must be a string, got {self.revision!r}")
+        elif location is not None:
+            if location.scheme == "hf":
+                if location.revision and self.revision and location.revision != self.revision:
+                    problems.add(
+                        f"`revision` {self.revision!r} contradicts the @{location.revision} in "
+                        f"`uri` {location.display!r}; give the revision in one place"
+                    )
+            elif self.revision:
+                problems.add(
+                    f"`revision` applies to hf:// URIs only, got {self.revision!r} for `uri` "
+                    f"{location.display!r}; leave it empty"
+                )
+        if not isinstance(self.subset, str):
+            problems.add(f"`subset` must be a string, got {self.subset!r}")
+        problems.extend(_mapping_problems(self.column_mapping))
+        fraction = self.eval_fraction
+        if isinstance(fraction, bool) or not isinstance(fraction, (int, float)):
+            problems.add(f"`eval_fraction` must be a number in [0, 1), got {fraction!r}")
+        elif not (0 <= fraction < 1) or math.isnan(fraction):
+            problems.add(
+                f"`eval_fraction` must be in [0, 1) (0 holds out nothing), got {fraction!r}"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            problems.add(f"`seed` must be an integer >= 0, got {self.seed!r}")
+        problems.raise_if_any()
+
+    @property
+    def location(self) -> uris.Location:
+        """The parsed `uri`."""
+        return uris.parse_uri(self.uri)
+
+    @property
+    def hub_revision(self) -> str:
+        """The Hub revision asked for (from `revision` or the URI's @revision)."""
+        return self.revision or self.location.revision
+
+
+def _split_problems(expression: Any, parameter: str) -> list[str]:
+    from datasets import ReadInstruction
+
+    if not isinstance(expression, str) or not expression.strip():
+        return [
+            f"`{parameter}` must be a split expression such as {_SPLIT_EXAMPLES}; got "
+            f"{expression!r}"
+        ]
+    try:
+        instruction = ReadInstruction.from_spec(expression.strip())
+    except (ValueError, AssertionError, TypeError):
+        return [
+            f"`{parameter}` {expression!r} is not a valid split expression; use the `datasets` "
+            f"slicing syntax, e.g. {_SPLIT_EXAMPLES}"
+        ]
+    if len(instruction._relative_instructions) != 1:
+        return [
+            f"`{parameter}` {expression!r} combines several splits with '+'; select rows from "
+            f"one split (row positions are recorded per split)"
+        ]
+    return []
+
+
+def _mapping_problems(mapping: Any) -> list[str]:
+    if not isinstance(mapping, Mapping):
+        return [f"`column_mapping` must be a mapping of role -> column, got {mapping!r}"]
+    problems = []
+    unknown = sorted(str(role) for role in mapping if role not in ROLES)
+    if unknown:
+        problems.append(
+            f"`column_mapping` has unknown role(s) {', '.join(map(repr, unknown))}; the roles are "
+            f"{', '.join(ROLES)} (write {{role: source_column}})"
+        )
+    for role, column in mapping.items():
+        if role in ROLES and (not isinstance(column, str) or not column):
+            problems.append(f"`column_mapping`[{role!r}] must name a source column, got {column!r}")
+    return problems
+
+
+def download_dataset_to(
+    source: DatasetSource, train_dir: str | Path, eval_dir: str | Path
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Downloads `source` and writes the training and held-out Dataset artifacts.
+
+    Both directories appear complete or not at all.
+
+    Args:
+        source: what to download and how to split it.
+        train_dir: output directory of the training rows.
+        eval_dir: output directory of the held-out rows.
+
+    Returns:
+        The train and eval manifests.
+
+    Raises:
+        InputError: bad input: a missing source, unreadable or corrupt file, unknown split, a
+            selection of zero rows, missing columns, bad labels.
+        TimeoutError: the source timed out on every attempt.
+        ConnectionError: the source could not be reached on every attempt.
+    """
+    train_dir, eval_dir = Path(train_dir), Path(eval_dir)
+    work_parent = train_dir.parent
+    work_parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".kftune-download-", dir=work_parent) as work:
+        work = Path(work)
+        splits, resolved = _open_source(source, work)
+        train_rows = _select(splits, source.split, "split")
+        if source.eval_split:
+            eval_rows = _select(splits, source.eval_split, "eval_split")
+            _check_disjoint(train_rows, eval_rows, source)
+            train_part, eval_part = train_rows, eval_rows
+            selection = {"method": "eval_split", "eval_split": source.eval_split}
+        else:
+            train_part, eval_part = _hold_out(train_rows, source)
+            selection = {
+                "method": "eval_fraction" if source.eval_fraction > 0 else "none",
+                "eval_fraction": source.eval_fraction,
+                "seed": source.seed,
+            }
+        columns = _resolve_mapping(train_rows.dataset.column_names, source.column_mapping)
+        features = train_rows.dataset.features
+        train_table = _normalize(train_part, columns)
+        eval_table = _normalize(eval_part, columns) if eval_part.count else None
+        label_source = [train_rows] + ([eval_part] if source.eval_split else [])
+        label_names, num_labels, train_table, eval_table = _encode_labels(
+            train_table,
+            eval_table,
+            features.get(columns.get("label", "")),
+            _full_split_labels(label_source, columns.get("label")),
+        )
+        if eval_table is None:
+            eval_table = train_table.slice(0, 0)
+        manifests = []
+        with atomic_directory(train_dir) as train_stage, atomic_directory(eval_dir) as eval_stage:
+            for part, rows, table, stage in (
+                ("train", train_part, train_table, train_stage),
+                ("eval", eval_part, eval_table, eval_stage),
+            ):
+                manifest = _write_part(
+                    stage,
+                    table,
+                    part=part,
+                    rows=rows,
+                    source=source,
+                    resolved=resolved,
+                    columns=columns,
+                    label_names=label_names,
+                    num_labels=num_labels,
+                    selection=selection,
+                )
+                manifests.append(manifest)
+        logger.info(
+            "Wrote %d training rows to %s and %d held-out rows to %s",
+            manifests[0]["rows"],
+            train_dir,
+            manifests[1]["rows"],
+            eval_dir,
+        )
+        return manifests[0], manifests[1]
+
+
+# --- reading the source -------------------------------------------------------------------------
+
+
+def _open_source(source: DatasetSource, work: Path) -> tuple[dict[str, Any], str | None]:
+    """Returns the source's splits ({name: datasets.Dataset}) and the resolved revision."""
+    location = source.location
+    resolved = None
+    if location.scheme == "hf":
+        card = uris.hub_card_metadata(location, revision=source.hub_revision, repo_type="dataset")
+        path, resolved = uris.hub_snapshot(
+            location,
+            revision=source.hub_revision,
+            repo_type="dataset",
+            allow_patterns=config_file_patterns(card, source.subset),
+            parameter="uri",
+        )
+    else:
+        path = uris.fetch(location, work / "source", parameter="uri")
+    logger.info("Reading %s", location.display)
+    return _load_path(path, source, work / "cache"), resolved
+
+
+def config_file_patterns(card: Mapping[str, Any], subset: str) -> list[str] | None:
+    """The files of one dataset configuration, from a Hub card's `configs` metadata.
+
+    Returns:
+        Glob patterns (README included) that fetch only the chosen configuration's data files, or
+        None (fetch the whole repository) when the card does not say or names no such subset.
+    """
+    configs = card.get("configs") if isinstance(card, Mapping) else None
+    if not isinstance(configs, list) or not configs:
+        return None
+    chosen = None
+    for config in configs:
+        if not isinstance(config, Mapping):
+            return None
+        name = config.get("config_name", "default")
+        if (subset and name == subset) or (
+            not subset and (config.get("default") or len(configs) == 1)
+        ):
+            chosen = config
+            break
+    if chosen is None:
+        return None  # datasets lists the configurations in its error
+    data_files = chosen.get("data_files")
+    patterns: list[str] = []
+    if isinstance(data_files, str):
+        patterns.append(data_files)
+    elif isinstance(data_files, list):
+        for entry in data_files:
+            if isinstance(entry, str):
+                patterns.append(entry)
+            elif isinstance(entry, Mapping) and isinstance(entry.get("path"), (str, list)):
+                paths = entry["path"]
+                patterns.extend([paths] if isinstance(paths, str) else paths)
+            else:
+                return None
+    elif isinstance(chosen.get("data_dir"), str):
+        patterns.append(chosen["data_dir"].strip("/") + "/*")
+    else:
+        return None
+    return ["README.md", *patterns]
+
+
+def _builder_for(path: Path) -> tuple[str | None, str]:
+    name = path.name.lower()
+    for suffix in _COMPRESSIONS:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return _BUILDERS.get(Path(name).suffix), Path(name).suffix
+
+
+def _load_path(path: Path, source: DatasetSource, cache: Path) -> dict[str, Any]:
+    import datasets
+
+    shown = source.location.display
+    if path.is_dir():
+        if (path / "dataset_dict.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+            return dict(loaded)
+        if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
+            loaded = datasets.load_from_disk(str(path))
+            return {str(loaded.split) if loaded.split else "train": loaded}
+        try:
+            loaded = datasets.load_dataset(
+                str(path), name=source.subset or None, cache_dir=str(cache)
+            )
+        except ValueError as error:
+            if source.subset and "config" in str(error).lower():
+                raise InputError(
+                    [
+                        f"`subset` {source.subset!r} is not a configuration of {shown!r}: "
+                        f"{uris.redact(str(error))[:300]}"
+                    ]
+                ) from None
+            raise _unreadable(shown, "a dataset directory", error) from None
+        except Exception as error:
+            raise _unreadable(shown, "a dataset directory", error) from None
+        return dict(loaded)
+    builder, suffix = _builder_for(path)
+    if builder is None:
+        raise InputError(
+            [
+                f"`uri` {shown!r}: cannot tell the format of {path.name!r}; use a "
+                f"{'/'.join(_BUILDERS)} file (optionally {'/'.join(_COMPRESSIONS)} compressed), "
+                f"a save_to_disk directory or a Hub dataset"
+            ]
+        )
+    if source.subset:
+        raise InputError(
+            [
+                f"`subset` {source.subset!r} applies to Hub datasets and directories with several "
+                f"configurations, not to the single file {shown!r}; leave it empty"
+            ]
+        )
+    options: dict[str, Any] = {}
+    if builder == "csv":
+        # Real-world CSVs are often not clean UTF-8 (the demo corpus has latin-1 bytes): undecodable
+        # bytes become U+FFFD instead of failing the whole run.
+        options = {"encoding": "utf-8", "encoding_errors": "replace"}
+        if suffix == ".tsv":
+            options["sep"] = "\t"
+    logger.info("Parsing %s as %s", path.name, builder)
+    try:
+        loaded = datasets.load_dataset(
+            builder, data_files={"train": str(path)}, cache_dir=str(cache), **options
+        )
+    except Exception as error:
+        if builder == "json":
+            line = _first_bad_json_line(path)
+            if line is not None:
+                number, reason = line
+                raise InputError(
+                    [
+                        f"`uri` {shown!r}: line {number} of {path.name} is not valid JSON "
+                        f"({reason}); fix or remove that line"
+                    ]
+                ) from None
+        raise _unreadable(shown, f"a {builder} file", error) from None
+    return dict(loaded)
+
+
+def _unreadable(shown: str, what: str, error: BaseException) -> InputError:
+    cause = error
+    while cause.__cause__ is not None and type(cause).__name__ == "DatasetGenerationError":
+        cause = cause.__cause__
+    detail = uris.redact(f"{type(cause).__name__}: {cause}")[:400]
+    return InputError([f"`uri` {shown!r} could not be read as {what} ({detail}); check the file"])
+
+
+def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
+    """(1-based line number, reason) of the first line that is not a JSON value, if any."""
+    import fsspec
+
+    with fsspec.open(str(path), "rb", compression="infer") as handle:
+        head = handle.read(1)
+        handle.seek(0)
+        if head == b"[":
+            return None  # a JSON array document, not JSON Lines
+        decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        for number, raw in enumerate(handle, 1):
+            line = decoder.decode(raw).strip()
+            if not line:
+                continue
+            try:
+                json.loads(line)
+            except json.JSONDecodeError as error:
+                return number, f"{error.msg} at column {error.colno}"
+    return None
+
+
+# --- selecting rows -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Rows:
+    """Rows picked from one source split: `positions` index into `dataset` (sorted)."""
+
+    expression: str
+    split: str
+    dataset: Any
+    positions: Any  # numpy int64 array
+    parameter: str = "split"
+
+    @property
+    def count(self) -> int:
+        return int(len(self.positions))
+
+
+def _select(splits: dict[str, Any], expression: str, parameter: str) -> _Rows:
+    import numpy as np
+    from datasets import ReadInstruction
+
+    instruction = ReadInstruction.from_spec(expression.strip())
+    name = instruction._relative_instructions[0].splitname
+    if name not in splits:
+        raise InputError(
+            [
+                f"`{parameter}` {expression!r} names the split {name!r}, which the data does not "
+                f"have; available: {', '.join(sorted(splits))}"
+            ]
+        )
+    dataset = splits[name]
+    (absolute,) = instruction.to_absolute({name: len(dataset)})
+    start, stop = absolute.from_, absolute.to
+    if stop <= start:
+        raise InputError(
+            [
+                f"`{parameter}` {expression!r} selects 0 rows (split {name!r} has "
+                f"{len(dataset)}); choose a range inside it"
+            ]
+        )
+    logger.info("Selected rows [%d, %d) of split %r (%d rows)", start, stop, name, len(dataset))
+    return _Rows(expression, name, dataset, np.arange(start, stop, dtype=np.int64), parameter)
+
+
+def _check_disjoint(train: _Rows, held_out: _Rows, source: DatasetSource) -> None:
+    import numpy as np
+
+    if train.split != held_out.split:
+        return
+    overlap = np.intersect1d(train.positions, held_out.positions, assume_unique=True)
+    if overlap.size:
+        raise InputError(
+            [
+                f"`eval_split` {source.eval_split!r} overlaps `split` {source.split!r} in "
+                f"{overlap.size} rows (first at position {int(overlap[0])}); pick disjoint "
+                f"ranges, e.g. split='{train.split}[:90%]', eval_split='{train.split}[90%:]'"
+            ]
+        )
+
+
+def _hold_out(rows: _Rows, source: DatasetSource) -> tuple[_Rows, _Rows]:
+    import numpy as np
+
+    if source.eval_fraction <= 0:
+        return rows, _Rows("", rows.split, rows.dataset, rows.positions[:0])
+    held = max(1, round(rows.count * source.eval_fraction))
+    if held >= rows.count:
+        raise InputError(
+            [
+                f"`eval_fraction` {source.eval_fraction} of the {rows.count} row(s) selected by "
+                f"`split` {source.split!r} leaves no training rows; select more rows or lower "
+                f"`eval_fraction`"
+            ]
+        )
+    order = np.random.default_rng(source.seed).permutation(rows.count)
+    eval_positions = np.sort(rows.positions[order[:held]])
+    train_positions = np.sort(rows.positions[order[held:]])
+    return (
+        _Rows(rows.expression, rows.split, rows.dataset, train_positions),
+        _Rows(rows.expression, rows.split, rows.dataset, eval_positions),
+    )
+
+
+def _ranges(positions: Any) -> list[list[int]]:
+    """Sorted positions -> [[start, stop), ...] runs."""
+    import numpy as np
+
+    if len(positions) == 0:
+        return []
+    breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+    starts = np.concatenate(([0], breaks))
+    stops = np.concatenate((breaks, [len(positions)]))
+    return [
+        [int(positions[a]), int(positions[b - 1]) + 1] for a, b in zip(starts, stops, strict=True)
+    ]
+
+
+# --- normalizing columns ------------------------------------------------------------------------
+
+
+def _resolve_mapping(columns: list[str], mapping: Mapping[str, str]) -> dict[str, str]:
+    """Role -> source column; unmapped roles default to a column of the same name."""
+    problems = Problems()
+    resolved: dict[str, str] = {}
+    available = ", ".join(columns)
+    for role in ROLES:
+        if role in mapping:
+            column = mapping[role]
+            if column not in columns:
+                problems.add(
+                    f"`column_mapping`[{role!r}] names the column {column!r}, which the data "
+                    f"does not have; available columns: {available}"
+                )
+            else:
+                resolved[role] = column
+    used = set(resolved.values())
+    for role in ROLES:
+        if role not in mapping and role in columns and role not in used:
+            resolved[role] = role
+    if not problems and not ({"text", "prompt", "messages"} & set(resolved)):
+        problems.add(
+            f"`column_mapping` gives no text: map one of the roles text, prompt or messages to a "
+            f"column, e.g. {{'text': '<column>'}}; available columns: {available}"
+        )
+    if "completion" in resolved and "prompt" not in resolved and not problems:
+        problems.add(
+            f"`column_mapping` maps completion but not prompt; add {{'prompt': '<column>'}}; "
+            f"available columns: {available}"
+        )
+    problems.raise_if_any()
+    return resolved
+
+
+def _normalize(rows: _Rows, columns: dict[str, str]) -> Any:
+    """The rows' mapped columns as a pyarrow Table with canonical names."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    missing = [column for column in columns.values() if column not in rows.dataset.column_names]
+    if missing:
+        raise InputError(
+            [
+                f"`{rows.parameter}` {rows.expression!r}: split {rows.split!r} lacks the column(s) "
+                f"{', '.join(map(repr, missing))} that the training rows have; available columns: "
+                f"{', '.join(rows.dataset.column_names)}"
+            ]
+        )
+    subset = rows.dataset.select_columns(list(dict.fromkeys(columns.values())))
+    table = subset.with_format("arrow").select(rows.positions.tolist())[:]
+    if not isinstance(table, pa.Table):
+        table = pa.table(table)
+    out = {}
+    problems = Problems()
+    for role, column in columns.items():
+        values = table.column(column)
+        nulls = values.null_count
+        if nulls:
+            first = int(pc.index(pc.is_null(values), True).as_py())
+            problems.add(
+                f"`column_mapping`[{role!r}]: column {column!r} has {nulls} missing value(s) in "
+                f"the rows of `{rows.parameter}` "
+                f"(first at position {int(rows.positions[first])}); clean the data or select "
+                f"other rows"
+            )
+            continue
+        if role in _STRING_ROLES:
+            if values.type != pa.string():
+                try:
+                    values = values.cast(pa.string())
+                except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                    problems.add(
+                        f"`column_mapping`[{role!r}]: column {column!r} holds {values.type}, not "
+                        f"text; map a text column"
+                    )
+                    continue
+        if role == "messages" and not _is_messages(values.type):
+            problems.add(
+                f"`column_mapping`['messages']: column {column!r} holds {values.type}; it must be "
+                f"a list of {{role, content}} objects"
+            )
+            continue
+        out[role] = values
+    problems.raise_if_any()
+    return pa.table(out)
+
+
+def _is_messages(arrow_type: Any) -> bool:
+    import pyarrow as pa
+
+    if not (pa.types.is_list(arrow_type) or pa.types.is_large_list(arrow_type)):
+        return False
+    item = arrow_type.value_type
+    return pa.types.is_struct(item) and {"role", "content"} <= {f.name for f in item}
+
+
+def _full_split_labels(parts: list[_Rows], column: str | None) -> list[Any]:
+    """The label column of every source split the rows come from (whole splits, not slices)."""
+    if column is None:
+        return []
+    seen, columns = set(), []
+    for rows in parts:
+        if rows.split not in seen:
+            seen.add(rows.split)
+            table = rows.dataset.select_columns([column]).with_format("arrow")[:]
+            columns.append(table.column(column))
+    return columns
+
+
+def _encode_labels(
+    train: Any, held_out: Any, feature: Any, whole_splits: list[Any]
+) -> tuple[Any, Any, Any, Any]:
+    """Labels -> int64 ids 0..n-1. Returns (label_names, num_labels, train, held_out).
+
+    Class names and counts come from the whole source split(s), not just the selected rows, so
+    the same data gives the same label ids whatever slice a run takes.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from datasets import ClassLabel
+
+    if "label" not in train.column_names:
+        return None, None, train, held_out
+    tables = [table for table in (train, held_out) if table is not None]
+    label_type = train.schema.field("label").type
+    names = None
+    if isinstance(feature, ClassLabel):
+        names = list(feature.names)
+        num_labels = len(names)
+    elif pa.types.is_string(label_type) or pa.types.is_large_string(label_type):
+        values = set()
+        for column in whole_splits or [table.column("label") for table in tables]:
+            values.update(pc.unique(column).drop_null().to_pylist())
+        names = sorted(values)
+        num_labels = len(names)
+        lookup = pa.array(names, type=label_type)
+        tables = [
+            table.set_column(
+                table.schema.get_field_index("label"),
+                "label",
+                pc.index_in(table.column("label"), value_set=lookup).cast(pa.int64()),
+            )
+            for table in tables
+        ]
+    elif (
+        pa.types.is_integer(label_type)
+        or pa.types.is_boolean(label_type)
+        or pa.types.is_floating(label_type)
+    ):
+        lows, highs = [], []
+        for table in tables:
+            column = table.column("label")
+            if pa.types.is_floating(label_type):
+                fractional = pc.any(pc.not_equal(column, pc.floor(column))).as_py()
+                if fractional:
+                    raise InputError(
+                        [
+                            "`column_mapping`['label'] holds fractional numbers; labels must be "
+                            "class names or class ids 0..n-1 (regression is not supported)"
+                        ]
+                    )
+            bounds = pc.min_max(column.cast(pa.int64()))
+            lows.append(bounds["min"].as_py())
+            highs.append(bounds["max"].as_py())
+        low = min(value for value in lows if value is not None)
+        if low < 0:
+            raise InputError(
+                [
+                    f"`column_mapping`['label'] holds class ids below 0 (minimum {low}); labels "
+                    f"must be class names or ids 0..n-1"
+                ]
+            )
+        for column in whole_splits:
+            if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
+                highs.append(pc.max(column.cast(pa.int64())).as_py())
+        num_labels = max(value for value in highs if value is not None) + 1
+    else:
+        raise InputError(
+            [
+                f"`column_mapping`['label'] holds {label_type}; labels must be class names "
+                f"(strings) or class ids 0..n-1"
+            ]
+        )
+    tables = [
+        table.set_column(
+            table.schema.get_field_index("label"), "label", table.column("label").cast(pa.int64())
+        )
+        for table in tables
+    ]
+    return names, num_labels, tables[0], (tables[1] if held_out is not None else None)
+
+
+# --- writing ------------------------------------------------------------------------------------
+
+
+def _write_part(
+    stage: Path,
+    table: Any,
+    *,
+    part: str,
+    rows: _Rows,
+    source: DatasetSource,
+    resolved: str | None,
+    columns: dict[str, str],
+    label_names: list[str] | None,
+    num_labels: int | None,
+    selection: dict[str, Any],
+) -> dict[str, Any]:
+    import pyarrow.parquet as pq
+
+    data_path = stage / DATA_FILE
+    pq.write_table(table, data_path)
+    digest = hashlib.sha256()
+    with open(data_path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    split = rows.expression or source.split
+    manifest = {
+        "kind": "dataset",
+        "part": part,
+        "source": {
+            "uri": source.location.display,
+            "revision": source.hub_revision or None,
+            "resolved_revision": resolved,
+            "subset": source.subset or None,
+            "split": split,
+        },
+        "source_split": rows.split,
+        "rows": table.num_rows,
+        "columns": list(table.column_names),
+        "column_mapping": {role: columns[role] for role in table.column_names},
+        "label_names": label_names,
+        "num_labels": num_labels,
+        "fingerprint": "sha256:" + digest.hexdigest(),
+        "row_ranges": _ranges(rows.positions),
+        "selection": selection,
+    }
+    write_manifest(stage, manifest)
+    return manifest
