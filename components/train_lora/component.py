@@ -2,7 +2,6 @@
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
-
 from kftune.components.common.images import RUNTIME_IMAGE
 
 
@@ -28,25 +27,33 @@ def train_lora(
     Args:
         model: The base model (output of download_model).
         train_data: The training rows (output of download_dataset).
-        adapter: Output. The LoRA adapter (PEFT layout), tokenizer and manifest naming the base model.
+        adapter: Output. The LoRA adapter (PEFT layout), tokenizer and manifest naming the base
+            model.
         metrics: Output. Final train loss, steps, tokens/s and runtime.
         task: `causal-lm` or `sequence-classification`.
         training_parameters: `transformers.TrainingArguments` fields, e.g. `{"learning_rate": 2e-4,
             "num_train_epochs": 1, "per_device_train_batch_size": 8}`. Unknown keys are an error.
-        lora_config: `peft.LoraConfig` fields, e.g. `{"r": 8, "lora_alpha": 8, "lora_dropout": 0.1}`.
+        lora_config: `peft.LoraConfig` fields, e.g. `{"r": 8, "lora_alpha": 8,
+            "lora_dropout": 0.1}`.
         num_workers: Pods (PyTorchJob Master 1 + Worker n-1), or local "nodes".
         num_procs_per_worker: Processes per pod (torchrun `--nproc-per-node`): a number or `auto`.
-        resources_per_worker: Requests = limits per pod, e.g. `{"gpu": 2, "cpu": 5, "memory": "10G"}`.
+        resources_per_worker: Requests = limits per pod, e.g. `{"gpu": 2, "cpu": 5,
+            "memory": "10G"}`.
         backend: `kubernetes` (a PyTorchJob), `local` (torchrun on this host), or `auto`: kubernetes
             inside a cluster, local elsewhere.
         image: Trainer image for the pods; empty for kftune's CUDA trainer image.
         timeout_minutes: Fail the step (and delete the job) when training takes longer.
         kubernetes_options: Everything else about the PyTorchJob: namespace, service_account,
             node_selector, tolerations, priority_class, queue_name (Kueue), env, secret_env
-            (`{"HF_TOKEN": "secret-name:key"}`), elastic_policy, clean_pod_policy, backoff_limit,
-            ttl_seconds_after_finished, pvc.
+            (`{"HF_TOKEN": "secret-name:key"}`), elastic_policy (`{"min_nodes", "max_nodes",
+            "max_restarts"}`), clean_pod_policy, backoff_limit, ttl_seconds_after_finished, pvc
+            (an existing claim to stage the inputs on once per job), job_name.
     """
+    import logging
+
     from kftune.components.train_lora.launch import run_training
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
     run_training(
         model_dir=model.path,

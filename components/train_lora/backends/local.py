@@ -1,0 +1,253 @@
+"""The local backend: `num_workers` torchrun "nodes" on this host, wired like PyTorchJob pods.
+
+Each node is one process (normally `torchrun -m kftune.components.train_lora.trainer ...`) started
+with exactly the environment the Training Operator injects into a pod — `PET_NNODES`,
+`PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR=127.0.0.1`, `PET_MASTER_PORT` (a free
+port), `MASTER_ADDR`, `MASTER_PORT`, `RANK` (the node rank), `WORLD_SIZE` (nodes x processes) and
+`PYTHONUNBUFFERED=1` — so torchrun does a static rendezvous on 127.0.0.1 and the multi-node code
+path runs on every CI box. Their output is copied into this process's log with a `[node-<rank>]`
+prefix. When one node fails, the others are stopped and the error quotes the failing node's last
+lines, like the Kubernetes backend does for a pod.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from kftune.components.train_lora.backends.base import Backend
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def resolve_num_procs(value: int | str) -> int:
+    """`auto` -> one process per visible GPU, 1 without GPUs; a number stays as it is.
+
+    GPUs are counted without importing torch (seconds in this light process): the entries of
+    `CUDA_VISIBLE_DEVICES` when it is set, else the GPUs `nvidia-smi -L` lists.
+    """
+    if value != "auto":
+        return int(value)
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [device for device in visible.split(",") if device.strip() not in ("", "-1")]
+        return max(1, len(devices))
+    if shutil.which("nvidia-smi"):
+        try:
+            listing = subprocess.run(
+                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=True
+            ).stdout
+        except (OSError, subprocess.SubprocessError):
+            return 1
+        return max(1, sum(1 for line in listing.splitlines() if line.startswith("GPU ")))
+    return 1
+
+
+def operator_env(
+    *, num_nodes: int, num_procs: int, node_rank: int, master_port: int
+) -> dict[str, str]:
+    """The environment the Training Operator gives the pod of `node_rank` (static rendezvous)."""
+    return {
+        "PET_NNODES": str(num_nodes),
+        "PET_NPROC_PER_NODE": str(num_procs),
+        "PET_NODE_RANK": str(node_rank),
+        "PET_MASTER_ADDR": "127.0.0.1",
+        "PET_MASTER_PORT": str(master_port),
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(master_port),
+        "RANK": str(node_rank),
+        "WORLD_SIZE": str(num_nodes * num_procs),
+        "PYTHONUNBUFFERED": "1",
+    }
+
+
+class LocalBackend(Backend):
+    """`num_workers` copies of `command`, one per "node", as a PyTorchJob would run them.
+
+    Args:
+        command: the node's command line, e.g. `[python, -m, torch.distributed.run, -m,
+            kftune.components.train_lora.trainer, --config, CONFIG]` (torchrun reads `PET_*`).
+        num_workers: nodes.
+        num_procs_per_worker: processes per node (`auto`: one per GPU, 1 on CPU).
+        env: extra environment for every node.
+        cwd: working directory of the nodes.
+        log_tail_lines: lines of the failing node quoted in a failure.
+        stop_grace_seconds: how long a stopped node gets between SIGTERM and SIGKILL.
+        log_line: where the nodes' lines go (default: this module's logger).
+    """
+
+    def __init__(
+        self,
+        command: Sequence[str],
+        *,
+        num_workers: int,
+        num_procs_per_worker: int | str = 1,
+        env: Mapping[str, str] | None = None,
+        cwd: str | None = None,
+        log_tail_lines: int = 50,
+        stop_grace_seconds: float = 10.0,
+        log_line: Callable[[str], None] | None = None,
+    ) -> None:
+        self.command = list(command)
+        self.num_workers = num_workers
+        self.num_procs = resolve_num_procs(num_procs_per_worker)
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self._log_tail_lines = log_tail_lines
+        self._stop_grace_seconds = stop_grace_seconds
+        self._log_line = log_line or logger.info
+        self._processes: list[subprocess.Popen[bytes]] = []
+        self._readers: list[threading.Thread] = []
+        self._tails: list[collections.deque[str]] = []
+
+    def submit(self) -> str:
+        """Starts the nodes and returns a name for the job."""
+        port = free_port()
+        for node_rank in range(self.num_workers):
+            env = {
+                **_inherited_env(),
+                **self.env,
+                **operator_env(
+                    num_nodes=self.num_workers,
+                    num_procs=self.num_procs,
+                    node_rank=node_rank,
+                    master_port=port,
+                ),
+            }
+            process = subprocess.Popen(
+                self.command,
+                env=env,
+                cwd=self.cwd,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: stopping it stops its children
+            )
+            tail: collections.deque[str] = collections.deque(maxlen=self._log_tail_lines)
+            reader = threading.Thread(
+                target=self._copy_output,
+                args=(process, node_rank, tail),
+                name=f"node-{node_rank}-log",
+                daemon=True,
+            )
+            reader.start()
+            self._processes.append(process)
+            self._readers.append(reader)
+            self._tails.append(tail)
+        logger.info(
+            "started %d local node(s) x %d process(es), rendezvous on 127.0.0.1:%d",
+            self.num_workers,
+            self.num_procs,
+            port,
+        )
+        return f"local-{port}"
+
+    def wait(self, timeout_seconds: float) -> None:
+        """Waits for every node to exit 0.
+
+        Raises:
+            RuntimeError: when a node exits non-zero (the others are stopped).
+            TimeoutError: after `timeout_seconds` (every node is stopped first).
+        """
+        deadline = time.monotonic() + timeout_seconds
+        while True:
+            codes = [process.poll() for process in self._processes]
+            failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
+            if failed:
+                rank, code = failed[0]
+                self.delete()
+                self._join_readers()
+                tail = "\n".join(self._tails[rank])
+                raise RuntimeError(
+                    f"local training failed: node {rank} of {self.num_workers} exited with "
+                    f"{_describe_exit(code)}; stopped the other nodes.\n"
+                    f"last {len(self._tails[rank])} log lines of node {rank}:\n{tail}"
+                )
+            if all(code == 0 for code in codes):
+                self._join_readers()
+                return
+            if time.monotonic() > deadline:
+                self.delete()
+                self._join_readers()
+                raise TimeoutError(
+                    f"local training did not finish within {timeout_seconds / 60:g} minutes "
+                    f"(`timeout_minutes`); stopped it. Last lines of node 0:\n{self.logs(20)}"
+                )
+            time.sleep(0.1)
+
+    def logs(self, tail_lines: int = 50) -> str:
+        """The last `tail_lines` lines of node 0."""
+        lines = list(self._tails[0]) if self._tails else []
+        return "\n".join(lines[-tail_lines:])
+
+    def delete(self) -> None:
+        """Stops every node still running: SIGTERM to its process group, SIGKILL after a grace."""
+        running = [process for process in self._processes if process.poll() is None]
+        for process in running:
+            _signal_group(process, signal.SIGTERM)
+        deadline = time.monotonic() + self._stop_grace_seconds
+        for process in running:
+            try:
+                process.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                _signal_group(process, signal.SIGKILL)
+                process.wait()
+
+    def _copy_output(self, process: Any, node_rank: int, tail: collections.deque[str]) -> None:
+        assert process.stdout is not None
+        for raw in iter(process.stdout.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\n")
+            tail.append(line)
+            self._log_line(f"[node-{node_rank}] {line}")
+
+    def _join_readers(self) -> None:
+        for reader in self._readers:
+            reader.join(timeout=5)
+
+
+# Set by torchrun / the operator for a process that is itself a rank; a node must not inherit them
+# from whatever started this step.
+_LAUNCH_ENV = frozenset(
+    {"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "ROLE_RANK",
+     "ROLE_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"}
+)
+
+
+def _inherited_env() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if name not in _LAUNCH_ENV and not name.startswith(("PET_", "TORCHELASTIC_"))
+    }
+
+
+def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
+    try:
+        os.killpg(process.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"signal {-code}"
+    return f"code {code}"

@@ -1,0 +1,246 @@
+"""What runs in each PyTorchJob pod: stage the inputs, run torchrun, upload the adapter.
+
+`python -m kftune.components.train_lora.pod --model-uri ... --data-uri ... --output-uri ...`
+
+What moves where (no ReadWriteMany storage needed):
+
+1. Stage in. The model and the dataset artifacts are copied from the pipeline's artifact store
+   (`minio://` — KFP's default, reached as S3 at `AWS_ENDPOINT_URL` —, `s3://`, `gs://`) to the
+   pod's node-local disk (`--work-dir`, an emptyDir) once per pod: one copy of the model per node,
+   shared by all of that node's processes, kept across container restarts (the emptyDir lives as
+   long as the pod), so a restarted container does not download again. Credentials come from the
+   environment (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` as `secretKeyRef`), never from args.
+   Local paths and `pvc://` URIs are read in place, without a copy.
+   With `--shared-dir` (an existing PersistentVolumeClaim mounted in every pod) one pod stages
+   the inputs onto the claim once per job and the other pods wait for it; checkpoints go there
+   too and survive pod rescheduling.
+2. Train. `torchrun -m kftune.components.train_lora.trainer --config CONFIG.json`, with the node
+   layout from the operator's `PET_*` environment. The trainer checkpoints into
+   `output/checkpoints/` and global rank 0 writes `output/final/` (the adapter).
+3. Stage out. The pod holding `output/final/` (the master, where global rank 0 runs; on a shared
+   claim, the one pod that claims the upload) uploads it to `--output-uri`, the step's output
+   artifact URI, `manifest.json` last so a reader never sees a half-uploaded adapter as complete.
+   The launch step then downloads that (small) adapter.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kftune.components.common.artifacts import MANIFEST_NAME, atomic_directory
+
+logger = logging.getLogger("kftune.pod")
+
+STAGED_MARKER = ".kftune-staged"
+# How often a pod waiting for node 0 to stage the inputs on a shared claim looks again.
+STAGE_POLL_SECONDS = 5.0
+
+
+def _location(uri: str, parameter: str) -> Any:
+    from kftune.components.common import uris
+
+    # KFP names its default MinIO store minio://; it is S3 at the endpoint in AWS_ENDPOINT_URL.
+    if uri.startswith("minio://"):
+        uri = "s3://" + uri[len("minio://") :]
+    return uris.parse_uri(uri, parameter=parameter)
+
+
+def download_directory(uri: str, target: str | os.PathLike, *, parameter: str) -> Path:
+    """Makes the artifact directory at `uri` available locally; returns its path.
+
+    Local paths (and `pvc://`) are returned in place; remote prefixes are downloaded to `target`.
+
+    Raises:
+        InputError: when the artifact is missing or access is denied.
+    """
+    from kftune.components.common import uris
+
+    location = _location(uri, parameter)
+    if location.is_local:
+        return uris.fetch(location, target, parameter=parameter)
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    return uris.fetch(location, target, parameter=parameter)
+
+
+def upload_directory(source: str | os.PathLike, uri: str, *, parameter: str = "adapter") -> None:
+    """Uploads the files under `source` to the prefix `uri`, `manifest.json` last.
+
+    A local `uri` is written atomically (built beside it, then renamed into place).
+    """
+    from kftune.components.common import retry, uris
+
+    source = Path(source)
+    location = _location(uri, parameter)
+    if location.is_local:
+        with atomic_directory(uris.local_path(location, parameter=parameter)) as staging:
+            shutil.copytree(source, staging, dirs_exist_ok=True)
+        return
+    files = sorted(path for path in source.rglob("*") if path.is_file())
+    files.sort(key=lambda path: path.name == MANIFEST_NAME)
+    fs = uris.filesystem(location)
+    base = location.fsspec_url.rstrip("/")
+    logger.info("uploading %d file(s) to %s", len(files), location.display)
+    try:
+        for path in files:
+            relative = path.relative_to(source).as_posix()
+            retry.call_with_retries(
+                lambda path=path, relative=relative: fs.put_file(str(path), f"{base}/{relative}"),
+                what=f"upload {relative}",
+            )
+    except Exception as error:
+        raise uris.describe_failure(error, location, parameter=parameter) from None
+
+
+def stage_inputs(
+    model_uri: str, data_uri: str, stage_dir: Path, *, wait_for_other_node: bool
+) -> tuple[Path, Path]:
+    """Makes the model and the data available under `stage_dir` (once; later calls reuse them).
+
+    Args:
+        model_uri: the model artifact.
+        data_uri: the dataset artifact.
+        stage_dir: where to put them.
+        wait_for_other_node: wait for another pod to stage them (shared claim held by another pod).
+
+    Returns:
+        The local model and data directories.
+    """
+    marker = stage_dir / STAGED_MARKER
+    if wait_for_other_node:
+        logger.info("waiting for node 0 to stage the inputs into %s", stage_dir)
+        while not marker.is_file():
+            time.sleep(STAGE_POLL_SECONDS)
+    if marker.is_file():
+        paths = json.loads(marker.read_text())
+        logger.info("inputs already staged in %s", stage_dir)
+        return Path(paths["model"]), Path(paths["data"])
+    started = time.monotonic()
+    model_dir = download_directory(model_uri, stage_dir / "model", parameter="model")
+    data_dir = download_directory(data_uri, stage_dir / "data", parameter="train_data")
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    partial = marker.with_name(f"{STAGED_MARKER}.partial")
+    partial.write_text(json.dumps({"model": str(model_dir), "data": str(data_dir)}))
+    os.replace(partial, marker)  # waiting pods never read a half-written marker
+    logger.info("staged the inputs in %.1f s", time.monotonic() - started)
+    return model_dir, data_dir
+
+
+def run_trainer(config_path: Path) -> int:
+    """Runs torchrun with the trainer, forwarding SIGTERM; returns its exit status."""
+    command = [
+        sys.executable, "-m", "torch.distributed.run",
+        "-m", "kftune.components.train_lora.trainer", "--config", str(config_path),
+    ]
+    process = subprocess.Popen(command)
+
+    def forward(signum: int, frame: object) -> None:
+        process.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        return process.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Stages the inputs, trains, and uploads the adapter from the pod holding it."""
+    parser = argparse.ArgumentParser(prog="kftune-pod", description=__doc__.splitlines()[0])
+    parser.add_argument("--task", required=True)
+    parser.add_argument("--model-uri", required=True)
+    parser.add_argument("--data-uri", required=True)
+    parser.add_argument("--output-uri", required=True)
+    parser.add_argument("--work-dir", default="/kftune", help="node-local scratch (emptyDir)")
+    parser.add_argument("--shared-dir", default="", help="a mounted claim shared by all pods")
+    parser.add_argument("--training-parameters", default="{}", help="JSON")
+    parser.add_argument("--lora-config", default="{}", help="JSON")
+    parser.add_argument("--merge", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
+                        stream=sys.stdout)
+
+    if args.shared_dir:
+        # One directory per step on the claim: its name follows the output artifact's URI. One pod
+        # claims the staging (node ranks are not known yet in an elastic job); the others wait.
+        key = hashlib.sha256(args.output_uri.encode()).hexdigest()[:12]
+        base = Path(args.shared_dir) / f"kftune-{key}"
+        base.mkdir(parents=True, exist_ok=True)
+        model_dir, data_dir = stage_inputs(
+            args.model_uri,
+            args.data_uri,
+            base / "inputs",
+            wait_for_other_node=not claim(base / "stage.claim"),
+        )
+    else:
+        base = Path(args.work_dir)
+        model_dir, data_dir = stage_inputs(
+            args.model_uri, args.data_uri, base / "inputs", wait_for_other_node=False
+        )
+    output_dir = base / "output"
+    config_path = Path(args.work_dir) / "config.json"
+    config_path.parent.mkdir(parents=True, exist_ok=True)
+    config_path.write_text(
+        json.dumps(
+            {
+                "task": args.task,
+                "model_dir": str(model_dir),
+                "data_dir": str(data_dir),
+                "output_dir": str(output_dir),
+                "training_parameters": json.loads(args.training_parameters),
+                "lora_config": json.loads(args.lora_config),
+                "merge": args.merge,
+            },
+            indent=2,
+        )
+    )
+    status = run_trainer(config_path)
+    if status != 0:
+        logger.error("the trainer exited with status %d", status)
+        return status
+    # Global rank 0 wrote final/: on this pod's own disk only on the pod that ran it; on a shared
+    # claim every pod sees it, and one of them uploads.
+    final = output_dir / "final"
+    if final.is_dir() and (not args.shared_dir or claim(base / "upload.claim")):
+        upload_directory(final, args.output_uri)
+        logger.info("uploaded the adapter to %s", _shown(args.output_uri))
+    return 0
+
+
+def claim(path: Path) -> bool:
+    """Whether this pod holds the one-time job `path` names, taking it if nobody has.
+
+    The claim file holds the pod's host name (stable across container restarts and identical for
+    the recreated pod of a retried job), so the same pod keeps its claim after a restart.
+    """
+    me = socket.gethostname()
+    try:
+        descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return path.read_text().strip() == me
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(me)
+    return True
+
+
+def _shown(uri: str) -> str:
+    from kftune.components.common import uris
+
+    return uris.display_uri(uri)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

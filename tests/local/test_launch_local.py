@@ -1,0 +1,132 @@
+"""The local backend end to end: 2 "nodes" x 2 processes on CPU through the real trainer."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from kftune.components.common import demo
+from kftune.components.train_lora.backends.local import LocalBackend
+from kftune.components.train_lora.launch import run_training
+
+pytestmark = pytest.mark.local
+
+PARAMETERS = {
+    "learning_rate": 2e-2, "max_steps": 4, "per_device_train_batch_size": 2,
+    "logging_steps": 1, "save_strategy": "no", "max_seq_length": 32,
+}
+LORA = {"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}
+
+
+class Metrics:
+    def __init__(self):
+        self.values = {}
+
+    def log_metric(self, name, value):
+        self.values[name] = value
+
+
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    model = demo.tiny_causal_lm(tmp_path_factory.mktemp("model") / "tiny-llama")
+    rows = [{"text": row["text"]} for row in demo.sentiment_rows(24, seed=3)]
+    data = demo.write_dataset_artifact(tmp_path_factory.mktemp("data") / "train", rows)
+    return model, data
+
+
+def training(artifacts, tmp_path, **overrides):
+    model, data = artifacts
+    args = dict(
+        model_dir=str(model), model_uri=str(model), data_dir=str(data), data_uri=str(data),
+        adapter_dir=str(tmp_path / "adapter"), adapter_uri=str(tmp_path / "adapter"),
+        metrics=Metrics(), task="causal-lm", training_parameters=PARAMETERS, lora_config=LORA,
+        num_workers=2, num_procs_per_worker="2", resources_per_worker={}, backend="local",
+        image="", timeout_minutes=10, kubernetes_options={"env": {"OMP_NUM_THREADS": "1"}},
+    )
+    args.update(overrides)
+    return args
+
+
+def test_two_nodes_by_two_processes_train_an_adapter(artifacts, tmp_path, caplog):
+    caplog.set_level("INFO")
+    args = training(artifacts, tmp_path)
+    result = run_training(**args)
+
+    adapter = Path(args["adapter_dir"])
+    assert (adapter / "adapter_config.json").is_file()
+    assert (adapter / "adapter_model.safetensors").is_file()
+    manifest = json.loads((adapter / "manifest.json").read_text())
+    assert manifest["kind"] == "adapter" and manifest["training"]["world_size"] == 4
+    assert result["steps"] == 4
+    assert args["metrics"].values["steps"] == 4.0
+    assert "final_loss" in args["metrics"].values
+    # The nodes' output reaches our log, prefixed (the trainer logs from global rank 0 only).
+    assert "[node-0]" in caplog.text and "step 4/4" in caplog.text
+    # The work directory is gone; only the adapter is left beside it.
+    assert [path.name for path in tmp_path.iterdir()] == ["adapter"]
+
+
+def test_a_failing_rank_fails_the_step_with_its_log(artifacts, tmp_path):
+    args = training(artifacts, tmp_path, kubernetes_options={"env": {
+        "OMP_NUM_THREADS": "1", "KFTUNE_DEBUG_KILL_AT_STEP": "2", "KFTUNE_DEBUG_KILL_RANK": "3",
+    }})
+    with pytest.raises(RuntimeError) as caught:
+        run_training(**args)
+
+    message = str(caught.value)
+    assert "local training failed: node" in message and "of 2 exited with" in message
+    assert "log lines of node" in message
+    assert not Path(args["adapter_dir"]).exists()
+
+
+def test_the_pod_entrypoint_stages_trains_and_uploads(artifacts, tmp_path):
+    """pod.py as the operator would start it in 2 pods, with local paths as artifact URIs."""
+    model, data = artifacts
+    output_uri = tmp_path / "uploaded-adapter"
+    command = [
+        sys.executable, "-m", "kftune.components.train_lora.pod",
+        "--task", "causal-lm", "--model-uri", str(model), "--data-uri", str(data),
+        "--output-uri", str(output_uri), "--work-dir", str(tmp_path / "pod-{rank}"),
+        "--training-parameters", json.dumps(PARAMETERS), "--lora-config", json.dumps(LORA),
+    ]
+    lines = []
+    # Each node needs its own "emptyDir": a tiny wrapper substitutes the node rank.
+    wrapper = (
+        "import os, runpy, sys\n"
+        "sys.argv = ['pod'] + [a.replace('{rank}', os.environ['PET_NODE_RANK']) "
+        "for a in sys.argv[1:]]\n"
+        "runpy.run_module('kftune.components.train_lora.pod', run_name='__main__')\n"
+    )
+    backend = LocalBackend([sys.executable, "-c", wrapper, *command[3:]], num_workers=2,
+                           num_procs_per_worker=1, env={"OMP_NUM_THREADS": "1"},
+                           log_line=lines.append)
+    backend.submit()
+    backend.wait(timeout_seconds=600)
+
+    assert (output_uri / "adapter_config.json").is_file()
+    assert (output_uri / "manifest.json").is_file()
+    assert any("[node-0]" in line and "uploaded the adapter" in line for line in lines)
+    assert not any("[node-1]" in line and "uploaded the adapter" in line for line in lines)
+
+
+def test_the_component_runs_under_kfp_local(artifacts, tmp_path):
+    from kfp import dsl, local
+    from kftune.components.train_lora.component import train_lora
+
+    model, data = artifacts
+    local.init(runner=local.SubprocessRunner(use_venv=False),
+               pipeline_root=str(tmp_path / "root"), raise_on_error=True)
+
+    @dsl.pipeline
+    def train_only() -> dsl.Model:
+        base = dsl.importer(artifact_uri=str(model), artifact_class=dsl.Model, reimport=False)
+        rows = dsl.importer(artifact_uri=str(data), artifact_class=dsl.Dataset, reimport=False)
+        task = train_lora(model=base.output, train_data=rows.output, task="causal-lm",
+                          training_parameters=PARAMETERS, lora_config=LORA, num_workers=2,
+                          num_procs_per_worker="1", backend="local")
+        return task.outputs["adapter"]
+
+    run = train_only()
+    adapter = Path(run.output.path)
+    assert (adapter / "adapter_config.json").is_file()
+    assert json.loads((adapter / "manifest.json").read_text())["training"]["world_size"] == 2

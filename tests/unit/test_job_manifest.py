@@ -1,0 +1,394 @@
+"""The PyTorchJob manifest: the reference example as a golden file, table cases, bad input."""
+
+import dataclasses
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from kftune.components.common.errors import InputError
+from kftune.components.train_lora import job as job_lib
+from kftune.components.train_lora.cli import launch_main
+from kubernetes import client
+from support.fake_kubernetes import FakeKubernetes
+
+GOLDEN = Path(__file__).parent.parent / "golden" / "pytorchjob_reference_bert.yaml"
+RUN_ROOT = "minio://mlpipeline/v2/artifacts/lora-finetune/3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"
+
+# The reference: TrainingClient().train(num_workers=4, num_procs_per_worker=2,
+# resources_per_worker={"gpu": 2, "cpu": 5, "memory": "10G"}, BERT on Yelp reviews with
+# TrainingArguments(output_dir="test_trainer", save_strategy="no", eval_strategy="no",
+# do_eval=False, disable_tqdm=True, log_level="info") and LoraConfig(r=8, lora_alpha=8,
+# lora_dropout=0.1, bias="none")).
+REFERENCE_ARGV = [
+    "--dry-run",
+    "--task", "sequence-classification",
+    "--model-uri", f"{RUN_ROOT}/download-model/model",
+    "--dataset-uri", f"{RUN_ROOT}/download-dataset/train_data",
+    "--output-uri", f"{RUN_ROOT}/train-lora/adapter",
+    "--namespace", "kubeflow-user-example-com",
+    "--num-workers", "4",
+    "--num-procs-per-worker", "2",
+    "--resources-per-worker", '{"gpu": 2, "cpu": 5, "memory": "10G"}',
+    "--training-parameters",
+    '{"output_dir": "test_trainer", "save_strategy": "no", "eval_strategy": "no", '
+    '"do_eval": false, "disable_tqdm": true, "log_level": "info"}',
+    "--lora-config", '{"r": 8, "lora_alpha": 8, "lora_dropout": 0.1, "bias": "none"}',
+    "--image", "ghcr.io/kftune/trainer:0.1.0",
+]
+
+
+def test_reference_example_matches_the_golden_manifest(capsys):
+    assert launch_main(REFERENCE_ARGV) == 0
+    printed = capsys.readouterr().out
+    if os.environ.get("KFTUNE_UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+        GOLDEN.write_text(printed)
+    assert printed == GOLDEN.read_text(), "regenerate with KFTUNE_UPDATE_GOLDEN=1 and review"
+
+
+def test_golden_manifest_follows_the_operator_contract():
+    manifest = yaml.safe_load(GOLDEN.read_text())
+    assert manifest["apiVersion"] == "kubeflow.org/v1" and manifest["kind"] == "PyTorchJob"
+    specs = manifest["spec"]["pytorchReplicaSpecs"]
+    assert specs["Master"]["replicas"] == 1 and specs["Worker"]["replicas"] == 3
+    assert manifest["spec"]["nprocPerNode"] == "2"
+    for spec in specs.values():
+        (container,) = spec["template"]["spec"]["containers"]
+        assert container["name"] == "pytorch"
+        assert container["ports"] == [{"containerPort": 23456, "name": "pytorchjob-port"}]
+        expected = {"nvidia.com/gpu": "2", "cpu": "5", "memory": "10G"}
+        assert container["resources"] == {"requests": expected, "limits": expected}
+        # KFP's MinIO keys arrive as secretKeyRef, never as plain values or arguments.
+        secret_env = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]
+                      if "valueFrom" in e}
+        assert secret_env["AWS_ACCESS_KEY_ID"] == {"name": "mlpipeline-minio-artifact",
+                                                   "key": "accesskey"}
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", manifest["metadata"]["name"])
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    config: dict[str, Any]
+    check: Any  # callable(manifest dict) -> None
+    io: dict[str, str] = dataclasses.field(default_factory=dict)
+
+
+def build(config: dict[str, Any], io: dict[str, str] | None = None) -> dict[str, Any]:
+    launch = job_lib.LaunchConfig(**{"task": "causal-lm", **config})
+    pod_io = job_lib.PodIO(**{
+        "model_uri": "s3://bucket/model", "data_uri": "s3://bucket/data",
+        "output_uri": "s3://bucket/run-1/train-lora/adapter", **(io or {}),
+    })
+    name = launch.job_name or job_lib.derive_job_name(pod_io.output_uri, launch.task)
+    return job_lib.to_dict(job_lib.build_pytorchjob(launch, pod_io, job_name=name,
+                                                    namespace="team-a"))
+
+
+def master(manifest):
+    """The pod spec of the master (of worker 0 for an elastic, Worker-only job)."""
+    specs = manifest["spec"]["pytorchReplicaSpecs"]
+    return (specs.get("Master") or specs["Worker"])["template"]["spec"]
+
+
+def container(manifest):
+    return master(manifest)["containers"][0]
+
+
+def env(manifest):
+    return {item["name"]: item for item in container(manifest).get("env", [])}
+
+
+def _single_worker(manifest):
+    assert list(manifest["spec"]["pytorchReplicaSpecs"]) == ["Master"]
+
+
+def _auto_procs_gpu(manifest):
+    assert manifest["spec"]["nprocPerNode"] == "4"  # one per GPU of the pod
+
+
+def _auto_procs_cpu(manifest):
+    assert manifest["spec"]["nprocPerNode"] == "1"  # not one per core
+
+
+def _cpu_only(manifest):
+    resources = container(manifest)["resources"]
+    assert resources == {"requests": {"cpu": "500m", "memory": "2Gi"},
+                         "limits": {"cpu": "500m", "memory": "2Gi"}}
+
+
+def _no_resources(manifest):
+    assert container(manifest)["resources"] == {}
+
+
+def _queue_label(manifest):
+    assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+
+
+def _secret_env(manifest):
+    assert env(manifest)["HF_TOKEN"] == {
+        "name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-secret", "key": "token"}}
+    }
+    assert "hf-secret" not in " ".join(container(manifest)["args"])
+
+
+def _plain_env(manifest):
+    assert env(manifest)["NCCL_DEBUG"] == {"name": "NCCL_DEBUG", "value": "INFO"}
+
+
+def _elastic(manifest):
+    # Worker-only: the operator points the c10d rendezvous at <job>-worker-0.
+    specs = manifest["spec"]["pytorchReplicaSpecs"]
+    assert list(specs) == ["Worker"] and specs["Worker"]["replicas"] == 3
+    assert manifest["spec"]["elasticPolicy"] == {
+        "maxReplicas": 4, "maxRestarts": 5, "minReplicas": 2, "rdzvBackend": "c10d"
+    }
+
+
+def _pvc(manifest):
+    spec = master(manifest)
+    assert {"name": "shared", "persistentVolumeClaim": {"claimName": "train-cache"}} in (
+        spec["volumes"])
+    assert {"mountPath": "/mnt/pvc/train-cache", "name": "shared"} in (
+        container(manifest)["volumeMounts"])
+    args = container(manifest)["args"]
+    assert args[args.index("--shared-dir") + 1] == "/mnt/pvc/train-cache"
+
+
+def _scheduling(manifest):
+    spec = master(manifest)
+    assert spec["serviceAccountName"] == "trainer"
+    assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
+    assert spec["priorityClassName"] == "high"
+    assert spec["tolerations"] == [
+        {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"}
+    ]
+
+
+def _run_policy(manifest):
+    assert manifest["spec"]["runPolicy"] == {
+        "activeDeadlineSeconds": 600, "backoffLimit": 2, "cleanPodPolicy": "All",
+        "ttlSecondsAfterFinished": 60,
+    }
+
+
+def _no_minio_defaults(manifest):
+    assert not any(name.startswith("AWS_") for name in env(manifest))
+
+
+def _user_endpoint_wins(manifest):
+    assert env(manifest)["AWS_ENDPOINT_URL"]["value"] == "http://minio.storage:9000"
+    assert env(manifest)["AWS_ACCESS_KEY_ID"]["valueFrom"]["secretKeyRef"]["name"] == "mine"
+
+
+def _job_name(manifest):
+    assert manifest["metadata"]["name"] == "my-run"
+
+
+def _merge(manifest):
+    assert container(manifest)["args"][-1] == "--merge"
+
+
+CASES = [
+    Case("single worker has no Worker replicas", {"num_workers": 1}, _single_worker),
+    Case("auto procs with gpus", {"num_procs_per_worker": "auto",
+                                  "resources_per_worker": {"gpu": 4}}, _auto_procs_gpu),
+    Case("auto procs without gpus", {"num_procs_per_worker": "auto"}, _auto_procs_cpu),
+    Case("cpu-only resources", {"resources_per_worker": {"cpu": "500m", "memory": "2Gi"}},
+         _cpu_only),
+    Case("gpu 0 adds no gpu resource", {"resources_per_worker": {"gpu": 0}}, _no_resources),
+    Case("kueue queue", {"queue_name": "team-queue"}, _queue_label),
+    Case("secret env as secretKeyRef", {"secret_env": {"HF_TOKEN": "hf-secret:token"}},
+         _secret_env),
+    Case("plain env", {"env": {"NCCL_DEBUG": "INFO"}}, _plain_env),
+    Case("elastic policy", {"num_workers": 3, "elastic_policy": job_lib.ElasticPolicy(2, 4, 5)},
+         _elastic),
+    Case("pvc", {"pvc": job_lib.PvcMount("train-cache")}, _pvc),
+    Case("scheduling", {
+        "service_account": "trainer", "priority_class": "high",
+        "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "tolerations": (job_lib.Toleration(key="nvidia.com/gpu", operator="Exists",
+                                           effect="NoSchedule"),),
+    }, _scheduling),
+    Case("run policy", {"timeout_minutes": 10, "backoff_limit": 2, "clean_pod_policy": "All",
+                        "ttl_seconds_after_finished": 60}, _run_policy),
+    Case("s3 uris need no minio defaults", {}, _no_minio_defaults),
+    Case("user store settings win over minio defaults",
+         {"env": {"AWS_ENDPOINT_URL": "http://minio.storage:9000"},
+          "secret_env": {"AWS_ACCESS_KEY_ID": "mine:id", "AWS_SECRET_ACCESS_KEY": "mine:key"}},
+         _user_endpoint_wins, io={"model_uri": "minio://mlpipeline/model"}),
+    Case("explicit job name", {"job_name": "my-run"}, _job_name),
+    Case("merge", {"merge": True}, _merge),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_manifest_cases(case):
+    manifest = build(case.config, case.io)
+    case.check(manifest)
+    # Whatever the case, the operator's contract holds.
+    assert container(manifest)["name"] == "pytorch"
+    assert container(manifest)["command"] == ["python", "-m", "kftune.components.train_lora.pod"]
+
+
+def test_job_name_is_stable_per_step_and_distinct_across_runs():
+    first = job_lib.derive_job_name(f"{RUN_ROOT}/train-lora/adapter", "causal-lm")
+    again = job_lib.derive_job_name(f"{RUN_ROOT}/train-lora/adapter", "causal-lm")
+    other_run = job_lib.derive_job_name(RUN_ROOT.replace("3f2a", "0000") + "/train-lora/adapter",
+                                        "causal-lm")
+    other_task = job_lib.derive_job_name(f"{RUN_ROOT}/train-lora-2/adapter", "causal-lm")
+    assert first == again
+    assert len({first, other_run, other_task}) == 3
+    assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", first)
+    assert len(first) <= job_lib.MAX_JOB_NAME_LENGTH
+
+
+def test_secrets_never_appear_in_the_manifest():
+    token = "hf_SuperSecretValue123"
+    with pytest.raises(InputError) as caught:
+        job_lib.LaunchConfig(task="causal-lm", secret_env={"HF_TOKEN": token})
+    assert token not in str(caught.value)
+    manifest = build({"secret_env": {"HF_TOKEN": "hf-secret:token"}})
+    assert "valueFrom" in env(manifest)["HF_TOKEN"] and "value" not in env(manifest)["HF_TOKEN"]
+
+
+@dataclasses.dataclass
+class Bad:
+    name: str
+    options: dict[str, Any]
+    messages: list[str]
+
+
+def component_args(**overrides):
+    args = dict(
+        task="causal-lm", training_parameters={}, lora_config={}, num_workers=2,
+        num_procs_per_worker="2", resources_per_worker={"gpu": 1}, image="", timeout_minutes=60,
+        kubernetes_options={},
+    )
+    args.update(overrides)
+    return args
+
+
+BAD = [
+    Bad("num_workers 0", {"num_workers": 0}, ["`num_workers` must be >= 1, got 0"]),
+    Bad("num_workers text", {"num_workers": "2"},
+        ["`num_workers` must be a whole number >= 1, got '2'"]),
+    Bad("procs word", {"num_procs_per_worker": "two"},
+        ["`num_procs_per_worker` must be a positive whole number or 'auto', got 'two'"]),
+    Bad("procs zero", {"num_procs_per_worker": "0"},
+        ["`num_procs_per_worker` must be a positive whole number or 'auto', got 0"]),
+    Bad("procs fraction", {"num_procs_per_worker": "1.5"},
+        ["`num_procs_per_worker` must be a positive whole number or 'auto', got '1.5'"]),
+    Bad("memory ten gigs", {"resources_per_worker": {"memory": "ten gigs"}},
+        ["`resources_per_worker.memory` must be a Kubernetes quantity like \"10G\" or \"16Gi\", "
+         "got 'ten gigs'"]),
+    Bad("cpu zero", {"resources_per_worker": {"cpu": 0}},
+        ["`resources_per_worker.cpu` must be > 0, got 0"]),
+    Bad("cpu bool", {"resources_per_worker": {"cpu": True}},
+        ["`resources_per_worker.cpu` must be a Kubernetes quantity like 5 or \"500m\", got True"]),
+    Bad("gpu fraction", {"resources_per_worker": {"gpu": 1.5}},
+        ["`resources_per_worker.gpu` must be a whole number of GPUs >= 0, got 1.5"]),
+    Bad("gpu word", {"resources_per_worker": {"gpu": "two"}},
+        ["`resources_per_worker.gpu` must be a whole number of GPUs >= 0, got 'two'"]),
+    Bad("unknown resource", {"resources_per_worker": {"tpu": 1}},
+        ["`resources_per_worker` has an unknown key 'tpu'; use gpu, cpu, memory, "
+         "ephemeral-storage"]),
+    Bad("unknown training parameter", {"training_parameters": {"lerning_rate": 1e-4}},
+        ["`training_parameters.lerning_rate`", "did you mean `learning_rate`"]),
+    Bad("invalid lora value", {"lora_config": {"r": 0}},
+        ["`lora_config.r` must be an integer >= 1, got 0"]),
+    Bad("image with spaces", {"image": "my trainer:latest"},
+        ["`image` must be a container image reference", "got 'my trainer:latest'"]),
+    Bad("image upper case repository", {"image": "ghcr.io/Team/Trainer:1"},
+        ["got 'ghcr.io/Team/Trainer:1'"]),
+    Bad("timeout 0", {"timeout_minutes": 0}, ["`timeout_minutes` must be > 0, got 0"]),
+    Bad("task", {"task": "translation"},
+        ["`task` must be one of causal-lm, sequence-classification; got 'translation'"]),
+    Bad("unknown option", {"kubernetes_options": {"namspace": "x"}},
+        ["`kubernetes_options` has an unknown key 'namspace'"]),
+    Bad("namespace", {"kubernetes_options": {"namespace": "Team_A"}},
+        ["`kubernetes_options.namespace` must be a DNS-1123 label", "got 'Team_A'"]),
+    Bad("secret value instead of reference",
+        {"kubernetes_options": {"secret_env": {"HF_TOKEN": "hf_abc123"}}},
+        ["`kubernetes_options.secret_env.HF_TOKEN` must be 'secret-name:key'"]),
+    Bad("reserved env", {"kubernetes_options": {"env": {"WORLD_SIZE": "8"}}},
+        ["`kubernetes_options.env.WORLD_SIZE` is set by the Training Operator / torchrun"]),
+    Bad("env number", {"kubernetes_options": {"env": {"NCCL_TIMEOUT": 5}}},
+        ["`kubernetes_options.env.NCCL_TIMEOUT` must be a string, got 5"]),
+    Bad("elastic bounds", {"kubernetes_options": {"elastic_policy": {"min_nodes": 3,
+                                                                     "max_nodes": 2}}},
+        ["needs 1 <= min_nodes <= max_nodes, got min_nodes=3, max_nodes=2"]),
+    Bad("elastic range", {"num_workers": 5,
+                          "kubernetes_options": {"elastic_policy": {"min_nodes": 1,
+                                                                    "max_nodes": 4}}},
+        ["`num_workers` must lie between elastic_policy min_nodes=1 and max_nodes=4, got 5"]),
+    Bad("elastic unknown key", {"kubernetes_options": {"elastic_policy": {"min": 1}}},
+        ["`kubernetes_options.elastic_policy` has unknown keys ['min']"]),
+    Bad("clean pod policy", {"kubernetes_options": {"clean_pod_policy": "Sometimes"}},
+        ["`kubernetes_options.clean_pod_policy` must be one of None, Running, All, "
+         "got 'Sometimes'"]),
+    Bad("ttl", {"kubernetes_options": {"ttl_seconds_after_finished": -1}},
+        ["`kubernetes_options.ttl_seconds_after_finished` must be a whole number >= 0, got -1"]),
+    Bad("pvc claim", {"kubernetes_options": {"pvc": "Shared Cache"}},
+        ["`kubernetes_options.pvc.claim_name` must name a PersistentVolumeClaim",
+         "got 'Shared Cache'"]),
+    Bad("toleration operator", {"kubernetes_options": {"tolerations": [{"operator": "Maybe"}]}},
+        ["`kubernetes_options.tolerations[].operator` must be Equal or Exists, got 'Maybe'"]),
+    Bad("job name", {"kubernetes_options": {"job_name": "x" * 60}},
+        ["`kubernetes_options.job_name` must start with a letter"]),
+]
+
+
+@pytest.mark.parametrize("bad", BAD, ids=[bad.name for bad in BAD])
+def test_bad_input_is_reported_with_parameter_and_value(bad):
+    with pytest.raises(InputError) as caught:
+        job_lib.from_component(**component_args(**bad.options))
+    message = str(caught.value)
+    for expected in bad.messages:
+        assert expected in message
+    assert len(caught.value.problems) == 1, message
+
+
+def test_every_problem_is_reported_at_once():
+    with pytest.raises(InputError) as caught:
+        job_lib.from_component(**component_args(
+            num_workers=0, num_procs_per_worker="two",
+            resources_per_worker={"memory": "ten gigs", "gpu": 0.5},
+            training_parameters={"lerning_rate": 1}, lora_config={"r": 0}, image="Not An Image",
+            kubernetes_options={"namespace": "Bad_NS"},
+        ))
+    assert len(caught.value.problems) == 8
+    assert str(caught.value).startswith("8 problems:")
+
+
+@pytest.mark.parametrize("argv, expected", [
+    (["--dry-run", "--model-uri", "s3://b/m", "--dataset-uri", "s3://b/d", "--output-uri",
+      "s3://b/o", "--resources-per-worker", '{"memory": "ten gigs"}'],
+     "`resources_per_worker.memory` must be a Kubernetes quantity"),
+    (["--dry-run", "--model-uri", "s3://b/m", "--dataset-uri", "s3://b/d", "--output-uri",
+      "s3://b/o", "--lora-config", "{r: 8}"], "`--lora-config` must be JSON, got '{r: 8}'"),
+    (["--dry-run", "--model-uri", "s3://b/m"], "the following arguments are required"),
+    (["--dry-run", "--model-uri", "s3://b/m", "--dataset-uri", "s3://b/d", "--output-uri",
+      "s3://b/o", "--num-workers", "zero"], "argument --num-workers: invalid int value"),
+], ids=["bad quantity", "bad json", "missing flags", "bad int"])
+def test_cli_errors_are_one_line_and_exit_2(argv, expected, capsys):
+    assert launch_main(argv) == 2
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert expected in captured.err
+    assert len(captured.err.strip().splitlines()) == 1
+
+
+def test_every_manifest_is_admitted_by_the_api_server_and_operator_webhook():
+    manifests = [yaml.safe_load(GOLDEN.read_text())] + [build(c.config, c.io) for c in CASES]
+    with FakeKubernetes() as fake:
+        api = client.CustomObjectsApi(fake.api_client())
+        for manifest in manifests:
+            namespace = manifest["metadata"]["namespace"]
+            manifest["metadata"]["name"] += f"-{len(fake.created)}"
+            api.create_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs",
+                                                manifest)
+    assert len(fake.created) == len(manifests)

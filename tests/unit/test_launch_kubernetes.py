@@ -1,0 +1,381 @@
+"""The PyTorchJob backend against an API server double speaking HTTP to the real kubernetes client.
+
+A small controller (the scenarios below) plays the Training Operator: it moves each created job
+through Created -> Running -> (Restarting ->) Succeeded/Failed and writes the pods' logs.
+"""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+import yaml
+from kftune.components.train_lora import job as job_lib
+from kftune.components.train_lora.backends import deleting_on_exit
+from kftune.components.train_lora.backends.kubernetes import PyTorchJobBackend
+from kftune.components.train_lora.cli import launch_main
+from support.fake_kubernetes import FakeKubernetes
+
+NAMESPACE = "team-a"
+NAME = "kftune-clm-0123456789ab"
+
+
+def make_manifest(name=NAME, num_workers=2, output_uri="s3://bucket/run-1/train/adapter",
+                  elastic_policy=None):
+    config = job_lib.LaunchConfig(
+        task="causal-lm", num_workers=num_workers, image="registry.local/kftune/trainer:1",
+        elastic_policy=elastic_policy,
+    )
+    io = job_lib.PodIO("s3://bucket/model", "s3://bucket/data", output_uri)
+    return job_lib.to_dict(job_lib.build_pytorchjob(config, io, job_name=name, namespace=NAMESPACE))
+
+
+@pytest.fixture
+def fake():
+    with FakeKubernetes() as server:
+        yield server
+
+
+@pytest.fixture
+def master_lines():
+    return []
+
+
+def make_backend(fake, manifest, lines, **overrides):
+    options = dict(
+        poll_seconds=0.02, max_backoff_seconds=0.1, watch_seconds=2, log_line=lines.append
+    )
+    options.update(overrides)
+    return PyTorchJobBackend(fake.api_client(), manifest, **options)
+
+
+def start_pods(fake, job):
+    name = job["metadata"]["name"]
+    workers = job["spec"]["pytorchReplicaSpecs"].get("Worker", {}).get("replicas", 0)
+    fake.set_condition(NAMESPACE, name, "Created")
+    master = fake.add_pod(NAMESPACE, name, "Master", 0)
+    worker_pods = [fake.add_pod(NAMESPACE, name, "Worker", index) for index in range(workers)]
+    fake.set_condition(NAMESPACE, name, "Running")
+    return master, worker_pods
+
+
+def succeed(fake, job):
+    name = job["metadata"]["name"]
+    master, workers = start_pods(fake, job)
+    for step in range(1, 4):
+        fake.log(NAMESPACE, master, f"step {step} loss {3.0 / step:.3f}")
+        time.sleep(0.02)
+    fake.log(NAMESPACE, master, "saved adapter")
+    for pod in [master, *workers]:
+        fake.finish_pod(NAMESPACE, pod, 0)
+    fake.set_condition(NAMESPACE, name, "Succeeded")
+
+
+def fail(fake, job):
+    name = job["metadata"]["name"]
+    master, workers = start_pods(fake, job)
+    fake.log(NAMESPACE, master, "step 1 loss 2.000")
+    fake.log(NAMESPACE, workers[0], "Traceback (most recent call last):",
+             "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2.00 GiB")
+    fake.finish_pod(NAMESPACE, workers[0], 1)
+    fake.set_condition(
+        NAMESPACE, name, "Failed", "PyTorchJobFailed",
+        f"PyTorchJob {NAMESPACE}/{name} is failed because 1 Worker replica(s) failed.",
+    )
+
+
+def run_forever(fake, job):
+    master, _ = start_pods(fake, job)
+    fake.log(NAMESPACE, master, "step 1 loss 2.000")
+
+
+def restart_then_succeed(fake, job):
+    name = job["metadata"]["name"]
+    master, workers = start_pods(fake, job)
+    fake.log(NAMESPACE, master, "first container: step 1")
+    time.sleep(0.05)
+    fake.restart_container(NAMESPACE, master, 137)
+    fake.set_condition(NAMESPACE, name, "Restarting", "PyTorchJobRestarting", "master restarted")
+    fake.log(NAMESPACE, master, "second container: resumed from step-1")
+    fake.set_condition(NAMESPACE, name, "Running")
+    time.sleep(0.05)
+    for pod in [master, *workers]:
+        fake.finish_pod(NAMESPACE, pod, 0)
+    fake.set_condition(NAMESPACE, name, "Succeeded")
+
+
+def succeed_with_dropped_connections(fake, job):
+    name = job["metadata"]["name"]
+    master, workers = start_pods(fake, job)
+    for step in range(1, 4):
+        time.sleep(0.1)
+        fake.log(NAMESPACE, master, f"step {step}")
+        fake.drop_watches()
+    time.sleep(0.1)
+    for pod in [master, *workers]:
+        fake.finish_pod(NAMESPACE, pod, 0)
+    fake.drop_watches()
+    fake.set_condition(NAMESPACE, name, "Succeeded")
+
+
+def test_success_streams_the_masters_log(fake, master_lines, caplog):
+    caplog.set_level("INFO")
+    fake.on_create = succeed
+    backend = make_backend(fake, make_manifest(), master_lines)
+
+    assert backend.submit() == NAME
+    backend.wait(timeout_seconds=20)
+
+    assert master_lines == [
+        "step 1 loss 3.000", "step 2 loss 1.500", "step 3 loss 1.000", "saved adapter"
+    ]
+    assert "Running" in caplog.text and "succeeded" in caplog.text
+    assert fake.created == [NAME] and fake.deleted == []  # the ttl cleans it up, not us
+
+
+def test_failure_names_the_reason_and_quotes_the_failing_pod(fake, master_lines):
+    fake.on_create = fail
+    backend = make_backend(fake, make_manifest(num_workers=3), master_lines)
+    backend.submit()
+
+    with pytest.raises(RuntimeError) as caught:
+        backend.wait(timeout_seconds=20)
+
+    message = str(caught.value)
+    assert f"PyTorchJob {NAMESPACE}/{NAME} failed: PyTorchJobFailed" in message
+    assert "1 Worker replica(s) failed" in message
+    assert f"pod {NAME}-worker-0" in message
+    assert "CUDA out of memory" in message
+
+
+def test_timeout_deletes_the_job(fake, master_lines):
+    fake.on_create = run_forever
+    backend = make_backend(fake, make_manifest(), master_lines)
+    backend.submit()
+
+    started = time.monotonic()
+    with pytest.raises(TimeoutError, match=r"did not finish within .* deleted it"):
+        backend.wait(timeout_seconds=0.6)
+
+    assert time.monotonic() - started < 5
+    assert fake.deleted == [NAME] and fake.job(NAMESPACE, NAME) is None
+
+
+def test_sigterm_deletes_the_job_before_exiting(fake, master_lines):
+    fake.on_create = run_forever
+    backend = make_backend(fake, make_manifest(), master_lines)
+    backend.submit()
+    handler_before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(0.4, os.kill, args=(os.getpid(), signal.SIGTERM))
+    timer.start()
+
+    with pytest.raises(SystemExit) as caught, deleting_on_exit(backend):
+        backend.wait(timeout_seconds=30)
+
+    assert caught.value.code == 143
+    assert fake.deleted == [NAME]
+    assert signal.getsignal(signal.SIGTERM) == handler_before
+
+
+def test_a_retried_step_reattaches_to_its_running_job(fake, master_lines, caplog):
+    caplog.set_level("INFO")
+    release = threading.Event()
+
+    def run_until_released(fake, job):
+        run_forever(fake, job)
+        release.wait(10)
+        name = job["metadata"]["name"]
+        for pod in list(fake.pods):
+            fake.finish_pod(*pod, 0)
+        fake.set_condition(NAMESPACE, name, "Succeeded")
+
+    fake.on_create = run_until_released
+    first_attempt = make_backend(fake, make_manifest(), master_lines)
+    first_attempt.submit()
+    # The first attempt's pod dies without cleaning up; KFP retries the step.
+    retry = make_backend(fake, make_manifest(), master_lines)
+    assert retry.submit() == NAME
+    release.set()
+    retry.wait(timeout_seconds=20)
+
+    assert fake.created == [NAME]
+    assert "re-attaching" in caplog.text
+
+
+def test_a_retry_after_the_job_succeeded_collects_without_training_again(fake, master_lines):
+    fake.on_create = succeed
+    first_attempt = make_backend(fake, make_manifest(), master_lines)
+    first_attempt.submit()
+    first_attempt.wait(timeout_seconds=20)  # then the step's pod died before publishing
+
+    retry = make_backend(fake, make_manifest(), master_lines)
+    retry.submit()
+    started = time.monotonic()
+    retry.wait(timeout_seconds=20)
+
+    assert time.monotonic() - started < 2
+    assert fake.created == [NAME] and fake.deleted == []
+
+
+def test_a_retry_after_a_failed_job_trains_again(fake, master_lines):
+    fake.on_create = fail
+    first_attempt = make_backend(fake, make_manifest(), master_lines)
+    first_attempt.submit()
+    with pytest.raises(RuntimeError):
+        first_attempt.wait(timeout_seconds=20)
+
+    fake.on_create = succeed
+    retry = make_backend(fake, make_manifest(), master_lines)
+    retry.submit()
+    retry.wait(timeout_seconds=20)
+
+    assert fake.created == [NAME, NAME] and fake.deleted == [NAME]
+
+
+def test_a_name_taken_by_another_job_is_a_conflict(fake, master_lines):
+    make_backend(fake, make_manifest(output_uri="s3://bucket/other-run"), master_lines).submit()
+
+    backend = make_backend(fake, make_manifest(), master_lines)
+    with pytest.raises(RuntimeError, match=rf"{NAME} already exists and runs something else"):
+        backend.submit()
+    assert fake.created == [NAME]
+
+
+def test_an_invalid_name_is_rejected_by_the_server(fake, master_lines):
+    backend = make_backend(fake, make_manifest(name="Not_A_Name"), master_lines)
+
+    with pytest.raises(RuntimeError, match=r"HTTP 422: .*Invalid value: \"Not_A_Name\""):
+        backend.submit()
+    assert fake.created == []
+
+
+def test_a_name_the_operator_webhook_denies_fails_clearly(fake, master_lines):
+    backend = make_backend(fake, make_manifest(name="9-starts-with-a-digit"), master_lines)
+
+    with pytest.raises(RuntimeError, match=r"HTTP 403: admission webhook .* DNS-1035 label"):
+        backend.submit()
+    assert fake.created == []
+
+
+def test_a_cluster_without_the_training_operator_is_named(fake, master_lines):
+    fake.fail_next("POST", "/pytorchjobs$", status=404)
+    backend = make_backend(fake, make_manifest(), master_lines)
+
+    with pytest.raises(RuntimeError, match="HTTP 404: .*Training Operator installed"):
+        backend.submit()
+
+
+def test_server_errors_are_retried(fake, master_lines):
+    fake.on_create = succeed
+    fake.fail_next("POST", "/pytorchjobs$", status=500, times=2)
+    fake.fail_next("GET", f"/pytorchjobs/{NAME}$", status=503, times=2)
+    fake.fail_next("GET", "/pytorchjobs$", status=500, times=1)  # the watch
+    backend = make_backend(fake, make_manifest(), master_lines)
+
+    backend.submit()
+    backend.wait(timeout_seconds=20)
+
+    assert fake.created == [NAME]
+    assert master_lines[-1] == "saved adapter"
+
+
+def test_persistent_server_errors_fail_clearly(fake, master_lines):
+    fake.fail_next("POST", "/pytorchjobs$", status=500, times=10)
+    backend = make_backend(fake, make_manifest(), master_lines, api_attempts=3)
+
+    with pytest.raises(RuntimeError, match=r"could not create .* kept failing \(HTTP 500"):
+        backend.submit()
+
+
+def test_dropped_watches_and_log_streams_reconnect_without_repeating_lines(fake, master_lines):
+    fake.on_create = succeed_with_dropped_connections
+    backend = make_backend(fake, make_manifest(), master_lines)
+
+    backend.submit()
+    backend.wait(timeout_seconds=20)
+
+    assert master_lines == ["step 1", "step 2", "step 3"]
+    watches = [path for method, path in fake.requests if "watch=" in path]
+    assert len(watches) >= 2
+
+
+def test_a_restarting_job_is_followed_to_success(fake, master_lines, caplog):
+    caplog.set_level("INFO")
+    fake.on_create = restart_then_succeed
+    backend = make_backend(fake, make_manifest(), master_lines)
+
+    backend.submit()
+    backend.wait(timeout_seconds=20)
+
+    assert "Restarting" in caplog.text
+    assert master_lines[-1] == "second container: resumed from step-1"
+
+
+def test_a_job_deleted_by_someone_else_fails_the_step(fake, master_lines):
+    def delete_soon(fake, job):
+        run_forever(fake, job)
+        time.sleep(0.2)
+        fake.api_client()  # a second client, as kubectl would be
+        from kubernetes import client
+
+        client.CustomObjectsApi(fake.api_client()).delete_namespaced_custom_object(
+            "kubeflow.org", "v1", NAMESPACE, "pytorchjobs", job["metadata"]["name"]
+        )
+
+    fake.on_create = delete_soon
+    backend = make_backend(fake, make_manifest(), master_lines)
+    backend.submit()
+
+    with pytest.raises(RuntimeError, match="was deleted while this step waited on it"):
+        backend.wait(timeout_seconds=20)
+
+
+def write_kubeconfig(path, server):
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "me", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "fake", "user": "me",
+                                                  "namespace": NAMESPACE}}],
+    }))
+    return path
+
+
+@pytest.mark.parametrize("scenario, status, expected", [
+    (succeed, 0, ""),
+    (fail, 1, "failed: PyTorchJobFailed"),
+], ids=["succeeds", "fails"])
+def test_kftune_launch_submits_with_the_kubeconfig_and_follows_the_job(
+        fake, tmp_path, monkeypatch, capsys, scenario, status, expected):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", fake.url)))
+    fake.on_create = scenario
+
+    code = launch_main(["--namespace", NAMESPACE, "--num-workers", "2", "--model-uri",
+                        "s3://b/m", "--dataset-uri", "s3://b/d", "--output-uri", "s3://b/o"])
+
+    assert code == status
+    assert expected in capsys.readouterr().err
+    assert len(fake.created) == 1
+
+
+def test_an_elastic_job_streams_worker_zero(fake, master_lines):
+    def elastic_success(fake, job):
+        name = job["metadata"]["name"]
+        fake.set_condition(NAMESPACE, name, "Created")
+        pods = [fake.add_pod(NAMESPACE, name, "Worker", index) for index in range(2)]
+        fake.set_condition(NAMESPACE, name, "Running")
+        fake.log(NAMESPACE, pods[0], "rendezvous complete: 2 nodes")
+        fake.log(NAMESPACE, pods[1], "not the main pod")
+        for pod in pods:
+            fake.finish_pod(NAMESPACE, pod, 0)
+        fake.set_condition(NAMESPACE, name, "Succeeded")
+
+    fake.on_create = elastic_success
+    manifest = make_manifest(elastic_policy=job_lib.ElasticPolicy(1, 3, 2))
+    backend = make_backend(fake, manifest, master_lines)
+    backend.submit()
+    backend.wait(timeout_seconds=20)
+
+    assert master_lines == ["rendezvous complete: 2 nodes"]
