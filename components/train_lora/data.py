@@ -1,0 +1,347 @@
+"""Training data: rows -> token examples -> one job-wide order -> per-rank micro-batches.
+
+Tokenization (every rank tokenizes all rows, deterministically, so every rank knows every example):
+- causal-lm, column `text`: loss on every token.
+- causal-lm, columns `prompt` + `completion`: loss on the completion tokens only.
+- causal-lm, column `messages`: rendered with the tokenizer's chat template; loss on the assistant
+  turns only.
+- sequence-classification, columns `text` + `label`.
+
+Causal-lm labels are stored ALIGNED with the inputs: `labels[t]` is the token to predict after
+position t (-100 where nothing is learned), so packed examples never predict across a boundary.
+
+Order: `GlobalOrder` is one permutation of all examples per epoch, the same on every rank. An
+optimizer step takes the next `global_batch` examples of it; `rank_micro_batches` deals them out to
+(micro-batch, rank) slots. Each example is therefore seen exactly once per epoch across all ranks
+of all nodes, and the data position of the whole job is just (epoch, examples consumed), which
+stays valid when a job resumes with a different world size.
+
+Micro-batches: `collate_causal_lm` packs the examples of a micro-batch into one row with no padding
+and `position_ids` that restart at 0 per example (transformers derives the per-example causal mask
+from them when no attention mask is given); with packing off it pads to the longest example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from kftune.components.common.artifacts import read_manifest
+from kftune.components.common.errors import Problems
+
+IGNORE_INDEX = -100
+DATA_FILE = "data.parquet"
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+    """One tokenized training example."""
+
+    index: int
+    """Row index in the Dataset artifact."""
+    input_ids: tuple[int, ...]
+    """Token ids."""
+    labels: tuple[int, ...] | int
+    """causal-lm: aligned next-token targets (-100 = no loss); classification: the class."""
+
+    @property
+    def target_count(self) -> int:
+        """Targets this example contributes to the loss."""
+        if isinstance(self.labels, int):
+            return 0 if self.labels == IGNORE_INDEX else 1
+        return sum(1 for label in self.labels if label != IGNORE_INDEX)
+
+
+# -- loading ---------------------------------------------------------------------------------------
+
+
+def load_rows(data_dir: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Reads the rows and the manifest of a Dataset artifact.
+
+    Raises:
+        InputError: when the directory is not a Dataset artifact.
+    """
+    import pyarrow.parquet as pq
+
+    manifest = read_manifest(data_dir, parameter="data_dir")
+    path = Path(data_dir) / DATA_FILE
+    if not path.is_file():
+        problems = Problems()
+        problems.add(f"`data_dir` must hold {DATA_FILE}, got {data_dir!r} without it; pass the "
+                     "output of download_dataset")
+        problems.raise_if_any()
+    return pq.read_table(path).to_pylist(), manifest
+
+
+def check_columns(task: str, columns: Sequence[str], num_labels: int | None) -> list[str]:
+    """Returns the problems with a dataset's columns for `task`."""
+    present = set(columns)
+    if task == "sequence-classification":
+        missing = [name for name in ("text", "label") if name not in present]
+        problems = []
+        if missing:
+            problems.append(
+                f"`train_data` must have columns text and label for task sequence-classification, "
+                f"got columns {sorted(present)} (missing {missing}); map them with "
+                "download_dataset's column_mapping"
+            )
+        if not num_labels:
+            problems.append(
+                "`train_data` manifest must give num_labels for task sequence-classification, got "
+                f"{num_labels!r}; produce the dataset with download_dataset"
+            )
+        return problems
+    if "messages" in present or "text" in present or {"prompt", "completion"} <= present:
+        return []
+    return [
+        f"`train_data` must have a text column, prompt + completion columns, or a messages column "
+        f"for task causal-lm, got columns {sorted(present)}; map them with download_dataset's "
+        "column_mapping"
+    ]
+
+
+# -- tokenization ----------------------------------------------------------------------------------
+
+
+def _aligned(input_ids: list[int], target_mask: list[bool]) -> tuple[int, ...]:
+    """Next-token labels aligned with the inputs; position t learns input t+1 if it is a target."""
+    labels = [IGNORE_INDEX] * len(input_ids)
+    for position in range(len(input_ids) - 1):
+        if target_mask[position + 1]:
+            labels[position] = input_ids[position + 1]
+    return tuple(labels)
+
+
+def _with_eos(ids: list[int], eos_id: int | None) -> list[int]:
+    if eos_id is not None and (not ids or ids[-1] != eos_id):
+        return [*ids, eos_id]
+    return ids
+
+
+def _chat_tokens(tokenizer: Any, messages: list[dict[str, str]]) -> tuple[list[int], list[bool]]:
+    """Chat-template token ids and a mask of the assistant tokens."""
+    if "{% generation %}" in (tokenizer.chat_template or ""):
+        rendered = tokenizer.apply_chat_template(
+            messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
+        )
+        return list(rendered["input_ids"]), [bool(flag) for flag in rendered["assistant_masks"]]
+    # Templates without generation markers: an assistant turn is what rendering it adds to the
+    # conversation so far (rendered with the generation prompt).
+    full = list(tokenizer.apply_chat_template(messages, tokenize=True, return_dict=True)[
+        "input_ids"])
+    mask = [False] * len(full)
+    for turn, message in enumerate(messages):
+        if message.get("role") != "assistant":
+            continue
+        before = tokenizer.apply_chat_template(
+            messages[:turn], tokenize=True, return_dict=True, add_generation_prompt=True
+        )["input_ids"] if turn else []
+        through = tokenizer.apply_chat_template(
+            messages[: turn + 1], tokenize=True, return_dict=True
+        )["input_ids"]
+        for position in range(len(before), min(len(through), len(full))):
+            mask[position] = True
+    return full, mask
+
+
+def tokenize_rows(
+    task: str, rows: Sequence[Mapping[str, Any]], tokenizer: Any, max_seq_length: int
+) -> list[Example]:
+    """Tokenizes every row for `task`, truncating to `max_seq_length` tokens.
+
+    Raises:
+        InputError: when the rows do not fit the task or the tokenizer has no chat template for
+            `messages` rows.
+    """
+    if not rows:
+        problems = Problems()
+        problems.add("`train_data` must hold at least one row, got 0 rows")
+        problems.raise_if_any()
+    columns = set(rows[0])
+    eos_id = tokenizer.eos_token_id
+    examples: list[Example] = []
+    if task == "sequence-classification":
+        encoded = tokenizer(
+            [str(row["text"]) for row in rows], truncation=True, max_length=max_seq_length
+        )["input_ids"]
+        for index, (ids, row) in enumerate(zip(encoded, rows, strict=True)):
+            examples.append(Example(index, tuple(ids), int(row["label"])))
+        return examples
+    if "messages" in columns:
+        if not tokenizer.chat_template:
+            problems = Problems()
+            problems.add("`train_data` has a messages column but the model's tokenizer has no "
+                         "chat_template; use a chat model or map the data to prompt/completion")
+            problems.raise_if_any()
+        for index, row in enumerate(rows):
+            ids, mask = _chat_tokens(tokenizer, list(row["messages"]))
+            ids, mask = ids[:max_seq_length], mask[:max_seq_length]
+            examples.append(Example(index, tuple(ids), _aligned(ids, mask)))
+        return examples
+    if {"prompt", "completion"} <= columns:
+        prompts = tokenizer([str(row["prompt"]) for row in rows])["input_ids"]
+        completions = tokenizer(
+            [str(row["completion"]) for row in rows], add_special_tokens=False
+        )["input_ids"]
+        for index, (prompt, completion) in enumerate(zip(prompts, completions, strict=True)):
+            completion = _with_eos(list(completion), eos_id)
+            ids = (list(prompt) + completion)[:max_seq_length]
+            mask = ([False] * len(prompt) + [True] * len(completion))[:max_seq_length]
+            examples.append(Example(index, tuple(ids), _aligned(ids, mask)))
+        return examples
+    encoded = tokenizer([str(row["text"]) for row in rows])["input_ids"]
+    for index, ids in enumerate(encoded):
+        ids = _with_eos(list(ids), eos_id)[:max_seq_length]
+        examples.append(Example(index, tuple(ids), _aligned(ids, [True] * len(ids))))
+    return examples
+
+
+# -- order and distribution ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class DataPosition:
+    """Where the job is in its data: the epoch and how many examples of it are consumed."""
+
+    epoch: int = 0
+    """Epoch number, from 0."""
+    consumed: int = 0
+    """Examples of this epoch's order already trained on."""
+
+
+class GlobalOrder:
+    """The job-wide example order: one seeded permutation per epoch, identical on every rank."""
+
+    def __init__(self, num_examples: int, seed: int, shuffle: bool = True) -> None:
+        self.num_examples = num_examples
+        self.seed = seed
+        self.shuffle = shuffle
+
+    def epoch_order(self, epoch: int) -> list[int]:
+        """The example indices of `epoch` in training order."""
+        order = list(range(self.num_examples))
+        if self.shuffle:
+            random.Random(self.seed * 1_000_003 + epoch).shuffle(order)
+        return order
+
+    def steps(
+        self, position: DataPosition, global_batch: int
+    ) -> Iterator[tuple[list[int], DataPosition]]:
+        """Yields (example indices of one optimizer step, the data position after it), forever.
+
+        The last step of an epoch takes what is left of it, so no example is dropped or repeated.
+        """
+        epoch, consumed = position.epoch, position.consumed
+        while True:
+            if consumed >= self.num_examples:
+                epoch, consumed = epoch + 1, 0
+            order = self.epoch_order(epoch)
+            while consumed < self.num_examples:
+                step = order[consumed : consumed + global_batch]
+                consumed += len(step)
+                yield step, DataPosition(epoch, consumed)
+
+    def steps_per_epoch(self, global_batch: int) -> int:
+        """Optimizer steps one epoch takes."""
+        return -(-self.num_examples // global_batch)
+
+
+def rank_micro_batches(
+    step: Sequence[int], rank: int, world_size: int, per_device: int, accumulation: int,
+    lengths: Sequence[int] | None = None,
+) -> list[list[int]]:
+    """The examples of one optimizer step that `rank` trains on, as `accumulation` micro-batches.
+
+    Slot (micro-batch m, rank r) takes `step[(m * world_size + r) * per_device :][:per_device]`;
+    in an epoch's short last step some slots are empty (the rank then runs a zero-loss micro-batch
+    so that gradient synchronization still lines up).
+
+    With `lengths` (tokens per example index), the step's examples are dealt out by tokens
+    instead: longest first, each to the slot with the fewest tokens that still has room for
+    `per_device` examples. Every rank computes the same deal, so it is still a partition of the
+    step, and the slots' token counts (hence the ranks' step times) end up within about one short
+    example of each other.
+    """
+    if lengths is not None:
+        slots = accumulation * world_size
+        members: list[list[int]] = [[] for _ in range(slots)]
+        loads = [0] * slots
+        for index in sorted(step, key=lambda i: (-lengths[i], i)):
+            slot = min((s for s in range(slots) if len(members[s]) < per_device),
+                       key=lambda s: (loads[s], s))
+            members[slot].append(index)
+            loads[slot] += lengths[index]
+        return [members[micro * world_size + rank] for micro in range(accumulation)]
+    batches = []
+    for micro in range(accumulation):
+        start = (micro * world_size + rank) * per_device
+        batches.append(list(step[start : start + per_device]))
+    return batches
+
+
+# -- collation -------------------------------------------------------------------------------------
+
+
+def collate_causal_lm(examples: Sequence[Example], pad_id: int, packing: bool) -> dict[str, Any]:
+    """Tensors for one causal-lm micro-batch (see kernels.causal_lm_loss for the layout)."""
+    import torch
+
+    if not examples:
+        return {
+            "input_ids": torch.tensor([[pad_id]]),
+            "position_ids": torch.tensor([[0]]),
+            "labels": torch.tensor([[IGNORE_INDEX]]),
+        }
+    if packing:
+        input_ids = [token for example in examples for token in example.input_ids]
+        labels = [label for example in examples for label in example.labels]
+        positions = [position for example in examples for position in range(len(example.input_ids))]
+        boundaries = [0]
+        for example in examples:
+            boundaries.append(boundaries[-1] + len(example.input_ids))
+        return {
+            "input_ids": torch.tensor([input_ids]),
+            "position_ids": torch.tensor([positions]),
+            "labels": torch.tensor([labels]),
+            # Example boundaries for varlen attention, computed here so the GPU never waits.
+            "cu_seq_lens": torch.tensor(boundaries, dtype=torch.int32),
+            "max_length": max(len(example.input_ids) for example in examples),
+        }
+    longest = max(len(example.input_ids) for example in examples)
+    input_ids, labels, mask = [], [], []
+    for example in examples:
+        pad = longest - len(example.input_ids)
+        input_ids.append(list(example.input_ids) + [pad_id] * pad)
+        labels.append(list(example.labels) + [IGNORE_INDEX] * pad)
+        mask.append([1] * len(example.input_ids) + [0] * pad)
+    return {
+        "input_ids": torch.tensor(input_ids),
+        "position_ids": torch.arange(longest).unsqueeze(0).expand(len(examples), -1).contiguous(),
+        "labels": torch.tensor(labels),
+        "attention_mask": torch.tensor(mask),
+    }
+
+
+def collate_classification(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
+    """Tensors for one sequence-classification micro-batch, padded to its longest example."""
+    import torch
+
+    if not examples:
+        return {
+            "input_ids": torch.tensor([[pad_id]]),
+            "attention_mask": torch.tensor([[1]]),
+            "labels": torch.tensor([IGNORE_INDEX]),
+        }
+    longest = max(len(example.input_ids) for example in examples)
+    return {
+        "input_ids": torch.tensor(
+            [list(e.input_ids) + [pad_id] * (longest - len(e.input_ids)) for e in examples]
+        ),
+        "attention_mask": torch.tensor(
+            [[1] * len(e.input_ids) + [0] * (longest - len(e.input_ids)) for e in examples]
+        ),
+        "labels": torch.tensor([e.labels for e in examples]),
+    }

@@ -1,0 +1,631 @@
+"""The LoRA trainer: the program torchrun starts in every training pod.
+
+    torchrun [--nnodes N --nproc-per-node M ... | with the operator's PET_* env] \
+        -m kftune.components.train_lora.trainer --config CONFIG.json
+
+`CONFIG.json` is described in config.py. The recipe, top to bottom: join the process group (gloo
+and fp32 on CPU, NCCL and bf16 weights on GPU), load the base model (no remote code, SDPA
+attention), wrap it with LoRA, wrap it with DDP, tokenize the data, then loop: each optimizer step
+takes the next global batch of the job-wide example order (data.py), accumulates gradients over
+micro-batches, clips, steps the optimizer and the schedule, logs on global rank 0, and checkpoints
+every `save_steps` (checkpoint.py). A restarted job resumes from the newest complete checkpoint.
+At the end global rank 0 writes `<output_dir>/final/`: the PEFT adapter, the tokenizer,
+metrics.json, manifest.json and, with `merge`, `merged/` (the full merged model).
+
+Debug hooks, read from the environment (tests use them; they change nothing when unset):
+- `KFTUNE_DEBUG_SEEN_DIR`: every rank appends "epoch step example-index" lines for the examples
+  it trains on to `<dir>/seen-rank<R>.txt`.
+- `KFTUNE_DEBUG_KILL_AT_STEP` (+ `KFTUNE_DEBUG_KILL_RANK`, default 1): that global rank SIGKILLs
+  itself after that optimizer step, only in the first attempt (`TORCHELASTIC_RESTART_COUNT` 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import json
+import logging
+import math
+import os
+import signal
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from kftune.components.common.artifacts import atomic_directory, read_manifest, write_manifest
+from kftune.components.common.errors import InputError, Problems
+from kftune.components.train_lora import checkpoint, data, kernels
+from kftune.components.train_lora.config import LORA_TASK_TYPES, TrainConfig, TrainingSettings
+
+LOG = logging.getLogger("kftune.trainer")
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """This process's place in the job."""
+
+    rank: int
+    """Global rank."""
+    local_rank: int
+    """Rank on this node."""
+    world_size: int
+    """Processes in the job."""
+    device: torch.device
+    """Where the model runs."""
+    dtype: torch.dtype
+    """The dtype of the frozen base weights."""
+
+    @property
+    def is_main(self) -> bool:
+        """Global rank 0: the one that logs and writes outputs."""
+        return self.rank == 0
+
+
+# -- setup -----------------------------------------------------------------------------------------
+
+
+def init_distributed(settings: TrainingSettings) -> Runtime:
+    """Joins the job's process group from torchrun's environment (or alone, without torchrun)."""
+    use_cuda = torch.cuda.is_available() and not settings.use_cpu
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    timeout = datetime.timedelta(seconds=settings.ddp_timeout)
+    if use_cuda:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    backend = "nccl" if use_cuda else "gloo"
+    if "RANK" in os.environ:
+        store, rank, world_size = next(dist.rendezvous("env://", timeout=timeout))
+        # torchrun keeps one store for all restarts of the workers: without a per-attempt prefix
+        # a restarted rank can read a dead rank's address from the previous attempt (gloo:
+        # "connection refused", or a hang). The ranks of one node, and of a static rendezvous
+        # (run id "none"), restart together and agree on the count; elastic (c10d) agents of
+        # several nodes may not, so they go without the prefix.
+        single_node = os.environ.get("GROUP_WORLD_SIZE", "1") == "1"
+        if single_node or os.environ.get("TORCHELASTIC_RUN_ID", "none") == "none":
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+            store = dist.PrefixStore(f"kftune/attempt-{attempt}", store)
+        dist.init_process_group(backend, store=store, rank=rank, world_size=world_size,
+                                timeout=timeout, device_id=device if use_cuda else None)
+    else:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=timeout)
+    dtype = torch.bfloat16 if use_cuda and settings.bf16 else torch.float32
+    return Runtime(dist.get_rank(), local_rank, dist.get_world_size(), device, dtype)
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Writes to the current `sys.stdout` (a pod log; pytest's capture when run in-process)."""
+
+    @property
+    def stream(self) -> Any:  # noqa: D102
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def setup_logging(runtime: Runtime) -> None:
+    """Progress lines on stdout from global rank 0; only warnings and errors from the others."""
+    handler = _StdoutHandler()
+    handler.setFormatter(logging.Formatter(
+        f"%(asctime)s [rank {runtime.rank}] %(levelname)s %(message)s"))
+    LOG.handlers[:] = [handler]
+    LOG.setLevel(logging.INFO if runtime.is_main else logging.WARNING)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    for noisy in ("transformers", "peft", "torch.distributed"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def load_model(cfg: TrainConfig, manifest: dict[str, Any], label_names: list[str] | None,
+               runtime: Runtime) -> torch.nn.Module:
+    """Loads the base model for the task from the Model artifact, frozen, on the device."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    problems = Problems()
+    if manifest.get("trust_remote_code"):
+        problems.add(
+            f"`model` {manifest.get('source', {}).get('uri')!r} needs trust_remote_code, which "
+            "kftune never enables; use a model whose architecture transformers ships"
+        )
+    problems.raise_if_any()
+    common = {
+        "dtype": runtime.dtype,
+        "attn_implementation": kernels.attention_implementation(runtime.device, cfg.task),
+        "trust_remote_code": False,
+    }
+    if runtime.device.type == "cuda":
+        common["device_map"] = {"": runtime.device}
+    try:
+        if cfg.task == "sequence-classification":
+            model = AutoModelForSequenceClassification.from_pretrained(
+                cfg.model_dir, num_labels=len(label_names or []),
+                id2label=dict(enumerate(label_names or [])),
+                label2id={name: index for index, name in enumerate(label_names or [])},
+                **common,
+            )
+        else:
+            model = AutoModelForCausalLM.from_pretrained(cfg.model_dir, **common)
+    except (ValueError, OSError, KeyError) as error:
+        problems.add(
+            f"`model` ({manifest.get('architecture')}, model_type {manifest.get('model_type')!r}) "
+            f"cannot be loaded for task {cfg.task!r}: {error}; pick a model for this task"
+        )
+        problems.raise_if_any()
+    model.requires_grad_(False)
+    return model.to(runtime.device)
+
+
+def _linear_module_names(model: torch.nn.Module) -> list[str]:
+    return sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                   if isinstance(module, torch.nn.Linear)})
+
+
+def wrap_with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
+    """Wraps the base model with the LoRA adapters of `cfg.lora_config`.
+
+    Without `target_modules`, PEFT's default for the architecture is used, or all linear layers
+    except the output head when PEFT has none.
+    """
+    from peft import LoraConfig, get_peft_model
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    fields = {key: value for key, value in cfg.lora_config.items() if key != "task_type"}
+    problems = Problems()
+    available = _linear_module_names(model)
+    target_modules = fields.get("target_modules")
+    if target_modules is None:
+        if model.config.model_type not in TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING:
+            fields["target_modules"] = "all-linear"
+    elif isinstance(target_modules, list):
+        module_names = [name for name, _ in model.named_modules()]
+        unmatched = [target for target in target_modules
+                     if not any(name == target or name.endswith(f".{target}")
+                                for name in module_names)]
+        if unmatched:
+            problems.add(
+                f"`lora_config.target_modules` {unmatched} match no layer of the model; its "
+                f"linear layers are {available}; pick from those or leave target_modules unset"
+            )
+    problems.raise_if_any()
+    lora = LoraConfig(task_type=LORA_TASK_TYPES[cfg.task], **fields)
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as error:
+        problems.add(
+            f"`lora_config` = {cfg.lora_config!r} does not fit the model: {error}; its linear "
+            f"layers are {available}"
+        )
+        problems.raise_if_any()
+    raise AssertionError("unreachable")
+
+
+def build_optimizer(model: torch.nn.Module, settings: TrainingSettings, runtime: Runtime,
+                    total_steps: int) -> tuple[torch.optim.Optimizer, Any]:
+    """The optimizer over the trainable parameters and its learning-rate schedule."""
+    from transformers import get_scheduler
+
+    trainable = [(name, param) for name, param in model.named_parameters() if param.requires_grad]
+    decay = [param for _, param in trainable if param.ndim >= 2]
+    no_decay = [param for _, param in trainable if param.ndim < 2]
+    groups = [{"params": decay, "weight_decay": settings.weight_decay},
+              {"params": no_decay, "weight_decay": 0.0}]
+    if settings.optim == "sgd":
+        optimizer: torch.optim.Optimizer = torch.optim.SGD(groups, lr=settings.learning_rate)
+    else:
+        optimizer = torch.optim.AdamW(
+            groups, lr=settings.learning_rate, betas=(settings.adam_beta1, settings.adam_beta2),
+            eps=settings.adam_epsilon,
+            fused=settings.optim == "adamw_torch_fused" and runtime.device.type == "cuda",
+        )
+    if isinstance(settings.warmup_steps, float) and 0 < settings.warmup_steps < 1:
+        warmup = math.ceil(settings.warmup_steps * total_steps)
+    elif settings.warmup_ratio:
+        warmup = math.ceil(settings.warmup_ratio * total_steps)
+    else:
+        warmup = int(settings.warmup_steps)
+    scheduler = get_scheduler(
+        settings.lr_scheduler_type, optimizer, num_warmup_steps=warmup,
+        num_training_steps=total_steps,
+        scheduler_specific_kwargs=settings.lr_scheduler_kwargs or {},
+    )
+    return optimizer, scheduler
+
+
+def _every(value: float, total_steps: int) -> int:
+    """A step interval given as a count or a fraction of the total steps."""
+    if isinstance(value, float) and value < 1:
+        return max(1, math.ceil(value * total_steps))
+    return max(1, int(value))
+
+
+def _format_seconds(seconds: float) -> str:
+    return str(datetime.timedelta(seconds=int(seconds)))
+
+
+# -- checkpoints -----------------------------------------------------------------------------------
+
+
+def _identity(model_manifest: dict[str, Any], model: torch.nn.Module) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the base model and the LoRA shape."""
+    source = model_manifest.get("source") or {}
+    trainable = {name: list(param.shape) for name, param in model.named_parameters()
+                 if param.requires_grad}
+    return {
+        "base_model": {"uri": source.get("uri"),
+                       "resolved_revision": source.get("resolved_revision"),
+                       "architecture": model_manifest.get("architecture")},
+        "lora": trainable,
+    }
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def save_checkpoint(cfg: TrainConfig, runtime: Runtime, model: torch.nn.Module,
+                    optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
+                    position: data.DataPosition, identity: dict[str, Any],
+                    settings: TrainingSettings, history: list[list[float]]) -> None:
+    """Checkpoint `step` (collective: every rank calls it; global rank 0 writes)."""
+    rng_states: list[Any] = [None] * runtime.world_size
+    dist.all_gather_object(rng_states, _rng_state())
+    if runtime.is_main:
+        state = {
+            "step": step,
+            "adapter": {name: param.detach().cpu() for name, param in model.named_parameters()
+                        if param.requires_grad},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "position": dataclasses.asdict(position),
+            "rng": rng_states,
+            "history": history,
+        }
+        meta = {**identity, "position": dataclasses.asdict(position),
+                "world_size": runtime.world_size}
+        path = checkpoint.save_checkpoint(cfg.output_dir, step, state, meta,
+                                          settings.save_total_limit)
+        LOG.info("checkpoint saved: %s", path)
+    dist.barrier()
+
+
+def restore_checkpoint(cfg: TrainConfig, runtime: Runtime, model: torch.nn.Module,
+                       optimizer: torch.optim.Optimizer, scheduler: Any,
+                       identity: dict[str, Any]) -> dict[str, Any] | None:
+    """Loads the newest complete checkpoint into the model, optimizer and schedule (collective)."""
+    payload: list[Any] = [None]
+    if runtime.is_main:
+        try:
+            payload[0] = checkpoint.load_latest(cfg.output_dir, identity)
+        except ValueError as error:
+            payload[0] = {"error": error}
+    dist.broadcast_object_list(payload, src=0)
+    state = payload[0]
+    if state is None:
+        return None
+    if "error" in state:
+        raise state["error"]
+    parameters = dict(model.named_parameters())
+    with torch.no_grad():
+        for name, tensor in state["adapter"].items():
+            parameters[name].copy_(tensor.to(parameters[name].device))
+    optimizer.load_state_dict(state["optimizer"])
+    scheduler.load_state_dict(state["scheduler"])
+    rng = state["rng"][runtime.rank] if runtime.rank < len(state["rng"]) else None
+    if rng is not None:
+        torch.set_rng_state(rng["torch"])
+        if "cuda" in rng and torch.cuda.is_available():
+            torch.cuda.set_rng_state(rng["cuda"])
+    LOG.info("resumed from checkpoint step %d (epoch %d, %d examples into it)", state["step"],
+             state["position"]["epoch"], state["position"]["consumed"])
+    return state
+
+
+# -- the outputs -----------------------------------------------------------------------------------
+
+
+def save_final(cfg: TrainConfig, model: Any, tokenizer: Any, model_manifest: dict[str, Any],
+               data_manifest: dict[str, Any], metrics: dict[str, Any],
+               training: dict[str, Any]) -> Path:
+    """Writes `<output_dir>/final/`: the adapter artifact (global rank 0 only)."""
+    peft_config = model.peft_config["default"]
+    lora = {
+        "r": peft_config.r, "lora_alpha": peft_config.lora_alpha,
+        "lora_dropout": peft_config.lora_dropout, "bias": peft_config.bias,
+        "target_modules": sorted(peft_config.target_modules)
+        if isinstance(peft_config.target_modules, set) else peft_config.target_modules,
+        "modules_to_save": sorted(peft_config.modules_to_save or []),
+        "use_rslora": peft_config.use_rslora, "use_dora": peft_config.use_dora,
+        "task_type": str(peft_config.task_type),
+    }
+    with atomic_directory(Path(cfg.output_dir) / "final") as staging:
+        model.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_manifest(staging, {
+            "kind": "adapter",
+            "task": cfg.task,
+            "base_model": {"source": model_manifest.get("source"),
+                           "architecture": model_manifest.get("architecture"),
+                           "model_type": model_manifest.get("model_type")},
+            "lora": lora,
+            "training": training,
+            "train_data": {"source": data_manifest.get("source"),
+                           "fingerprint": data_manifest.get("fingerprint"),
+                           "row_ranges": data_manifest.get("row_ranges")},
+            "num_labels": data_manifest.get("num_labels") if cfg.task != "causal-lm" else None,
+            "label_names": data_manifest.get("label_names") if cfg.task != "causal-lm" else None,
+        })
+        if cfg.merge:
+            merged = model.merge_and_unload()
+            merged.save_pretrained(staging / "merged")
+            tokenizer.save_pretrained(staging / "merged")
+    return Path(cfg.output_dir) / "final"
+
+
+# -- the recipe ------------------------------------------------------------------------------------
+
+
+def train(cfg: TrainConfig) -> dict[str, Any]:
+    """Trains the LoRA adapter described by `cfg`; returns the metrics (on every rank).
+
+    Raises:
+        InputError: for data, model, LoRA or batch settings that do not fit together.
+    """
+    from transformers import AutoTokenizer
+
+    settings = cfg.settings
+    runtime = init_distributed(settings)
+    setup_logging(runtime)
+    try:
+        return _train(cfg, settings, runtime, AutoTokenizer)
+    finally:
+        dist.destroy_process_group()
+
+
+def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
+           auto_tokenizer: Any) -> dict[str, Any]:
+    started = time.monotonic()
+    LOG.info("kftune trainer: task %s, %d process(es) (%s), device %s, weights %s",
+             cfg.task, runtime.world_size, dist.get_backend(), runtime.device.type,
+             str(runtime.dtype).removeprefix("torch."))
+
+    # Load: the data and the base model.
+    model_manifest = read_manifest(cfg.model_dir, parameter="model_dir")
+    rows, data_manifest = data.load_rows(cfg.data_dir)
+    label_names = data_manifest.get("label_names")
+    num_labels = data_manifest.get("num_labels")
+    if cfg.task == "sequence-classification" and num_labels and not label_names:
+        label_names = [str(index) for index in range(num_labels)]
+    problems = Problems()
+    problems.extend(data.check_columns(cfg.task, list(rows[0]) if rows else [], num_labels))
+    accumulation = settings.accumulation_steps(runtime.world_size)
+    slots = runtime.world_size * settings.per_device_train_batch_size
+    if rows and slots > len(rows):
+        problems.add(
+            f"`training_parameters.per_device_train_batch_size` x world size = "
+            f"{settings.per_device_train_batch_size} x {runtime.world_size} = {slots} must be <= "
+            f"the {len(rows)} training rows, or some processes never get an example; lower it or "
+            "use fewer workers"
+        )
+    problems.raise_if_any()
+    tokenizer = auto_tokenizer.from_pretrained(cfg.model_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
+        tokenizer.eos_token_id or 0)
+
+    torch.manual_seed(settings.seed)
+    model = load_model(cfg, model_manifest, label_names, runtime)
+    if model.config.pad_token_id is None:
+        # Sequence classification finds each row's last token by the pad id.
+        model.config.pad_token_id = pad_id
+
+    # Wrap with LoRA.
+    if settings.gradient_checkpointing:
+        model.gradient_checkpointing_enable(
+            gradient_checkpointing_kwargs=settings.gradient_checkpointing_kwargs
+            or {"use_reentrant": False})
+        # Reentrant checkpointing needs an input that requires grad to run the backward at all.
+        model.enable_input_require_grads()
+    model = wrap_with_lora(model, cfg)
+    model = kernels.prepare_model(model, runtime.device)
+    trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
+    total = sum(param.numel() for param in model.parameters())
+    LOG.info("LoRA: %s trainable parameters of %s (%.3f%%)", f"{trainable:,}", f"{total:,}",
+             100 * trainable / total)
+
+    # Build the data.
+    examples = data.tokenize_rows(cfg.task, rows, tokenizer, settings.max_seq_length)
+    order = data.GlobalOrder(len(examples), settings.order_seed, settings.shuffle)
+    global_batch = slots * accumulation
+    steps_per_epoch = order.steps_per_epoch(global_batch)
+    total_steps = settings.max_steps if settings.max_steps > 0 else max(
+        1, math.ceil(settings.num_train_epochs * steps_per_epoch))
+    LOG.info("data: %d examples, %d tokens; global batch %d = %d per device x %d processes x %d "
+             "accumulation; %d steps per epoch, %d steps in total", len(examples),
+             sum(len(example.input_ids) for example in examples), global_batch,
+             settings.per_device_train_batch_size, runtime.world_size, accumulation,
+             steps_per_epoch, total_steps)
+
+    optimizer, scheduler = build_optimizer(model, settings, runtime, total_steps)
+    identity = _identity(model_manifest, model)
+    restored = restore_checkpoint(cfg, runtime, model, optimizer, scheduler, identity)
+    step = restored["step"] if restored else 0
+    position = data.DataPosition(**restored["position"]) if restored else data.DataPosition()
+    history: list[list[float]] = restored["history"] if restored else []
+
+    ddp_model = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    ddp_model.train()
+
+    # Loop.
+    log_every = _every(settings.logging_steps, total_steps)
+    save_every = _every(settings.save_steps, total_steps)
+    seen_file = _seen_file(runtime)
+    kill_step, kill_rank = _kill_request()
+    window_loss = torch.zeros((), device=runtime.device)
+    window_targets = window_tokens = 0
+    window_started = time.monotonic()
+    run_tokens, run_started = 0, time.monotonic()
+    step_times: list[list[float]] = []  # [step, the job's tokens in it, seconds since loop start]
+    # Packed causal-lm micro-batches are dealt out by tokens, not example count, so that every
+    # rank's micro-batch takes about as long (a step waits for the slowest rank).
+    lengths = ([len(example.input_ids) for example in examples]
+               if cfg.task == "causal-lm" and settings.packing else None)
+    first_step = step
+    steps = order.steps(position, global_batch)
+    while step < total_steps:
+        step_examples, position = next(steps)
+        micro_batches = data.rank_micro_batches(
+            step_examples, runtime.rank, runtime.world_size,
+            settings.per_device_train_batch_size, accumulation, lengths)
+        step_targets = max(1, sum(examples[index].target_count for index in step_examples))
+        step_tokens = sum(len(examples[index].input_ids) for index in step_examples)
+        for micro, indices in enumerate(micro_batches):
+            batch_examples = [examples[index] for index in indices]
+            if seen_file:
+                seen_file.writelines(f"{position.epoch} {step + 1} {index}\n" for index in indices)
+            batch = _to_device(_collate(cfg.task, batch_examples, pad_id, settings), runtime)
+            last = micro == len(micro_batches) - 1
+            with nullcontext() if last else ddp_model.no_sync():
+                if cfg.task == "causal-lm":
+                    loss_sum, _ = kernels.causal_lm_loss(ddp_model, batch)
+                else:
+                    loss_sum, _ = kernels.classification_loss(
+                        ddp_model, batch, settings.label_smoothing_factor)
+                # DDP averages gradients over ranks; scaling by world / step targets makes the
+                # result the mean over every target token of the whole optimizer step.
+                (loss_sum * (runtime.world_size / step_targets)).backward()
+            window_loss += loss_sum.detach()
+        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
+                     if settings.max_grad_norm > 0 else None)
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        window_targets += step_targets
+        window_tokens += step_tokens
+        run_tokens += step_tokens
+        if len(step_times) < 10_000:
+            step_times.append([step, step_tokens, round(time.monotonic() - run_started, 4)])
+
+        if settings.logging_strategy != "no" and (
+            step % log_every == 0 or step == total_steps
+            or (settings.logging_first_step and step == first_step + 1)
+        ):
+            dist.all_reduce(window_loss)
+            loss = window_loss.item() / window_targets
+            history.append([step, loss])
+            elapsed = time.monotonic() - window_started
+            run_elapsed = time.monotonic() - run_started
+            eta = run_elapsed / (step - first_step) * (total_steps - step)
+            LOG.info(
+                "step %d/%d (%.1f%%) | epoch %.2f | loss %.4f | lr %.3e | grad_norm %s | "
+                "tokens/s %.0f | elapsed %s | eta %s",
+                step, total_steps, 100 * step / total_steps,
+                position.epoch + position.consumed / len(examples), loss,
+                scheduler.get_last_lr()[0],
+                f"{grad_norm.item():.3f}" if grad_norm is not None else "-",
+                window_tokens / max(elapsed, 1e-9), _format_seconds(time.monotonic() - started),
+                _format_seconds(eta))
+            window_loss.zero_()
+            window_targets = window_tokens = 0
+            window_started = time.monotonic()
+        if settings.save_strategy == "steps" and step % save_every == 0 and step < total_steps:
+            save_checkpoint(cfg, runtime, model, optimizer, scheduler, step, position, identity,
+                            settings, history)
+        if step == kill_step and runtime.rank == kill_rank:
+            if seen_file:
+                seen_file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    if seen_file:
+        seen_file.close()
+    runtime_seconds = time.monotonic() - started
+    run_seconds = time.monotonic() - run_started
+    metrics = {
+        "train_loss": history,
+        "final_loss": history[-1][1] if history else None,
+        "steps": step,
+        "epochs": position.epoch + position.consumed / len(examples),
+        "examples_seen": position.epoch * len(examples) + position.consumed,
+        "tokens_per_second": run_tokens / max(run_seconds, 1e-9),
+        "tokens_per_second_per_process": run_tokens / max(run_seconds, 1e-9) / runtime.world_size,
+        "runtime_seconds": runtime_seconds,
+        "resumed_from_step": first_step or None,
+        "world_size": runtime.world_size,
+        "trainable_parameters": trainable,
+        "step_times": step_times,
+        "peak_memory_gib": (torch.cuda.max_memory_allocated(runtime.device) / 2**30
+                            if runtime.device.type == "cuda" else None),
+    }
+    if runtime.is_main:
+        training = {**{key: value for key, value in dataclasses.asdict(settings).items()},
+                    "gradient_accumulation_steps": accumulation, "world_size": runtime.world_size,
+                    "global_batch_size": global_batch, "total_steps": total_steps}
+        path = save_final(cfg, model, tokenizer, model_manifest, data_manifest, metrics, training)
+        LOG.info("done: %d steps, final loss %s, %.0f tokens/s, %s; adapter saved to %s", step,
+                 f"{metrics['final_loss']:.4f}" if metrics["final_loss"] is not None else "-",
+                 metrics["tokens_per_second"], _format_seconds(runtime_seconds), path)
+    dist.barrier()
+    return metrics
+
+
+def _collate(task: str, examples: Sequence[data.Example], pad_id: int,
+             settings: TrainingSettings) -> dict[str, torch.Tensor]:
+    if task == "causal-lm":
+        return data.collate_causal_lm(examples, pad_id, settings.packing)
+    return data.collate_classification(examples, pad_id)
+
+
+def _to_device(batch: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
+    return {key: value.to(runtime.device, non_blocking=True) if isinstance(value, torch.Tensor)
+            else value for key, value in batch.items()}
+
+
+def _seen_file(runtime: Runtime) -> Any:
+    directory = os.environ.get("KFTUNE_DEBUG_SEEN_DIR")
+    if not directory:
+        return None
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    # Line-buffered: a process killed by torchrun must not lose what it already reported.
+    return open(Path(directory) / f"seen-rank{runtime.rank}.txt", "a", buffering=1)  # noqa: SIM115
+
+
+def _kill_request() -> tuple[int | None, int]:
+    step = os.environ.get("KFTUNE_DEBUG_KILL_AT_STEP")
+    if not step or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
+        return None, -1
+    return int(step), int(os.environ.get("KFTUNE_DEBUG_KILL_RANK", "1"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parses `--config CONFIG.json` and trains."""
+    parser = argparse.ArgumentParser(prog="kftune-trainer", description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="path of CONFIG.json (see config.py)")
+    args = parser.parse_args(argv)
+    try:
+        train(TrainConfig.from_json(args.config))
+    except InputError as error:
+        print(f"kftune trainer: bad input: {error}", file=sys.stderr, flush=True)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""The trainer entrypoint on GPUs: NCCL, bf16 weights; plain torchrun and the operator's env."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from kftune.components.common import demo
+
+TRAINER = "kftune.components.train_lora.trainer"
+PARAMETERS = {
+    "learning_rate": 2e-2, "num_train_epochs": 2, "per_device_train_batch_size": 4,
+    "global_batch_size": 16, "logging_steps": 1, "save_steps": 2, "max_seq_length": 64,
+    "bf16": True,
+}
+LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {key: value for key, value in os.environ.items()
+           if not key.startswith(("PET_", "KFTUNE_DEBUG", "TORCHELASTIC"))
+           and key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
+    env.update({"PYTHONUNBUFFERED": "1", **extra})
+    return env
+
+
+@pytest.fixture()
+def job(tmp_path) -> Path:
+    model = demo.tiny_causal_lm(tmp_path / "model")
+    rows = [{"text": row["text"]} for row in demo.sentiment_rows(64, seed=2)]
+    data = demo.write_dataset_artifact(tmp_path / "data", rows)
+    config = tmp_path / "config.json"
+    config.write_text(json.dumps({
+        "task": "causal-lm", "model_dir": str(model), "data_dir": str(data),
+        "output_dir": str(tmp_path / "out"), "training_parameters": PARAMETERS,
+        "lora_config": LORA, "merge": True,
+    }))
+    return config
+
+
+def check_outputs(tmp_path: Path, output: str, world_size: int) -> None:
+    assert "(nccl), device cuda, weights bfloat16" in output
+    metrics = json.loads((tmp_path / "out" / "final" / "metrics.json").read_text())
+    # 64 examples, global batch 16: 4 steps per epoch whatever the world size.
+    assert metrics["steps"] == 8 and metrics["world_size"] == world_size
+    losses = [loss for _, loss in metrics["train_loss"]]
+    assert losses[-1] < losses[0], losses
+    per_epoch: dict[int, list[int]] = collections.defaultdict(list)
+    for path in (tmp_path / "seen").glob("seen-rank*.txt"):
+        for line in path.read_text().splitlines():
+            epoch, _, index = map(int, line.split())
+            per_epoch[epoch].append(index)
+    assert {epoch: sorted(indices) for epoch, indices in per_epoch.items()} == {
+        0: list(range(64)), 1: list(range(64))}
+    assert (tmp_path / "out" / "final" / "adapter_model.safetensors").is_file()
+    assert (tmp_path / "out" / "final" / "merged" / "config.json").is_file()
+    print(output[-3000:])
+
+
+@pytest.mark.gpu(count=2)
+def test_one_node_two_gpus_plain_torchrun(job, tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", TRAINER,
+         "--config", str(job)],
+        env=clean_env(KFTUNE_DEBUG_SEEN_DIR=str(tmp_path / "seen")), capture_output=True,
+        text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    check_outputs(tmp_path, result.stdout, world_size=2)
+
+
+@pytest.mark.gpu(count=4)
+def test_two_nodes_four_gpus_operator_environment(job, tmp_path):
+    port = str(free_port())
+    processes = []
+    for node_rank, gpus in enumerate(("0,1", "2,3")):
+        env = clean_env(
+            PET_NNODES="2", PET_NPROC_PER_NODE="2", PET_NODE_RANK=str(node_rank),
+            PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=port, MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=port, RANK=str(node_rank), WORLD_SIZE="4",
+            # Each "node" (pod) sees only its own GPUs, as in the cluster.
+            CUDA_VISIBLE_DEVICES=gpus, KFTUNE_DEBUG_SEEN_DIR=str(tmp_path / "seen"))
+        processes.append(subprocess.Popen(
+            [sys.executable, "-m", "torch.distributed.run", "-m", TRAINER, "--config", str(job)],
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+    outputs = []
+    for process in processes:
+        stdout, _ = process.communicate(timeout=600)
+        assert process.returncode == 0, stdout[-4000:]
+        outputs.append(stdout)
+    check_outputs(tmp_path, outputs[0], world_size=4)
