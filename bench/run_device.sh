@@ -1,0 +1,42 @@
+#!/bin/bash
+# What the device calls ran (see BENCHMARKS.md). Usage: bench/run_device.sh <phase> [driver args]
+# Makes the repo importable as `kftune` (the repo root is the package), keeps NVLink multicast off,
+# bounds the run so that its results come back, and packs per-job logs into one archive.
+set -u
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1 PYTHONUNBUFFERED=1
+mkdir -p /tmp/pkg && ln -sfn "$PWD" /tmp/pkg/kftune
+export PYTHONPATH=/tmp/pkg${PYTHONPATH:+:$PYTHONPATH}
+FINAL=${OUT:-/tmp/out}; export OUT=$FINAL/jobs; mkdir -p "$OUT"
+LIMIT=${BENCH_LIMIT_S:-540}
+B="python3 bench/train_throughput.py"
+{
+  date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
+  python3 -c "import kftune.components.train_lora.trainer, sys; print('trainer imported; kfp loaded:', 'kfp' in sys.modules, '| datasets loaded:', 'datasets' in sys.modules)"
+} 2>&1 | tee -a "$FINAL/log.txt"
+phase=$1; shift
+timeout "$LIMIT" bash -c "
+case $phase in
+  call1)
+    $B --runs env,kftune,reference --shapes 8b --lora r16all
+    KFTUNE_COMPILE=0 $B --runs kftune --shapes 8b --lora r16all
+    $B --runs kftune,reference --shapes 1b --lora r8qv
+    $B --runs kftune --shapes 8b --lora r8qv
+    $B --runs losscmp --shapes 1b --lora r8qv --steps 20 --lr 1e-3
+    ;;
+  call2)
+    $B --runs kftune,reference,losscmp --shapes 1b,8b --lora r8qv,r16all --gpus 1,2,4 \
+       --topologies 1node,2nodes --scaling-configs 8b:r16all --parallel
+    ;;
+  gputests)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site:\$PYTHONPATH python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -p no:cacheprovider
+    ;;
+  *) $B $* ;;
+esac" 2>&1 | tee -a "$FINAL/log.txt"
+$B table 2>&1 | tee "$FINAL/table.md"
+cp "$OUT/results.jsonl" "$FINAL/" 2>/dev/null
+for f in /tmp/kftune-bench/scratch/*/final/metrics.json; do
+  [ -f "$f" ] && cp "$f" "$OUT/$(basename "$(dirname "$(dirname "$f")")")-metrics.json"
+done
+tar czf "$FINAL/jobs.tgz" -C "$FINAL" jobs && rm -rf "$OUT"
+ls -la "$FINAL"

@@ -1,0 +1,104 @@
+"""The hot-path kernels' CPU-checkable behaviour: the chunked loss head, packed boundaries, and the
+token-balanced dealing of packed examples to ranks (GPU speed is measured by bench/, not here)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+from kftune.components.train_lora import data, kernels
+
+
+@dataclasses.dataclass(frozen=True)
+class LossCase:
+    name: str
+    tokens: int
+    chunk: int
+    ignored_every: int
+
+
+LOSS_CASES = [
+    LossCase("one chunk", 40, 64, 5),
+    LossCase("chunks with a short tail", 150, 64, 3),
+    LossCase("all targets", 64, 16, 0),
+]
+
+
+@pytest.mark.parametrize("case", LOSS_CASES, ids=[case.name for case in LOSS_CASES])
+def test_chunked_loss_head_matches_full_cross_entropy(case: LossCase) -> None:
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(case.tokens, 24, generator=generator, dtype=torch.float64)
+    hidden.requires_grad_(True)
+    weight = torch.randn(50, 24, generator=generator, dtype=torch.float64) * 0.3
+    labels = torch.randint(0, 50, (case.tokens,), generator=generator)
+    if case.ignored_every:
+        labels[:: case.ignored_every] = kernels.IGNORE_INDEX
+    loss = kernels._ChunkedLinearCrossEntropy.apply(hidden, weight, labels, case.chunk, False)
+    (loss * 0.5).backward()
+    chunked_grad = hidden.grad.clone()
+    hidden.grad = None
+    reference = F.cross_entropy(hidden @ weight.t(), labels, ignore_index=kernels.IGNORE_INDEX,
+                                reduction="sum")
+    (reference * 0.5).backward()
+    # The kernel's softmax math is fp32 whatever the input dtype: fp32 tolerances.
+    torch.testing.assert_close(loss, reference.float(), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(chunked_grad, hidden.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_public_loss_head_sums_over_targets_only() -> None:
+    hidden = torch.randn(10, 8)
+    weight = torch.randn(30, 8)
+    labels = torch.full((10,), kernels.IGNORE_INDEX)
+    assert kernels.chunked_linear_cross_entropy(hidden, weight, labels).item() == 0.0
+
+
+def example(index: int, length: int) -> data.Example:
+    ids = list(range(3, 3 + length))
+    return data.Example(index, tuple(ids), data._aligned(ids, [True] * length))
+
+
+def test_packed_boundaries_from_positions_match_the_collated_ones() -> None:
+    batch = data.collate_causal_lm([example(0, 5), example(1, 1), example(2, 7)], 0, packing=True)
+    assert batch["cu_seq_lens"].tolist() == [0, 5, 6, 13] and batch["max_length"] == 7
+    cu_seq_lens, max_length = kernels._packed_boundaries({"position_ids": batch["position_ids"]})
+    assert cu_seq_lens.tolist() == [0, 5, 6, 13] and max_length == 7
+
+
+def test_prepare_model_leaves_a_cpu_model_alone() -> None:
+    model = torch.nn.Linear(3, 3)
+    assert kernels.prepare_model(model, torch.device("cpu")) is model
+    assert kernels.attention_implementation(torch.device("cpu")) == "sdpa"
+
+
+@dataclasses.dataclass(frozen=True)
+class DealCase:
+    name: str
+    examples: int
+    world: int
+    per_device: int
+    accumulation: int
+
+
+DEAL_CASES = [
+    DealCase("1 rank", 12, 1, 12, 1),
+    DealCase("4 ranks", 64, 4, 16, 1),
+    DealCase("2 ranks x 2 micro-batches", 40, 2, 10, 2),
+    DealCase("short last step", 13, 4, 4, 1),
+]
+
+
+@pytest.mark.parametrize("case", DEAL_CASES, ids=[case.name for case in DEAL_CASES])
+def test_token_balanced_dealing_is_a_balanced_partition(case: DealCase) -> None:
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.randint(32, 2048, (case.examples,), generator=generator).tolist()
+    step = list(range(case.examples))
+    slots = [batch for rank in range(case.world)
+             for batch in data.rank_micro_batches(step, rank, case.world, case.per_device,
+                                                  case.accumulation, lengths)]
+    assert sorted(index for batch in slots for index in batch) == step
+    assert all(len(batch) <= case.per_device for batch in slots)
+    loads = [sum(lengths[index] for index in batch) for batch in slots]
+    if case.examples >= case.world * case.accumulation * case.per_device:
+        assert max(loads) - min(loads) <= max(lengths), loads
