@@ -2,7 +2,6 @@
 
 from kfp import dsl
 from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
-
 from kftune.components.common.images import RUNTIME_IMAGE
 
 
@@ -29,7 +28,7 @@ def evaluate(
         report: Output. A Markdown report: the table and, for causal LM, sample generations.
         task: `causal-lm` or `sequence-classification`.
         batch_size: Examples per forward pass.
-        max_examples: Evaluate at most this many held-out rows.
+        max_examples: Evaluate at most this many held-out rows (a seeded random sample).
     """
     from kftune.components.evaluate.evaluation import run_evaluation
 

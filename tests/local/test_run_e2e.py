@@ -1,0 +1,80 @@
+"""`kftune run` end to end on CPU with the demo defaults: fine-tuned must beat the base model."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.local
+
+
+def test_kftune_run_demo_improves_on_held_out_data(tmp_path: Path) -> None:
+    output_dir = tmp_path / "run"
+    completed = subprocess.run(
+        [sys.executable, "-m", "kftune.pipelines.cli", "run", "--output-dir", str(output_dir)],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    tail = (completed.stdout + completed.stderr)[-6000:]
+    assert completed.returncode == 0, tail
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["primary_metric"] == "accuracy"
+    assert summary["tuned"]["accuracy"] > summary["base"]["accuracy"] + 0.1, summary
+    assert summary["tuned"]["macro_f1"] > summary["base"]["macro_f1"], summary
+    assert summary["improved"] is True
+    assert (Path(summary["adapter_dir"]) / "adapter_config.json").is_file()
+    assert Path(summary["report"]).is_file()
+    assert "fine-tuned" in completed.stdout and "train time" in completed.stdout
+
+
+def test_kftune_run_failing_step_is_one_line_naming_step_and_cause(tmp_path: Path) -> None:
+    completed = subprocess.run(
+        [sys.executable, "-m", "kftune.pipelines.cli", "run", "--output-dir", str(tmp_path / "r"),
+         "--dataset-uri", str(tmp_path / "missing.csv")],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert completed.returncode == 1
+    last = completed.stderr.strip().splitlines()
+    assert last[-2].startswith("kftune run: error: the pipeline failed: step 'download-dataset' "
+                               "failed: InputError: `uri`"), last[-2:]
+    assert str(tmp_path / "missing.csv") in last[-2]
+    assert last[-1].startswith("hint:")
+    assert "Traceback" not in completed.stderr
+
+
+def test_kftune_run_causal_lm_on_a_tiny_model(tmp_path: Path) -> None:
+    from kftune.components.common.demo import tiny_causal_lm
+
+    model_dir = tiny_causal_lm(tmp_path / "tiny")
+    data = tmp_path / "qa.jsonl"
+    with data.open("w") as handle:
+        for number in range(200):
+            handle.write(json.dumps({"question": f"What is {number} plus one?",
+                                     "answer": f" {number + 1}."}) + "\n")
+    output_dir = tmp_path / "run"
+    completed = subprocess.run(
+        [sys.executable, "-m", "kftune.pipelines.cli", "run", "--output-dir", str(output_dir),
+         "--task", "causal-lm", "--model-uri", str(model_dir), "--dataset-uri", str(data),
+         "--column-mapping", '{"prompt": "question", "completion": "answer"}',
+         "--eval-fraction", "0.1", "--eval-max-examples", "20",
+         "--lora-config", '{"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}',
+         "--training-parameters", '{"max_steps": 30, "per_device_train_batch_size": 8, '
+                                  '"learning_rate": 3e-3, "save_strategy": "no"}'],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["primary_metric"] == "perplexity"
+    assert summary["tuned"]["eval_loss"] < summary["base"]["eval_loss"], summary
+    assert summary["improved"] is True
+    report = Path(summary["report"]).read_text()
+    assert "**Prompt**" in report and "**Fine-tuned**" in report

@@ -1,0 +1,383 @@
+"""The `kftune` CLI: parameter overrides, early refusal of bad parameters, and `kftune submit`
+against a local double of the KFP v2beta1 REST API."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import urllib.parse
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kftune.pipelines import cli, lora_finetune
+
+
+@dataclasses.dataclass
+class Case:
+    name: str
+    input: Any
+    expected: Any = None
+    expected_error: str | None = None
+
+
+# --------------------------------------------------------------------------- overrides
+
+OVERRIDE_CASES = [
+    Case("string", ["split=train[:100]"], {"split": "train[:100]"}),
+    Case("string_that_looks_like_json", ["model_revision=123"], {"model_revision": "123"}),
+    Case("integer", ["num_workers=2"], {"num_workers": 2}),
+    Case("float_from_integer", ["eval_fraction=0"], {"eval_fraction": 0.0}),
+    Case("boolean", ["trust_remote_code=true"], {"trust_remote_code": True}),
+    Case("dict", ['resources_per_worker={"cpu": 2}'], {"resources_per_worker": {"cpu": 2}}),
+    Case("list", ['tolerations=[{"key": "gpu", "operator": "Exists"}]'],
+         {"tolerations": [{"key": "gpu", "operator": "Exists"}]}),
+    Case(
+        "dict_key_on_top_of_default",
+        ["training_parameters.max_steps=7"],
+        {"training_parameters": {**lora_finetune.DEMO_TRAINING_PARAMETERS, "max_steps": 7}},
+    ),
+    Case("dashes_in_name", ["num-workers=3"], {"num_workers": 3}),
+]
+
+
+@pytest.mark.parametrize("case", OVERRIDE_CASES, ids=[case.name for case in OVERRIDE_CASES])
+def test_param_overrides_are_typed(case: Case) -> None:
+    overrides, problems = cli.parse_overrides(case.input)
+    assert problems == []
+    assert overrides == case.expected
+
+
+def test_named_flags_and_param_combine() -> None:
+    overrides, problems = cli.parse_overrides(
+        ["task=causal-lm"], {"num_workers": "2", "lora_config": '{"r": 4}', "split": None}
+    )
+    assert problems == []
+    assert overrides == {"num_workers": 2, "lora_config": {"r": 4}, "task": "causal-lm"}
+
+
+BAD_OVERRIDE_CASES = [
+    Case("unknown_name", ["num_worker=2"],
+         expected_error="unknown pipeline parameter `num_worker`; did you mean `num_workers`?"),
+    Case("not_an_integer", ["num_workers=two"], expected_error="`num_workers` must be an integer, "
+                                                              "got 'two'"),
+    Case("not_json_dict", ["lora_config=r=8"],
+         expected_error="`lora_config` must be a JSON object, got 'r=8'"),
+    Case("no_equals", ["num_workers"], expected_error="`--param` must be NAME=VALUE, got "
+                                                      "'num_workers'"),
+    Case("key_of_non_dict", ["split.x=1"], expected_error="only dict parameters have keys"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_OVERRIDE_CASES, ids=[case.name for case in BAD_OVERRIDE_CASES])
+def test_bad_overrides_are_named(case: Case) -> None:
+    _, problems = cli.parse_overrides(case.input)
+    assert any(case.expected_error in problem for problem in problems), problems
+
+
+def test_defaults_are_valid() -> None:
+    arguments, overrides = cli.resolve_arguments([])
+    assert overrides == {}
+    assert arguments["model_uri"] == lora_finetune.DEMO_MODEL_URI
+    assert arguments["task"] == "sequence-classification"
+
+
+BAD_RUN_CASES = [
+    Case("workers", ["--num-workers", "0"], expected_error="`num_workers` must be >= 1, got 0"),
+    Case("task", ["--param", "task=translation"],
+         expected_error="`task` must be one of causal-lm, sequence-classification; got "
+                        "'translation'"),
+    Case("backend", ["--backend", "slurm"],
+         expected_error="`backend` must be one of auto, local, kubernetes; got 'slurm'"),
+    Case("scheme", ["--model-uri", "ftp://host/model"],
+         expected_error="`model_uri` has an unknown scheme 'ftp'"),
+    Case("split", ["--split", "train[:x]"],
+         expected_error="`split` must be a split in `datasets` slicing syntax, got 'train[:x]'"),
+    Case("training_parameter", ["--param", "training_parameters.per_device_train_batch_size=0"],
+         expected_error="per_device_train_batch_size"),
+    Case("procs", ["--num-procs-per-worker", "many"],
+         expected_error="`num_procs_per_worker` must be a number >= 1 or \"auto\", got 'many'"),
+]
+
+
+@pytest.mark.parametrize("case", BAD_RUN_CASES, ids=[case.name for case in BAD_RUN_CASES])
+def test_bad_parameters_fail_before_any_step_runs(
+    case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output_dir = tmp_path / "run"
+    code = cli.main(["run", "--output-dir", str(output_dir), *case.input])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert case.expected_error in captured.err
+    assert "hint:" in captured.err
+    assert "Traceback" not in captured.err
+    assert not output_dir.exists()  # nothing ran, nothing was written
+
+
+def test_several_bad_parameters_reported_together(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["run", "--num-workers", "0", "--backend", "slurm"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "2 problems" in err and "`num_workers`" in err and "`backend`" in err
+
+
+class FakeArtifact:
+    def __init__(self, path: Path, metadata: dict[str, Any] | None = None):
+        self.path = str(path)
+        self.metadata = metadata or {}
+
+
+def test_run_passes_overrides_to_the_pipeline_and_writes_summary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    received: dict[str, Any] = {}
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    (adapter / "metrics.json").write_text(json.dumps({"runtime_seconds": 12.5}))
+
+    def fake_make_pipeline(*, download_retries: int) -> Any:
+        def pipeline(**kwargs: Any) -> Any:
+            received.update(kwargs, download_retries=download_retries)
+            metrics = FakeArtifact(tmp_path / "m", {
+                "base_accuracy": 0.3, "tuned_accuracy": 0.7, "base_macro_f1": 0.2,
+                "tuned_macro_f1": 0.6})
+            outputs = {"metrics": metrics, "adapter": FakeArtifact(adapter),
+                       "report": FakeArtifact(tmp_path / "report.md")}
+            return type("Task", (), {"outputs": outputs})()
+        return pipeline
+
+    monkeypatch.setattr(lora_finetune, "make_pipeline", fake_make_pipeline)
+    output_dir = tmp_path / "run"
+    code = cli.main(["run", "--output-dir", str(output_dir), "--num-workers", "2",
+                     "--param", "training_parameters.max_steps=3"])
+    assert code == 0
+    assert received["num_workers"] == 2
+    assert received["training_parameters"]["max_steps"] == 3
+    assert received["download_retries"] == 0
+    assert "split" not in received  # defaults stay the pipeline's
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert summary["base"]["accuracy"] == 0.3 and summary["tuned"]["accuracy"] == 0.7
+    assert summary["improved"] is True
+    assert summary["train_seconds"] == 12.5
+    assert summary["adapter_dir"] == str(adapter)
+    out = capsys.readouterr().out
+    assert "accuracy" in out and "0.7000" in out and "train time : 12.5 s" in out
+
+
+# --------------------------------------------------------------------------- submit
+
+
+class KfpApiDouble:
+    """A local stand-in for the KFP v2beta1 REST API: records requests, answers like the server."""
+
+    def __init__(self, existing_pipeline: bool = False) -> None:
+        self.requests: list[dict[str, Any]] = []
+        self.existing_pipeline = existing_pipeline
+        double = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def _handle(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                url = urllib.parse.urlsplit(self.path)
+                request = {"method": self.command, "path": url.path,
+                           "query": urllib.parse.parse_qs(url.query), "body": body,
+                           "content_type": self.headers.get("Content-Type", "")}
+                double.requests.append(request)
+                status, response = double.respond(request)
+                payload = json.dumps(response).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(payload)))
+                self.end_headers()
+                self.wfile.write(payload)
+
+            do_GET = do_POST = do_DELETE = _handle
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.host = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def respond(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        path, method = request["path"], request["method"]
+        api = "/apis/v2beta1"
+        if path == f"{api}/healthz":
+            return 200, {"multi_user": False}
+        if path == f"{api}/pipelines" and method == "GET":
+            if self.existing_pipeline:
+                return 200, {"pipelines": [{"pipeline_id": "p-old",
+                                            "display_name": "kftune-lora-finetune"}],
+                             "total_size": 1}
+            return 200, {}
+        if path == f"{api}/pipelines/upload":
+            return 200, {"pipeline_id": "p-1", "display_name": request["query"]["name"][0]}
+        if path == f"{api}/pipelines/upload_version":
+            return 200, {"pipeline_id": request["query"]["pipelineid"][0],
+                         "pipeline_version_id": "v-2"}
+        if path.startswith(f"{api}/pipelines/") and path.endswith("/versions"):
+            return 200, {"pipeline_versions": [{"pipeline_id": "p-1",
+                                                "pipeline_version_id": "v-1"}], "total_size": 1}
+        if path == f"{api}/experiments" and method == "GET":
+            return 200, {}
+        if path == f"{api}/experiments" and method == "POST":
+            return 200, {"experiment_id": "e-1", **json.loads(request["body"])}
+        if path == f"{api}/runs" and method == "POST":
+            return 200, {"run_id": "r-1", **json.loads(request["body"])}
+        if path == f"{api}/recurringruns" and method == "POST":
+            return 200, {"recurring_run_id": "rr-1", **json.loads(request["body"])}
+        return 404, {"error": f"no route {method} {path}", "code": 5}
+
+    def find(self, method: str, path: str) -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == method and r["path"] == path]
+
+
+@pytest.fixture
+def kfp_api() -> Iterator[KfpApiDouble]:
+    double = KfpApiDouble()
+    thread = threading.Thread(target=double.server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield double
+    double.server.shutdown()
+    double.server.server_close()
+
+
+@pytest.fixture
+def kfp_api_with_pipeline() -> Iterator[KfpApiDouble]:
+    double = KfpApiDouble(existing_pipeline=True)
+    thread = threading.Thread(target=double.server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield double
+    double.server.shutdown()
+    double.server.server_close()
+
+
+def _uploaded_yaml(request: dict[str, Any]) -> str:
+    assert request["content_type"].startswith("multipart/form-data")
+    body = request["body"].decode()
+    assert 'name="uploadfile"' in body
+    return body
+
+
+def test_submit_uploads_pipeline_creates_experiment_and_run(kfp_api: KfpApiDouble) -> None:
+    code = cli.main(["submit", "--host", kfp_api.host, "--experiment", "sentiment",
+                     "--run-name", "nightly", "--num-workers", "4",
+                     "--param", "training_parameters.max_steps=9"])
+    assert code == 0
+    (upload,) = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
+    assert upload["query"]["name"] == ["kftune-lora-finetune"]
+    body = _uploaded_yaml(upload)
+    assert "# Name: lora-finetune" in body and "train-lora" in body
+    (experiment,) = kfp_api.find("POST", "/apis/v2beta1/experiments")
+    assert json.loads(experiment["body"])["display_name"] == "sentiment"
+    (run,) = kfp_api.find("POST", "/apis/v2beta1/runs")
+    payload = json.loads(run["body"])
+    assert payload["display_name"] == "nightly"
+    assert payload["experiment_id"] == "e-1"
+    assert payload["pipeline_version_reference"] == {"pipeline_id": "p-1",
+                                                     "pipeline_version_id": "v-1"}
+    parameters = payload["runtime_config"]["parameters"]
+    assert parameters["num_workers"] == 4
+    assert parameters["training_parameters"]["max_steps"] == 9
+    assert "model_uri" not in parameters  # the server fills in the defaults
+    assert kfp_api.find("POST", "/apis/v2beta1/recurringruns") == []
+
+
+def test_submit_with_schedule_creates_recurring_run(kfp_api: KfpApiDouble) -> None:
+    code = cli.main(["submit", "--host", kfp_api.host, "--schedule", "30 2 * * 1"])
+    assert code == 0
+    (recurring,) = kfp_api.find("POST", "/apis/v2beta1/recurringruns")
+    payload = json.loads(recurring["body"])
+    assert payload["trigger"]["cron_schedule"]["cron"] == "0 30 2 * * 1"  # KFP adds seconds
+    assert payload["pipeline_version_reference"]["pipeline_id"] == "p-1"
+    assert payload["experiment_id"] == "e-1"
+    assert payload["mode"] == "ENABLE"
+    assert kfp_api.find("POST", "/apis/v2beta1/runs") == []
+
+
+def test_submit_to_existing_pipeline_uploads_a_new_version(
+    kfp_api_with_pipeline: KfpApiDouble,
+) -> None:
+    code = cli.main(["submit", "--host", kfp_api_with_pipeline.host])
+    assert code == 0
+    assert kfp_api_with_pipeline.find("POST", "/apis/v2beta1/pipelines/upload") == []
+    (version,) = kfp_api_with_pipeline.find("POST", "/apis/v2beta1/pipelines/upload_version")
+    assert version["query"]["pipelineid"] == ["p-old"]
+    _uploaded_yaml(version)
+    (run,) = kfp_api_with_pipeline.find("POST", "/apis/v2beta1/runs")
+    assert json.loads(run["body"])["pipeline_version_reference"] == {
+        "pipeline_id": "p-old", "pipeline_version_id": "v-2"}
+
+
+def test_submit_bad_schedule_fails_before_contacting_the_server(
+    kfp_api: KfpApiDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["submit", "--host", kfp_api.host, "--schedule", "every night"])
+    assert code == 2
+    assert "`--schedule` must be a cron expression" in capsys.readouterr().err
+    assert kfp_api.requests == []
+
+
+def test_submit_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    double = KfpApiDouble()  # bound but never serving: take its free port, then close it
+    host = double.host
+    double.server.server_close()
+    code = cli.main(["submit", "--host", host])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"kftune submit: error: the KFP server at {host}" in err
+    assert "Traceback" not in err
+
+
+def test_submit_with_pvc_mounts_the_claim_in_the_uploaded_pipeline(kfp_api: KfpApiDouble) -> None:
+    code = cli.main(["submit", "--host", kfp_api.host, "--pvc", "datasets",
+                     "--dataset-uri", "pvc://datasets/tweets.csv"])
+    assert code == 0
+    (upload,) = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
+    body = _uploaded_yaml(upload)
+    assert "mountPath: /mnt/pvc/datasets" in body
+    (run,) = kfp_api.find("POST", "/apis/v2beta1/runs")
+    parameters = json.loads(run["body"])["runtime_config"]["parameters"]
+    assert parameters["dataset_uri"] == "pvc://datasets/tweets.csv"
+
+
+def test_launch_is_delegated_to_train_lora(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["launch", "--dry-run", "--task", "sequence-classification",
+                     "--model-uri", "s3://bucket/model", "--dataset-uri", "s3://bucket/data",
+                     "--output-uri", "s3://bucket/adapter", "--num-workers", "2"])
+    assert code == 0
+    assert "kind: PyTorchJob" in capsys.readouterr().out
+
+
+SUMMARY_CASES = [
+    Case("accuracy_up", {"base_accuracy": 0.3, "tuned_accuracy": 0.6}, ("accuracy", True)),
+    Case("accuracy_down", {"base_accuracy": 0.6, "tuned_accuracy": 0.3}, ("accuracy", False)),
+    Case("perplexity_down", {"base_perplexity": 90.0, "tuned_perplexity": 20.0,
+                             "base_eval_loss": 4.5, "tuned_eval_loss": 3.0}, ("perplexity", True)),
+    Case("perplexity_up", {"base_perplexity": 20.0, "tuned_perplexity": 90.0},
+         ("perplexity", False)),
+]
+
+
+@pytest.mark.parametrize("case", SUMMARY_CASES, ids=[case.name for case in SUMMARY_CASES])
+def test_summary_knows_which_direction_is_better(case: Case, tmp_path: Path) -> None:
+    summary = cli.summarize(case.input, tmp_path, None, 1.0)
+    assert (summary["primary_metric"], summary["improved"]) == case.expected
+    assert summary["train_seconds"] is None  # no metrics.json in the adapter
+    assert case.expected[0] in cli.format_table(summary)
+
+
+def test_submit_with_runtime_image_runs_every_step_in_it(kfp_api: KfpApiDouble) -> None:
+    from kftune.components.common.images import RUNTIME_IMAGE
+
+    code = cli.main(["submit", "--host", kfp_api.host,
+                     "--runtime-image", "registry.local/mirror/kftune-runtime:0.1.0"])
+    assert code == 0
+    (upload,) = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
+    body = _uploaded_yaml(upload)
+    assert body.count("image: registry.local/mirror/kftune-runtime:0.1.0") == 4
+    assert RUNTIME_IMAGE not in body
