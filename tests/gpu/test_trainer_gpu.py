@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from kftune.components.common import demo
+from support import torchrun_env
+from support.servers import free_port
 
 TRAINER = "kftune.components.train_lora.trainer"
 PARAMETERS = {
@@ -22,18 +22,6 @@ PARAMETERS = {
 LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PET_", "KFTUNE_DEBUG", "TORCHELASTIC"))
-           and key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update({"PYTHONUNBUFFERED": "1", **extra})
-    return env
 
 
 @pytest.fixture()
@@ -75,8 +63,8 @@ def test_one_node_two_gpus_plain_torchrun(job, tmp_path):
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
          "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", TRAINER,
          "--config", str(job)],
-        env=clean_env(KFTUNE_DEBUG_SEEN_DIR=str(tmp_path / "seen")), capture_output=True,
-        text=True, timeout=600)
+        env=torchrun_env.clean_env(KFTUNE_DEBUG_SEEN_DIR=str(tmp_path / "seen")),
+        capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     check_outputs(tmp_path, result.stdout, world_size=2)
 
@@ -86,7 +74,7 @@ def test_two_nodes_four_gpus_operator_environment(job, tmp_path):
     port = str(free_port())
     processes = []
     for node_rank, gpus in enumerate(("0,1", "2,3")):
-        env = clean_env(
+        env = torchrun_env.clean_env(
             PET_NNODES="2", PET_NPROC_PER_NODE="2", PET_NODE_RANK=str(node_rank),
             PET_MASTER_ADDR="127.0.0.1", PET_MASTER_PORT=port, MASTER_ADDR="127.0.0.1",
             MASTER_PORT=port, RANK=str(node_rank), WORLD_SIZE="4",

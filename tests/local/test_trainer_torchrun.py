@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +12,8 @@ import pytest
 import torch
 from kftune.components.common import demo
 from kftune.components.train_lora import trainer
+from support import torchrun_env
+from support.servers import free_port
 
 pytestmark = pytest.mark.local
 
@@ -26,18 +26,9 @@ CAUSAL_PARAMETERS = {
 CAUSAL_LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def clean_env(**extra: str) -> dict[str, str]:
-    env = {key: value for key, value in os.environ.items()
-           if not key.startswith(("PET_", "KFTUNE_DEBUG", "TORCHELASTIC"))
-           and key not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")}
-    env.update({"OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", **extra})
-    return env
+    # One thread per process: several ranks share the 2 CI cores.
+    return torchrun_env.clean_env(OMP_NUM_THREADS="1", **extra)
 
 
 def write_config(tmp_path: Path, name: str, **fields) -> Path:
