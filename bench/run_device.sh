@@ -27,6 +27,19 @@ case $phase in
     $B --runs kftune,reference,losscmp --shapes 1b,8b --lora r8qv,r16all --gpus 1,2,4 \
        --topologies 1node,2nodes --scaling-configs 8b:r16all --parallel
     ;;
+  s2a)  # session 2: token-budget micro-batches; 1-GPU matrix + 2-GPU scaling of two configs
+    $B --runs kftune,reference --shapes 1b,8b --lora r8qv,r16all --gpus 1,2 \
+       --topologies 1node,2nodes --scaling-configs 8b:r16all,1b:r8qv --parallel --steps 20
+    ;;
+  s2b)  # session 2: 4-GPU scaling, both topologies (1-GPU baselines from s2a)
+    $B --runs kftune --shapes 1b,8b --lora r8qv,r16all --gpus 4 --topologies 1node,2nodes \
+       --scaling-configs 8b:r16all,1b:r8qv --steps 20
+    ;;
+  s2c)  # session 2: trainer GPU tests, then a repeat of 8B r16all on 4 GPUs x 1 node
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    PYTHONPATH=/tmp/site:\$PYTHONPATH python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -p no:cacheprovider
+    $B --runs kftune --shapes 8b --lora r16all --gpus 4 --topologies 1node --steps 20
+    ;;
   gputests)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:\$PYTHONPATH python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -p no:cacheprovider

@@ -62,9 +62,13 @@ def steady(times: list[float], tokens: list[int], warmup: int) -> dict:
     timed = len(times) - warmup
     seconds = times[-1] - times[warmup - 1] if warmup > 0 else times[-1]
     useful = sum(tokens[warmup:])
+    ends = [0.0, *times]
+    durations = sorted(ends[step + 1] - ends[step] for step in range(warmup, len(times)))
     return {
         "timed_steps": timed,
         "step_time_s": seconds / timed,
+        "step_time_p50_s": durations[len(durations) // 2] if durations else None,
+        "step_time_max_s": durations[-1] if durations else None,
         "useful_tokens_per_step": useful / timed,
         "tokens_per_s": useful / seconds,
     }
@@ -490,7 +494,15 @@ def cmd_losscmp(args):
 
 # ------------------------------------------------------------------------------------------ kftune
 # ------------------------------------------------------------------------------------------ kftune
-KFTUNE_BATCH = {"1b": 64, "8b": 32}  # examples per micro-batch: ~30k / ~15k packed tokens
+# Tokens per micro-batch (max_tokens_per_micro_batch); --kftune-batch N fills by examples instead.
+KFTUNE_TOKENS = {"1b": 32768, "8b": 16384, "tiny": 4096}
+
+
+def kftune_batching(args, shape: str) -> dict:
+    """The trainer's batching parameters for `shape`."""
+    if args.kftune_batch:
+        return {"per_device_train_batch_size": args.kftune_batch}
+    return {"max_tokens_per_micro_batch": KFTUNE_TOKENS[shape]}
 
 
 def kftune_config(args, shape, lora, output_dir: Path) -> dict:
@@ -501,7 +513,7 @@ def kftune_config(args, shape, lora, output_dir: Path) -> dict:
         "output_dir": str(output_dir),
         "training_parameters": {
             "max_steps": args.warmup + args.steps,
-            "per_device_train_batch_size": args.kftune_batch or KFTUNE_BATCH[shape],
+            **kftune_batching(args, shape),
             "max_seq_length": synth.MAX_LEN,
             "learning_rate": args.lr,
             "lr_scheduler_type": "constant",
@@ -614,7 +626,7 @@ def kftune_job(args, shape, lora, gpus, topology) -> Job:
             **flops,
             "loss": [loss for _, loss in metrics.get("train_loss", [])],
             "peak_mem_gib": metrics.get("peak_memory_gib"),
-            "batch_examples": args.kftune_batch or KFTUNE_BATCH[shape],
+            "batching": kftune_batching(args, shape),
             "warmup": args.warmup,
         }
         if rows:
@@ -754,6 +766,8 @@ def table(out: Path | None) -> None:
         "tok/s/GPU",
         "MFU",
         "step s",
+        "p50 / max s",
+        "tokens/step/GPU",
         "peak GiB",
         "x ref",
         "scaling",
@@ -784,6 +798,10 @@ def table(out: Path | None) -> None:
             f"{tps:,.0f}" if tps else r.get("error", "-"),
             f"{r['mfu']:.1%}" if "mfu" in r else "",
             f"{r['step_time_s']:.3f}" if "step_time_s" in r else "",
+            f"{r['step_time_p50_s']:.3f} / {r['step_time_max_s']:.3f}"
+            if r.get("step_time_p50_s") else "",
+            f"{r['useful_tokens_per_step'] / r.get('gpus', 1):,.0f}"
+            if "useful_tokens_per_step" in r else "",
             f"{r['peak_mem_gib']:.1f}" if r.get("peak_mem_gib") else "",
             ratio,
             scaling,
@@ -825,7 +843,7 @@ def main(argv=None):
         "--kftune-batch",
         type=int,
         default=0,
-        help="examples per micro-batch (default: 64 for 1b, 32 for 8b)",
+        help="examples per micro-batch (default: fill by tokens, 32768 for 1b, 16384 for 8b)",
     )
     parser.add_argument("--kftune-extra", default="{}", help="JSON merged into training_parameters")
     parser.add_argument(

@@ -46,6 +46,11 @@ kftune extras (not in `TrainingArguments`):
   `gradient_accumulation_steps` is derived as global / (per_device x world size), which must be an
   exact, positive integer; the trainer fails at start otherwise.
 - `shuffle` (bool, default true): shuffle the examples each epoch (with `data_seed` or `seed`).
+- `max_tokens_per_micro_batch` (int; causal-lm with packing): fill each micro-batch with examples up
+  to this many tokens instead of `per_device_train_batch_size` examples. An optimizer step then
+  holds about world size x accumulation x this many tokens whatever the example lengths: steady
+  memory and step times (e.g. 16384 for an 8B model on one 141 GB GPU). Must be >=
+  `max_seq_length`; not with `global_batch_size` (use `gradient_accumulation_steps`).
 """
 
 from __future__ import annotations
@@ -289,6 +294,7 @@ KFTUNE_EXTRAS: dict[str, Check] = {
     "packing": _boolean,
     "global_batch_size": _optional(_int_at_least(1)),
     "shuffle": _boolean,
+    "max_tokens_per_micro_batch": _optional(_int_at_least(1)),
 }
 
 # Every init field of transformers.TrainingArguments (5.x) plus names older releases had: these
@@ -431,10 +437,13 @@ def _check_table(
     return problems
 
 
-def validate_training_parameters(training_parameters: Mapping[str, Any]) -> list[str]:
-    """Returns the problems with `training_parameters` (empty when they are fine).
+def validate_training_parameters(
+    training_parameters: Mapping[str, Any], task: str | None = None
+) -> list[str]:
+    """Returns the problems with `training_parameters` for `task` (empty when they are fine).
 
-    Pure: imports neither torch nor transformers.
+    With `task` None, only the checks that hold for every task run. Pure: imports neither torch
+    nor transformers.
     """
     accepted = {**HONOURED_TRAINING_PARAMETERS, **ACCEPTED_WITHOUT_EFFECT, **KFTUNE_EXTRAS}
     problems = _check_table(
@@ -460,6 +469,37 @@ def validate_training_parameters(training_parameters: Mapping[str, Any]) -> list
             "`training_parameters.global_batch_size` and "
             "`training_parameters.gradient_accumulation_steps` are both set; set only one "
             "(global_batch_size derives the accumulation steps from the world size)"
+        )
+    problems.extend(_token_budget_problems(training_parameters, task))
+    return problems
+
+
+def _token_budget_problems(training_parameters: Mapping[str, Any], task: str | None) -> list[str]:
+    budget = training_parameters.get("max_tokens_per_micro_batch")
+    if budget is None:
+        return []
+    name = "`training_parameters.max_tokens_per_micro_batch`"
+    problems = []
+    if task is not None and task != "causal-lm":
+        problems.append(
+            f"{name} applies to task causal-lm only, got it ({budget}) with task {task!r}; "
+            "remove it and set per_device_train_batch_size"
+        )
+    if training_parameters.get("packing") is False:
+        problems.append(
+            f"{name} needs packing, got it ({budget}) with packing false; remove one of them"
+        )
+    if training_parameters.get("global_batch_size"):
+        problems.append(
+            f"{name} and `training_parameters.global_batch_size` are both set; set only one "
+            "(with a token budget, a step is world size x gradient_accumulation_steps "
+            "micro-batches)"
+        )
+    max_seq_length = training_parameters.get("max_seq_length", TrainingSettings.max_seq_length)
+    if _is_int(max_seq_length) and budget < max_seq_length:
+        problems.append(
+            f"{name} must be >= max_seq_length ({max_seq_length}) so that the longest example "
+            f"fits in a micro-batch, got {budget}; raise it or lower max_seq_length"
         )
     return problems
 
@@ -546,6 +586,8 @@ class TrainingSettings:
     """Padding-free packing of causal-lm micro-batches (kftune extra)."""
     shuffle: bool = True
     """Shuffle the examples every epoch (kftune extra)."""
+    max_tokens_per_micro_batch: int | None = None
+    """Fill micro-batches by tokens instead of examples (kftune extra)."""
 
     @classmethod
     def from_parameters(cls, training_parameters: Mapping[str, Any]) -> TrainingSettings:
@@ -605,7 +647,8 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 problems.add(f"`{name}` must be a non-empty path, got {value!r}")
-        problems.extend(validate_training_parameters(self.training_parameters))
+        problems.extend(validate_training_parameters(
+            self.training_parameters, self.task if isinstance(self.task, str) else None))
         problems.extend(validate_lora_config(self.lora_config))
         task_type = (self.lora_config or {}).get("task_type") if isinstance(
             self.lora_config, Mapping) else None

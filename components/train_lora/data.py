@@ -11,7 +11,8 @@ Causal-lm labels are stored ALIGNED with the inputs: `labels[t]` is the token to
 position t (-100 where nothing is learned), so packed examples never predict across a boundary.
 
 Order: `GlobalOrder` is one permutation of all examples per epoch, the same on every rank. An
-optimizer step takes the next `global_batch` examples of it; `rank_micro_batches` deals them out to
+optimizer step takes the next `global_batch` examples of it (or, with a `TokenBudget`, as many of
+the next examples as fit in its slots' token budgets); `rank_micro_batches` deals them out to
 (micro-batch, rank) slots. Each example is therefore seen exactly once per epoch across all ranks
 of all nodes, and the data position of the whole job is just (epoch, examples consumed), which
 stays valid when a job resumes with a different world size.
@@ -24,6 +25,8 @@ from them when no attention mask is given); with packing off it pads to the long
 from __future__ import annotations
 
 import dataclasses
+import heapq
+import math
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -248,10 +251,90 @@ class GlobalOrder:
         """Optimizer steps one epoch takes."""
         return -(-self.num_examples // global_batch)
 
+    def token_steps(
+        self, position: DataPosition, budget: TokenBudget
+    ) -> Iterator[tuple[list[int], DataPosition]]:
+        """Like `steps`, but a step takes as many of the next examples as fit in `budget`, forever.
+
+        A step is the longest run of the next examples that `budget.fits` (always at least one),
+        so steps hold about `budget.slots x budget.tokens` tokens whatever the example lengths;
+        the last step of an epoch takes what is left of it.
+        """
+        epoch, consumed = position.epoch, position.consumed
+        while True:
+            if consumed >= self.num_examples:
+                epoch, consumed = epoch + 1, 0
+            order = self.epoch_order(epoch)
+            while consumed < self.num_examples:
+                taken = budget.prefix(order[consumed:])
+                step = order[consumed : consumed + taken]
+                consumed += taken
+                yield step, DataPosition(epoch, consumed)
+
+    def total_token_steps(self, epochs: float, budget: TokenBudget) -> int:
+        """Optimizer steps that `epochs` passes (may be fractional) take with `budget`."""
+        whole, fraction = int(epochs), epochs - int(epochs)
+        total = 0
+        for epoch in range(whole + (1 if fraction else 0)):
+            order, count = self.epoch_order(epoch), 0
+            while order:
+                taken = budget.prefix(order)
+                order, count = order[taken:], count + 1
+            total += count if epoch < whole else math.ceil(fraction * count)
+        return max(1, total)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenBudget:
+    """Micro-batches filled by tokens.
+
+    Each of a step's `slots` (ranks x accumulation) holds at most `tokens` tokens of packed
+    examples.
+    """
+
+    lengths: Sequence[int]
+    """Tokens per example index."""
+    slots: int
+    """Micro-batches per optimizer step across the job: world size x accumulation steps."""
+    tokens: int
+    """Token budget of one micro-batch."""
+
+    def prefix(self, upcoming: Sequence[int]) -> int:
+        """How many of `upcoming` the next step takes (at least one).
+
+        Each example goes to the slot with the fewest tokens; the step ends before the first
+        example that does not fit there. Every slot then holds at most `tokens` tokens (an example
+        longer than the budget travels alone in its own step).
+        """
+        loads = [(0, slot) for slot in range(self.slots)]
+        for taken, index in enumerate(upcoming):
+            load, slot = loads[0]
+            if load + self.lengths[index] > self.tokens:
+                return max(1, taken)
+            heapq.heapreplace(loads, (load + self.lengths[index], slot))
+        return len(upcoming)
+
+    def deal(self, step: Sequence[int]) -> list[list[int]]:
+        """The step's examples per slot.
+
+        Longest first to the emptiest slot (balanced loads), or, when that overflows a slot, in
+        order to the emptiest slot (the assignment `prefix` checked, so it fits).
+        """
+        for ordered in (sorted(step, key=lambda i: (-self.lengths[i], i)), list(step)):
+            members: list[list[int]] = [[] for _ in range(self.slots)]
+            loads = [(0, slot) for slot in range(self.slots)]
+            for index in ordered:
+                load, slot = loads[0]
+                members[slot].append(index)
+                heapq.heapreplace(loads, (load + self.lengths[index], slot))
+            if max(load for load, _ in loads) <= self.tokens or len(step) == 1:
+                return members
+        return members
+
 
 def rank_micro_batches(
     step: Sequence[int], rank: int, world_size: int, per_device: int, accumulation: int,
-    lengths: Sequence[int] | None = None,
+    lengths: Sequence[int] | None = None, budget: TokenBudget | None = None,
 ) -> list[list[int]]:
     """The examples of one optimizer step that `rank` trains on, as `accumulation` micro-batches.
 
@@ -264,7 +347,13 @@ def rank_micro_batches(
     `per_device` examples. Every rank computes the same deal, so it is still a partition of the
     step, and the slots' token counts (hence the ranks' step times) end up within about one short
     example of each other.
+
+    With `budget` (a step from `GlobalOrder.token_steps`), `budget.deal` decides; `per_device`
+    and `lengths` are not used.
     """
+    if budget is not None:
+        members = budget.deal(step)
+        return [members[micro * world_size + rank] for micro in range(accumulation)]
     if lengths is not None:
         slots = accumulation * world_size
         members: list[list[int]] = [[] for _ in range(slots)]

@@ -211,7 +211,8 @@ class LaunchConfig:
     def __post_init__(self) -> None:
         problems = Problems()
         problems.extend(check_task(self.task))
-        problems.extend(_check_trainer_input(self.training_parameters, self.lora_config))
+        problems.extend(_check_trainer_input(self.training_parameters, self.lora_config,
+                                             self.task))
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int):
             problems.add(
                 f"`num_workers` must be a whole number >= 1, got {self.num_workers!r}"
@@ -374,7 +375,7 @@ class LaunchConfig:
         }
 
 
-def _check_trainer_input(training_parameters: Any, lora_config: Any) -> list[str]:
+def _check_trainer_input(training_parameters: Any, lora_config: Any, task: Any) -> list[str]:
     problems = []
     if not isinstance(training_parameters, Mapping):
         problems.append(
@@ -391,7 +392,8 @@ def _check_trainer_input(training_parameters: Any, lora_config: Any) -> list[str
         validate_training_parameters,
     )
 
-    return [*validate_training_parameters(dict(training_parameters)),
+    return [*validate_training_parameters(dict(training_parameters),
+                                          task if isinstance(task, str) else None),
             *validate_lora_config(dict(lora_config))]
 
 

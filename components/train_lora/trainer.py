@@ -416,8 +416,9 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
     problems = Problems()
     problems.extend(data.check_columns(cfg.task, list(rows[0]) if rows else [], num_labels))
     accumulation = settings.accumulation_steps(runtime.world_size)
+    by_tokens = settings.max_tokens_per_micro_batch is not None
     slots = runtime.world_size * settings.per_device_train_batch_size
-    if rows and slots > len(rows):
+    if rows and slots > len(rows) and not by_tokens:
         problems.add(
             f"`training_parameters.per_device_train_batch_size` x world size = "
             f"{settings.per_device_train_batch_size} x {runtime.world_size} = {slots} must be <= "
@@ -452,15 +453,25 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
     # Build the data.
     examples = data.tokenize_rows(cfg.task, rows, tokenizer, settings.max_seq_length)
     order = data.GlobalOrder(len(examples), settings.order_seed, settings.shuffle)
+    lengths = [len(example.input_ids) for example in examples]
     global_batch = slots * accumulation
-    steps_per_epoch = order.steps_per_epoch(global_batch)
-    total_steps = settings.max_steps if settings.max_steps > 0 else max(
-        1, math.ceil(settings.num_train_epochs * steps_per_epoch))
-    LOG.info("data: %d examples, %d tokens; global batch %d = %d per device x %d processes x %d "
-             "accumulation; %d steps per epoch, %d steps in total", len(examples),
-             sum(len(example.input_ids) for example in examples), global_batch,
-             settings.per_device_train_batch_size, runtime.world_size, accumulation,
-             steps_per_epoch, total_steps)
+    budget = data.TokenBudget(lengths, runtime.world_size * accumulation,
+                              settings.max_tokens_per_micro_batch) if by_tokens else None
+    if budget is not None:
+        total_steps = settings.max_steps if settings.max_steps > 0 else order.total_token_steps(
+            settings.num_train_epochs, budget)
+        LOG.info("data: %d examples, %d tokens; micro-batches of up to %d tokens x %d processes "
+                 "x %d accumulation per step (%d tokens); %d steps in total", len(examples),
+                 sum(lengths), budget.tokens, runtime.world_size, accumulation,
+                 budget.tokens * budget.slots, total_steps)
+    else:
+        steps_per_epoch = order.steps_per_epoch(global_batch)
+        total_steps = settings.max_steps if settings.max_steps > 0 else max(
+            1, math.ceil(settings.num_train_epochs * steps_per_epoch))
+        LOG.info("data: %d examples, %d tokens; global batch %d = %d per device x %d processes "
+                 "x %d accumulation; %d steps per epoch, %d steps in total", len(examples),
+                 sum(lengths), global_batch, settings.per_device_train_batch_size,
+                 runtime.world_size, accumulation, steps_per_epoch, total_steps)
 
     optimizer, scheduler = build_optimizer(model, settings, runtime, total_steps)
     identity = _identity(model_manifest, model)
@@ -485,15 +496,15 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
     step_times: list[list[float]] = []  # [step, the job's tokens in it, seconds since loop start]
     # Packed causal-lm micro-batches are dealt out by tokens, not example count, so that every
     # rank's micro-batch takes about as long (a step waits for the slowest rank).
-    lengths = ([len(example.input_ids) for example in examples]
-               if cfg.task == "causal-lm" and settings.packing else None)
+    deal_lengths = lengths if cfg.task == "causal-lm" and settings.packing else None
     first_step = step
-    steps = order.steps(position, global_batch)
+    steps = (order.token_steps(position, budget) if budget is not None
+             else order.steps(position, global_batch))
     while step < total_steps:
         step_examples, position = next(steps)
         micro_batches = data.rank_micro_batches(
             step_examples, runtime.rank, runtime.world_size,
-            settings.per_device_train_batch_size, accumulation, lengths)
+            settings.per_device_train_batch_size, accumulation, deal_lengths, budget)
         step_targets = max(1, sum(examples[index].target_count for index in step_examples))
         step_tokens = sum(len(examples[index].input_ids) for index in step_examples)
         for micro, indices in enumerate(micro_batches):
@@ -577,7 +588,8 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
     if runtime.is_main:
         training = {**{key: value for key, value in dataclasses.asdict(settings).items()},
                     "gradient_accumulation_steps": accumulation, "world_size": runtime.world_size,
-                    "global_batch_size": global_batch, "total_steps": total_steps}
+                    "global_batch_size": None if budget else global_batch,
+                    "total_steps": total_steps}
         path = save_final(cfg, model, tokenizer, model_manifest, data_manifest, metrics, training)
         LOG.info("done: %d steps, final loss %s, %.0f tokens/s, %s; adapter saved to %s", step,
                  f"{metrics['final_loss']:.4f}" if metrics["final_loss"] is not None else "-",

@@ -24,25 +24,36 @@ LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 
 
 
-@pytest.fixture()
-def job(tmp_path) -> Path:
+# Micro-batches filled by tokens instead of examples (steps then vary in example count).
+BY_TOKENS = {**{key: value for key, value in PARAMETERS.items()
+                if key not in ("per_device_train_batch_size", "global_batch_size")},
+             "max_tokens_per_micro_batch": 256}
+
+
+def write_job(tmp_path: Path, parameters: dict) -> Path:
     model = demo.tiny_causal_lm(tmp_path / "model")
     rows = [{"text": row["text"]} for row in demo.sentiment_rows(64, seed=2)]
     data = demo.write_dataset_artifact(tmp_path / "data", rows)
     config = tmp_path / "config.json"
     config.write_text(json.dumps({
         "task": "causal-lm", "model_dir": str(model), "data_dir": str(data),
-        "output_dir": str(tmp_path / "out"), "training_parameters": PARAMETERS,
+        "output_dir": str(tmp_path / "out"), "training_parameters": parameters,
         "lora_config": LORA, "merge": True,
     }))
     return config
 
 
-def check_outputs(tmp_path: Path, output: str, world_size: int) -> None:
+@pytest.fixture()
+def job(tmp_path) -> Path:
+    return write_job(tmp_path, PARAMETERS)
+
+
+def check_outputs(tmp_path: Path, output: str, world_size: int, steps: int | None = 8) -> None:
     assert "(nccl), device cuda, weights bfloat16" in output
     metrics = json.loads((tmp_path / "out" / "final" / "metrics.json").read_text())
-    # 64 examples, global batch 16: 4 steps per epoch whatever the world size.
-    assert metrics["steps"] == 8 and metrics["world_size"] == world_size
+    assert metrics["world_size"] == world_size and metrics["examples_seen"] == 128
+    if steps is not None:  # 64 examples, global batch 16: 4 steps per epoch, any world size
+        assert metrics["steps"] == steps
     losses = [loss for _, loss in metrics["train_loss"]]
     assert losses[-1] < losses[0], losses
     per_epoch: dict[int, list[int]] = collections.defaultdict(list)
@@ -67,6 +78,20 @@ def test_one_node_two_gpus_plain_torchrun(job, tmp_path):
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     check_outputs(tmp_path, result.stdout, world_size=2)
+
+
+@pytest.mark.gpu(count=2)
+def test_one_node_two_gpus_token_budget(tmp_path):
+    config = write_job(tmp_path, BY_TOKENS)
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+         "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", TRAINER,
+         "--config", str(config)],
+        env=torchrun_env.clean_env(KFTUNE_DEBUG_SEEN_DIR=str(tmp_path / "seen")),
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "micro-batches of up to 256 tokens x 2 processes" in result.stdout
+    check_outputs(tmp_path, result.stdout, world_size=2, steps=None)
 
 
 @pytest.mark.gpu(count=4)

@@ -169,6 +169,26 @@ def test_two_nodes_from_the_operator_environment(tmp_path, tiny_model, causal_da
     assert (tmp_path / "out" / "final" / "merged" / "config.json").is_file()
 
 
+def test_token_budget_micro_batches_see_every_example_once(tmp_path, tiny_model, causal_data):
+    parameters = {key: value for key, value in CAUSAL_PARAMETERS.items()
+                  if key not in ("global_batch_size", "per_device_train_batch_size")}
+    config = write_config(tmp_path, "config", task="causal-lm", model_dir=str(tiny_model),
+                          data_dir=str(causal_data), output_dir=str(tmp_path / "out"),
+                          training_parameters={**parameters, "save_strategy": "no",
+                                               "max_tokens_per_micro_batch": 96},
+                          lora_config=CAUSAL_LORA)
+    result = torchrun(config, env={"KFTUNE_DEBUG_SEEN_DIR": str(tmp_path / "seen")})
+    assert_ok(result)
+    assert "micro-batches of up to 96 tokens x 2 processes x 1 accumulation" in result.stdout
+    seen = read_seen(tmp_path / "seen")
+    for epoch in (0, 1):
+        assert sorted(seen[epoch]) == list(range(30))
+    metrics = final_metrics(tmp_path / "out")
+    assert metrics["examples_seen"] == 60
+    # Several examples share each 96-token micro-batch: fewer steps than 30 per epoch.
+    assert 2 * 30 / 2 > metrics["steps"] >= 2 * 30 * 20 / (2 * 96), metrics["steps"]
+
+
 def test_resume_after_a_killed_process_finishes_with_the_same_step_count(
         tmp_path, tiny_model, causal_data):
     config = write_config(tmp_path, "config", task="causal-lm", model_dir=str(tiny_model),

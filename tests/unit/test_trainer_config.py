@@ -73,6 +73,19 @@ TRAINING_CASES = [
     Case("global batch and accumulation", {"global_batch_size": 32,
                                            "gradient_accumulation_steps": 2},
          ("`training_parameters.global_batch_size`", "set only one")),
+    Case("token budget", {"max_tokens_per_micro_batch": 16384, "max_seq_length": 4096,
+                          "gradient_accumulation_steps": 2}),
+    Case("token budget below max_seq_length", {"max_tokens_per_micro_batch": 512},
+         ("`training_parameters.max_tokens_per_micro_batch` must be >= max_seq_length (1024)",
+          "got 512")),
+    Case("token budget without packing", {"max_tokens_per_micro_batch": 4096, "packing": False},
+         ("`training_parameters.max_tokens_per_micro_batch` needs packing",)),
+    Case("token budget and global batch", {"max_tokens_per_micro_batch": 4096,
+                                           "global_batch_size": 64},
+         ("`training_parameters.max_tokens_per_micro_batch` and "
+          "`training_parameters.global_batch_size` are both set",)),
+    Case("token budget not a number", {"max_tokens_per_micro_batch": "16k"},
+         ("`training_parameters.max_tokens_per_micro_batch` must be an integer >= 1, got '16k'",)),
     Case("report to wandb", {"report_to": "wandb"}, ("`training_parameters.report_to`",)),
     Case("several problems at once", {"learning_rate": 0, "max_seq_length": 0, "foo": 1},
          ("learning_rate", "max_seq_length", "'foo'")),
@@ -88,6 +101,14 @@ def test_validate_training_parameters(case: Case) -> None:
     joined = "\n".join(problems)
     for fragment in case.expected_fragments:
         assert fragment in joined
+
+
+def test_token_budget_is_for_causal_lm_only() -> None:
+    parameters = {"max_tokens_per_micro_batch": 4096}
+    assert validate_training_parameters(parameters, "causal-lm") == []
+    (problem,) = validate_training_parameters(parameters, "sequence-classification")
+    assert problem.startswith("`training_parameters.max_tokens_per_micro_batch` applies to task "
+                              "causal-lm only, got it (4096) with task 'sequence-classification'")
 
 
 LORA_CASES = [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import itertools
+import random
 
 import pytest
 import torch
@@ -236,3 +237,75 @@ def test_resume_from_a_position_continues_the_same_order_even_with_another_world
     done = [index for step, _ in taken for index in step]
     assert sorted(done + rest) == list(range(30))
     assert next(resumed)[1] == data.DataPosition(1, 6)
+
+
+# -- token budgets ---------------------------------------------------------------------------------
+
+
+def lognormal_lengths(count: int, seed: int, longest: int) -> list[int]:
+    """Instruction-data-like lengths: log-normal around 350 tokens, clipped to 16..longest."""
+    rng = random.Random(seed)
+    return [min(longest, max(16, int(rng.lognormvariate(5.85, 0.75)))) for _ in range(count)]
+
+
+@pytest.mark.parametrize(("world", "accumulation", "tokens"), [(1, 1, 4096), (2, 2, 4096),
+                                                               (4, 1, 8192), (3, 2, 2048)])
+def test_token_steps_see_every_example_once_and_fill_no_slot_past_the_budget(
+        world, accumulation, tokens) -> None:
+    lengths = lognormal_lengths(500, seed=world, longest=2048)
+    budget = data.TokenBudget(lengths, world * accumulation, tokens)
+    order = data.GlobalOrder(len(lengths), seed=11)
+    steps = order.token_steps(data.DataPosition(), budget)
+    seen: dict[int, list[int]] = collections.defaultdict(list)
+    total = order.total_token_steps(2, budget)
+    for _ in range(total):
+        step, position = next(steps)
+        epoch = position.epoch if position.consumed else position.epoch - 1
+        for rank in range(world):
+            micro = data.rank_micro_batches(step, rank, world, 1, accumulation, budget=budget)
+            assert len(micro) == accumulation
+            for batch in micro:
+                assert sum(lengths[index] for index in batch) <= tokens
+                seen[epoch].extend(batch)
+    assert sorted(seen) == [0, 1]
+    for indices in seen.values():
+        assert sorted(indices) == list(range(len(lengths)))
+    assert position == data.DataPosition(1, len(lengths))  # total_token_steps counted exactly
+
+
+def test_token_steps_are_full_and_balanced() -> None:
+    lengths = lognormal_lengths(4000, seed=0, longest=2048)
+    budget = data.TokenBudget(lengths, 4, 16384)
+    steps = data.GlobalOrder(len(lengths), seed=1).token_steps(data.DataPosition(), budget)
+    for _ in range(20):
+        step, _ = next(steps)
+        loads = [sum(lengths[i] for i in slot) for slot in budget.deal(step)]
+        # Every slot is nearly full (the next example did not fit in the emptiest one) and
+        # longest-first dealing keeps the ranks within a few percent of each other.
+        assert min(loads) > 16384 - 2048, loads
+        assert max(loads) - min(loads) < 0.05 * 16384, loads
+
+
+def test_an_example_longer_than_the_budget_trains_alone() -> None:
+    budget = data.TokenBudget([100, 5000, 100, 100], 2, 1000)
+    steps = data.GlobalOrder(4, seed=0, shuffle=False).token_steps(data.DataPosition(), budget)
+    assert [next(steps)[0] for _ in range(3)] == [[0], [1], [2, 3]]
+
+
+def test_token_steps_resume_from_a_position() -> None:
+    lengths = lognormal_lengths(300, seed=4, longest=1024)
+    order = data.GlobalOrder(len(lengths), seed=2)
+    budget = data.TokenBudget(lengths, 2, 4096)
+    first = order.token_steps(data.DataPosition(), budget)
+    taken = [next(first) for _ in range(5)]
+    again = order.token_steps(taken[2][1], budget)
+    assert [next(again) for _ in range(2)] == taken[3:]
+
+
+def test_fractional_epochs_round_the_last_epoch_up() -> None:
+    lengths = [100] * 40
+    budget = data.TokenBudget(lengths, 2, 1000)  # 20 examples a step: 2 steps an epoch
+    order = data.GlobalOrder(len(lengths), seed=0)
+    assert order.total_token_steps(1, budget) == 2
+    assert order.total_token_steps(1.25, budget) == 3
+    assert order.total_token_steps(0.1, budget) == 1
