@@ -35,10 +35,18 @@ case $phase in
     $B --runs kftune --shapes 1b,8b --lora r8qv,r16all --gpus 4 --topologies 1node,2nodes \
        --scaling-configs 8b:r16all,1b:r8qv --steps 20
     ;;
-  s2c)  # session 2: trainer GPU tests, then a repeat of 8B r16all on 4 GPUs x 1 node
+  s2c)  # session 2: 8B r16all on 4 GPUs x 1 node again, 40 steps, GPU clocks/power logged; GPU tests
+    nvidia-smi --query-gpu=timestamp,index,clocks.sm,power.draw,temperature.gpu,utilization.gpu,clocks_throttle_reasons.active --format=csv -lms 500 > $FINAL/smi.csv &
+    echo \$! > /tmp/smi.pid
+    $B --runs kftune --shapes 8b --lora r16all --gpus 4 --topologies 1node --steps 40
+    kill \$(cat /tmp/smi.pid)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:\$PYTHONPATH python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -p no:cacheprovider
-    $B --runs kftune --shapes 8b --lora r16all --gpus 4 --topologies 1node --steps 20
+    ;;
+  s3)  # next: are the ~0.5 s stalls of 4-GPU steps host-side? metrics now hold per-step GC
+        # seconds and torch.compile runs; TORCH_LOGS names what forced a recompilation
+    TORCH_LOGS=recompiles $B --runs kftune --shapes 8b --lora r16all --gpus 4 \
+       --topologies 1node,2nodes --steps 40
     ;;
   gputests)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

@@ -631,6 +631,10 @@ def kftune_job(args, shape, lora, gpus, topology) -> Job:
         }
         if rows:
             result.update(steady([r[2] for r in rows], [r[1] for r in rows], args.warmup))
+            timed = rows[args.warmup :]
+            if timed and len(timed[0]) >= 5:  # rank 0's host stalls in the timed steps
+                result["rank0_gc_s"] = round(sum(r[3] for r in timed), 3)
+                result["rank0_compiles"] = sum(r[4] for r in timed)
         else:
             result["tokens_per_s"] = metrics.get("tokens_per_second", 0.0)
             result["note"] = "no step_times: whole-run tokens/s including warm-up"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
+import gc
 import json
 import logging
 import math
@@ -254,6 +255,59 @@ def _every(value: float, total_steps: int) -> int:
 
 def _format_seconds(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
+
+
+def _stall_note(stalls: HostStalls, since: tuple[float, int], runtime: Runtime) -> str:
+    """The progress line's note on host stalls since `since`, worst rank (a collective)."""
+    gc_seconds, compilations = stalls.snapshot()
+    worst = torch.tensor([gc_seconds - since[0], float(compilations - since[1])],
+                         device=runtime.device)
+    dist.all_reduce(worst, op=dist.ReduceOp.MAX)
+    gc_worst, compiled = worst.tolist()
+    notes = []
+    if gc_worst >= 0.05:
+        notes.append(f"gc {gc_worst:.2f}s")
+    if compiled:
+        notes.append(f"torch.compile x{int(compiled)}")
+    return f" | host: {', '.join(notes)}" if notes else ""
+
+
+class HostStalls:
+    """Host-side work that can stall a step: Python garbage collection and torch.compile runs.
+
+    A step waits for its slowest rank, so a pause on any one rank slows the whole job; the
+    progress line reports the worst rank's figures for the steps since the last line.
+    """
+
+    def __init__(self) -> None:
+        self.gc_seconds = 0.0
+        self._gc_started: float | None = None
+        gc.callbacks.append(self._on_gc)
+
+    def _on_gc(self, phase: str, _info: dict[str, Any]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+        elif self._gc_started is not None:
+            self.gc_seconds += time.perf_counter() - self._gc_started
+            self._gc_started = None
+
+    @staticmethod
+    def compilations() -> int:
+        """Frames torch.compile has compiled in this process so far (recompilations included)."""
+        try:
+            from torch._dynamo.utils import counters
+        except ImportError:  # pragma: no cover - a torch without dynamo
+            return 0
+        return int(counters["frames"]["total"])
+
+    def snapshot(self) -> tuple[float, int]:
+        """(seconds spent in garbage collection, compilations) so far."""
+        return self.gc_seconds, self.compilations()
+
+    def close(self) -> None:
+        """Stops timing garbage collection."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
 
 
 # -- checkpoints -----------------------------------------------------------------------------------
@@ -491,6 +545,8 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
     kill_step, kill_rank = _kill_request()
     window_loss = torch.zeros((), device=runtime.device)
     window_targets = window_tokens = 0
+    stalls = HostStalls()
+    stall_mark = window_stall_mark = stalls.snapshot()
     window_started = time.monotonic()
     run_tokens, run_started = 0, time.monotonic()
     step_times: list[list[float]] = []  # [step, the job's tokens in it, seconds since loop start]
@@ -533,7 +589,13 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
         window_tokens += step_tokens
         run_tokens += step_tokens
         if len(step_times) < 10_000:
-            step_times.append([step, step_tokens, round(time.monotonic() - run_started, 4)])
+            gc_seconds, compilations = stalls.snapshot()
+            # [step, the job's tokens, seconds since loop start, this rank's GC seconds and
+            # torch.compile runs in the step]
+            step_times.append([step, step_tokens, round(time.monotonic() - run_started, 4),
+                               round(gc_seconds - stall_mark[0], 4),
+                               compilations - stall_mark[1]])
+            stall_mark = gc_seconds, compilations
 
         if settings.logging_strategy != "no" and (
             step % log_every == 0 or step == total_steps
@@ -541,19 +603,21 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
         ):
             dist.all_reduce(window_loss)
             loss = window_loss.item() / window_targets
+            stall_note = _stall_note(stalls, window_stall_mark, runtime)
+            window_stall_mark = stalls.snapshot()
             history.append([step, loss])
             elapsed = time.monotonic() - window_started
             run_elapsed = time.monotonic() - run_started
             eta = run_elapsed / (step - first_step) * (total_steps - step)
             LOG.info(
                 "step %d/%d (%.1f%%) | epoch %.2f | loss %.4f | lr %.3e | grad_norm %s | "
-                "tokens/s %.0f | elapsed %s | eta %s",
+                "tokens/s %.0f | elapsed %s | eta %s%s",
                 step, total_steps, 100 * step / total_steps,
                 position.epoch + position.consumed / len(examples), loss,
                 scheduler.get_last_lr()[0],
                 f"{grad_norm.item():.3f}" if grad_norm is not None else "-",
                 window_tokens / max(elapsed, 1e-9), _format_seconds(time.monotonic() - started),
-                _format_seconds(eta))
+                _format_seconds(eta), stall_note)
             window_loss.zero_()
             window_targets = window_tokens = 0
             window_started = time.monotonic()
@@ -565,6 +629,7 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
                 seen_file.flush()
             os.kill(os.getpid(), signal.SIGKILL)
 
+    stalls.close()
     if seen_file:
         seen_file.close()
     runtime_seconds = time.monotonic() - started

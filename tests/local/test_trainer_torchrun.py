@@ -123,6 +123,11 @@ def test_one_node_two_processes_trains_and_saves_a_loadable_adapter(one_node_run
     losses = [loss for _, loss in metrics["train_loss"]]
     assert losses[-1] < losses[0] - 0.05, losses
     assert "step 8/8 (100.0%)" in result.stdout and "eta" in result.stdout
+    # Per step: its number, the job's tokens, seconds since the loop started, rank 0's seconds in
+    # garbage collection and torch.compile runs (no compilation on CPU).
+    rows = metrics["step_times"]
+    assert [row[0] for row in rows] == list(range(1, 9)) and all(len(row) == 5 for row in rows)
+    assert all(row[3] >= 0 and row[4] == 0 for row in rows)
     assert "[rank 1]" not in result.stdout  # progress is logged by global rank 0 only
 
     manifest = json.loads((output / "final" / "manifest.json").read_text())
