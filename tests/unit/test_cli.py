@@ -98,6 +98,10 @@ BAD_RUN_CASES = [
          expected_error="`split` must be a split in `datasets` slicing syntax, got 'train[:x]'"),
     Case("training_parameter", ["--param", "training_parameters.per_device_train_batch_size=0"],
          expected_error="per_device_train_batch_size"),
+    Case("token_budget_for_classification",
+         ["--param", "training_parameters.max_tokens_per_micro_batch=4096"],
+         expected_error="`training_parameters.max_tokens_per_micro_batch` applies to task "
+                        "causal-lm only, got it (4096) with task 'sequence-classification'"),
     Case("procs", ["--num-procs-per-worker", "many"],
          expected_error="`num_procs_per_worker` must be a number >= 1 or \"auto\", got 'many'"),
 ]
