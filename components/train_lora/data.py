@@ -28,7 +28,7 @@ import dataclasses
 import heapq
 import math
 import random
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -237,15 +237,7 @@ class GlobalOrder:
 
         The last step of an epoch takes what is left of it, so no example is dropped or repeated.
         """
-        epoch, consumed = position.epoch, position.consumed
-        while True:
-            if consumed >= self.num_examples:
-                epoch, consumed = epoch + 1, 0
-            order = self.epoch_order(epoch)
-            while consumed < self.num_examples:
-                step = order[consumed : consumed + global_batch]
-                consumed += len(step)
-                yield step, DataPosition(epoch, consumed)
+        return self._steps(position, lambda order, start: global_batch)
 
     def steps_per_epoch(self, global_batch: int) -> int:
         """Optimizer steps one epoch takes."""
@@ -254,34 +246,37 @@ class GlobalOrder:
     def token_steps(
         self, position: DataPosition, budget: TokenBudget
     ) -> Iterator[tuple[list[int], DataPosition]]:
-        """Like `steps`, but a step takes as many of the next examples as fit in `budget`, forever.
+        """Like `steps`, but a step takes as many of the next examples as `budget.prefix` lets it.
 
-        A step is the longest run of the next examples that `budget.fits` (always at least one),
-        so steps hold about `budget.slots x budget.tokens` tokens whatever the example lengths;
+        Steps then hold about `budget.slots x budget.tokens` tokens whatever the example lengths;
         the last step of an epoch takes what is left of it.
         """
-        epoch, consumed = position.epoch, position.consumed
-        while True:
-            if consumed >= self.num_examples:
-                epoch, consumed = epoch + 1, 0
-            order = self.epoch_order(epoch)
-            while consumed < self.num_examples:
-                taken = budget.prefix(order[consumed:])
-                step = order[consumed : consumed + taken]
-                consumed += taken
-                yield step, DataPosition(epoch, consumed)
+        return self._steps(position, budget.prefix)
 
     def total_token_steps(self, epochs: float, budget: TokenBudget) -> int:
         """Optimizer steps that `epochs` passes (may be fractional) take with `budget`."""
         whole, fraction = int(epochs), epochs - int(epochs)
         total = 0
         for epoch in range(whole + (1 if fraction else 0)):
-            order, count = self.epoch_order(epoch), 0
-            while order:
-                taken = budget.prefix(order)
-                order, count = order[taken:], count + 1
+            order, start, count = self.epoch_order(epoch), 0, 0
+            while start < len(order):
+                start, count = start + budget.prefix(order, start), count + 1
             total += count if epoch < whole else math.ceil(fraction * count)
         return max(1, total)
+
+    def _steps(
+        self, position: DataPosition, size: Callable[[Sequence[int], int], int]
+    ) -> Iterator[tuple[list[int], DataPosition]]:
+        """Steps of `size(order, start)` examples from `position` on, epoch after epoch."""
+        epoch, consumed = position.epoch, position.consumed
+        while True:
+            if consumed >= self.num_examples:
+                epoch, consumed = epoch + 1, 0
+            order = self.epoch_order(epoch)
+            while consumed < self.num_examples:
+                step = order[consumed : consumed + size(order, consumed)]
+                consumed += len(step)
+                yield step, DataPosition(epoch, consumed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,20 +294,21 @@ class TokenBudget:
     tokens: int
     """Token budget of one micro-batch."""
 
-    def prefix(self, upcoming: Sequence[int]) -> int:
-        """How many of `upcoming` the next step takes (at least one).
+    def prefix(self, order: Sequence[int], start: int = 0) -> int:
+        """How many examples of `order`, from `start` on, the next step takes (at least one).
 
         Each example goes to the slot with the fewest tokens; the step ends before the first
         example that does not fit there. Every slot then holds at most `tokens` tokens (an example
         longer than the budget travels alone in its own step).
         """
         loads = [(0, slot) for slot in range(self.slots)]
-        for taken, index in enumerate(upcoming):
+        for position in range(start, len(order)):
             load, slot = loads[0]
-            if load + self.lengths[index] > self.tokens:
-                return max(1, taken)
-            heapq.heapreplace(loads, (load + self.lengths[index], slot))
-        return len(upcoming)
+            length = self.lengths[order[position]]
+            if load + length > self.tokens:
+                return max(1, position - start)
+            heapq.heapreplace(loads, (load + length, slot))
+        return len(order) - start
 
     def deal(self, step: Sequence[int]) -> list[list[int]]:
         """The step's examples per slot.

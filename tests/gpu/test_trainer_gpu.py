@@ -68,21 +68,8 @@ def check_outputs(tmp_path: Path, output: str, world_size: int, steps: int | Non
     print(output[-3000:])
 
 
-@pytest.mark.gpu(count=2)
-def test_one_node_two_gpus_plain_torchrun(job, tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-         "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", TRAINER,
-         "--config", str(job)],
-        env=torchrun_env.clean_env(KFTUNE_DEBUG_SEEN_DIR=str(tmp_path / "seen")),
-        capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
-    check_outputs(tmp_path, result.stdout, world_size=2)
-
-
-@pytest.mark.gpu(count=2)
-def test_one_node_two_gpus_token_budget(tmp_path):
-    config = write_job(tmp_path, BY_TOKENS)
+def one_node_two_gpus(config: Path, tmp_path: Path) -> subprocess.CompletedProcess:
+    """Plain torchrun, 1 node x 2 GPUs; fails the test when the trainer fails."""
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
          "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", TRAINER,
@@ -90,6 +77,18 @@ def test_one_node_two_gpus_token_budget(tmp_path):
         env=torchrun_env.clean_env(KFTUNE_DEBUG_SEEN_DIR=str(tmp_path / "seen")),
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return result
+
+
+@pytest.mark.gpu(count=2)
+def test_one_node_two_gpus_plain_torchrun(job, tmp_path):
+    result = one_node_two_gpus(job, tmp_path)
+    check_outputs(tmp_path, result.stdout, world_size=2)
+
+
+@pytest.mark.gpu(count=2)
+def test_one_node_two_gpus_token_budget(tmp_path):
+    result = one_node_two_gpus(write_job(tmp_path, BY_TOKENS), tmp_path)
     assert "micro-batches of up to 256 tokens x 2 processes" in result.stdout
     check_outputs(tmp_path, result.stdout, world_size=2, steps=None)
 
