@@ -588,15 +588,6 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
         window_targets += step_targets
         window_tokens += step_tokens
         run_tokens += step_tokens
-        if len(step_times) < 10_000:
-            gc_seconds, compilations = stalls.snapshot()
-            # [step, the job's tokens, seconds since loop start, this rank's GC seconds and
-            # torch.compile runs in the step]
-            step_times.append([step, step_tokens, round(time.monotonic() - run_started, 4),
-                               round(gc_seconds - stall_mark[0], 4),
-                               compilations - stall_mark[1]])
-            stall_mark = gc_seconds, compilations
-
         if settings.logging_strategy != "no" and (
             step % log_every == 0 or step == total_steps
             or (settings.logging_first_step and step == first_step + 1)
@@ -621,6 +612,15 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
             window_loss.zero_()
             window_targets = window_tokens = 0
             window_started = time.monotonic()
+        if len(step_times) < 10_000:
+            # Recorded after the progress line's loss sync, so that on logged steps the time
+            # includes the step's GPU work: [step, the job's tokens, seconds since the loop
+            # started, this rank's GC seconds and torch.compile runs in the step].
+            gc_seconds, compilations = stalls.snapshot()
+            step_times.append([step, step_tokens, round(time.monotonic() - run_started, 4),
+                               round(gc_seconds - stall_mark[0], 4),
+                               compilations - stall_mark[1]])
+            stall_mark = gc_seconds, compilations
         if settings.save_strategy == "steps" and step % save_every == 0 and step < total_steps:
             save_checkpoint(cfg, runtime, model, optimizer, scheduler, step, position, identity,
                             settings, history)
