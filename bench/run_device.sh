@@ -43,10 +43,15 @@ case $phase in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:\$PYTHONPATH python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -p no:cacheprovider
     ;;
-  s3)  # next: are the ~0.5 s stalls of 4-GPU steps host-side? metrics now hold per-step GC
-        # seconds and torch.compile runs; TORCH_LOGS names what forced a recompilation
-    TORCH_LOGS=recompiles $B --runs kftune --shapes 8b --lora r16all --gpus 4 \
-       --topologies 1node,2nodes --steps 40
+  s3)  # next: what are the ~0.5 s pauses of 4-GPU steps? metrics now hold per-step GC seconds
+        # and torch.compile runs; TORCH_LOGS names what forced a recompilation (about 5 min)
+    TORCH_LOGS=recompiles $B --runs kftune --shapes 8b --lora r16all --gpus 1,4 \
+       --topologies 1node --steps 40
+    ;;
+  s3b)  # then the same with rows rounded up to a multiple of 64 tokens (fewer shapes to
+        # specialize on), on the same warm machine
+    TORCH_LOGS=recompiles $B --runs kftune --shapes 8b --lora r16all --gpus 1,4 \
+       --topologies 1node --steps 40 --tag pad64 --kftune-extra '{\"pad_to_multiple_of\": 64}'
     ;;
   gputests)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl

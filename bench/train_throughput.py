@@ -553,6 +553,7 @@ class Job:
 def kftune_job(args, shape, lora, gpus, topology) -> Job:
     compile_flag = os.environ.get("KFTUNE_COMPILE", "1")
     name = f"kftune-{shape}-{lora}-{gpus}g-{topology}" + ("-eager" if compile_flag == "0" else "")
+    name += f"-{args.tag}" if args.tag else ""
     output_dir = args.scratch / name
     config_path = args.scratch / f"{name}.json"
     module = ["-m", "kftune.components.train_lora.trainer", "--config", str(config_path)]
@@ -609,6 +610,8 @@ def kftune_job(args, shape, lora, gpus, topology) -> Job:
             "topology": topology,
             "wall_s": wall,
             "kftune_compile": compile_flag,
+            "tag": args.tag,
+            "training_extra": json.loads(args.kftune_extra),
         }
         metrics_path = output_dir / "final" / "metrics.json"
         if any(codes) or not metrics_path.is_file():
@@ -793,6 +796,7 @@ def table(out: Path | None) -> None:
         )
         name = r["kind"] + ("+compile" if r.get("compile") is True else "")
         name += "-eager" if r.get("kftune_compile") == "0" else ""
+        name += f" [{r['tag']}]" if r.get("tag") else ""
         cells = (
             name,
             r.get("shape"),
@@ -850,6 +854,7 @@ def main(argv=None):
         help="examples per micro-batch (default: fill by tokens, 32768 for 1b, 16384 for 8b)",
     )
     parser.add_argument("--kftune-extra", default="{}", help="JSON merged into training_parameters")
+    parser.add_argument("--tag", default="", help="suffix for kftune job names and results")
     parser.add_argument(
         "--work", type=Path, default=Path(os.environ.get("KFTUNE_BENCH_WORK", "/tmp/kftune-bench"))
     )

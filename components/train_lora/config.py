@@ -46,6 +46,10 @@ kftune extras (not in `TrainingArguments`):
   `gradient_accumulation_steps` is derived as global / (per_device x world size), which must be an
   exact, positive integer; the trainer fails at start otherwise.
 - `shuffle` (bool, default true): shuffle the examples each epoch (with `data_seed` or `seed`).
+- `pad_to_multiple_of` (int): round each micro-batch's row length up to a multiple of this many
+  tokens (padding carries no loss and, when packing, attends only to itself): fewer distinct
+  shapes for the GPU kernels to specialize on. The padding is not counted in
+  `max_tokens_per_micro_batch` or in the tokens/s figures.
 - `max_tokens_per_micro_batch` (int; causal-lm with packing): fill each micro-batch with examples up
   to this many tokens instead of `per_device_train_batch_size` examples. An optimizer step then
   holds about world size x accumulation x this many tokens whatever the example lengths: steady
@@ -295,6 +299,7 @@ KFTUNE_EXTRAS: dict[str, Check] = {
     "global_batch_size": _optional(_int_at_least(1)),
     "shuffle": _boolean,
     "max_tokens_per_micro_batch": _optional(_int_at_least(1)),
+    "pad_to_multiple_of": _optional(_int_at_least(1)),
 }
 
 # Every init field of transformers.TrainingArguments (5.x) plus names older releases had: these
@@ -588,6 +593,8 @@ class TrainingSettings:
     """Shuffle the examples every epoch (kftune extra)."""
     max_tokens_per_micro_batch: int | None = None
     """Fill micro-batches by tokens instead of examples (kftune extra)."""
+    pad_to_multiple_of: int | None = None
+    """Round causal-lm row lengths up to a multiple of this (kftune extra)."""
 
     @classmethod
     def from_parameters(cls, training_parameters: Mapping[str, Any]) -> TrainingSettings:

@@ -370,15 +370,23 @@ def rank_micro_batches(
 # -- collation -------------------------------------------------------------------------------------
 
 
-def collate_causal_lm(examples: Sequence[Example], pad_id: int, packing: bool) -> dict[str, Any]:
-    """Tensors for one causal-lm micro-batch (see kernels.causal_lm_loss for the layout)."""
+def collate_causal_lm(
+    examples: Sequence[Example], pad_id: int, packing: bool, pad_to_multiple_of: int | None = None
+) -> dict[str, Any]:
+    """Tensors for one causal-lm micro-batch (see kernels.causal_lm_loss for the layout).
+
+    With `pad_to_multiple_of`, the row length is rounded up to a multiple of it. When packing,
+    the padding is one more segment with its own positions and no targets, so it neither
+    attends to the examples nor adds to the loss.
+    """
     import torch
 
+    multiple = pad_to_multiple_of or 1
     if not examples:
         return {
-            "input_ids": torch.tensor([[pad_id]]),
-            "position_ids": torch.tensor([[0]]),
-            "labels": torch.tensor([[IGNORE_INDEX]]),
+            "input_ids": torch.full((1, multiple), pad_id),
+            "position_ids": torch.arange(multiple).unsqueeze(0),
+            "labels": torch.full((1, multiple), IGNORE_INDEX),
         }
     if packing:
         input_ids = [token for example in examples for token in example.input_ids]
@@ -387,15 +395,24 @@ def collate_causal_lm(examples: Sequence[Example], pad_id: int, packing: bool) -
         boundaries = [0]
         for example in examples:
             boundaries.append(boundaries[-1] + len(example.input_ids))
+        longest = max(len(example.input_ids) for example in examples)
+        padding = -len(input_ids) % multiple
+        if padding:
+            input_ids += [pad_id] * padding
+            labels += [IGNORE_INDEX] * padding
+            positions += list(range(padding))
+            boundaries.append(boundaries[-1] + padding)
+            longest = max(longest, padding)
         return {
             "input_ids": torch.tensor([input_ids]),
             "position_ids": torch.tensor([positions]),
             "labels": torch.tensor([labels]),
             # Example boundaries for varlen attention, computed here so the GPU never waits.
             "cu_seq_lens": torch.tensor(boundaries, dtype=torch.int32),
-            "max_length": max(len(example.input_ids) for example in examples),
+            "max_length": longest,
         }
     longest = max(len(example.input_ids) for example in examples)
+    longest += -longest % multiple
     input_ids, labels, mask = [], [], []
     for example in examples:
         pad = longest - len(example.input_ids)
@@ -410,8 +427,13 @@ def collate_causal_lm(examples: Sequence[Example], pad_id: int, packing: bool) -
     }
 
 
-def collate_classification(examples: Sequence[Example], pad_id: int) -> dict[str, Any]:
-    """Tensors for one sequence-classification micro-batch, padded to its longest example."""
+def collate_classification(
+    examples: Sequence[Example], pad_id: int, pad_to_multiple_of: int | None = None
+) -> dict[str, Any]:
+    """Tensors for one sequence-classification micro-batch.
+
+    Rows are padded to the longest example, rounded up to a multiple of `pad_to_multiple_of`.
+    """
     import torch
 
     if not examples:
@@ -421,6 +443,7 @@ def collate_classification(examples: Sequence[Example], pad_id: int) -> dict[str
             "labels": torch.tensor([IGNORE_INDEX]),
         }
     longest = max(len(example.input_ids) for example in examples)
+    longest += -longest % (pad_to_multiple_of or 1)
     return {
         "input_ids": torch.tensor(
             [list(e.input_ids) + [pad_id] * (longest - len(e.input_ids)) for e in examples]

@@ -666,8 +666,9 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
 def _collate(task: str, examples: Sequence[data.Example], pad_id: int,
              settings: TrainingSettings) -> dict[str, torch.Tensor]:
     if task == "causal-lm":
-        return data.collate_causal_lm(examples, pad_id, settings.packing)
-    return data.collate_classification(examples, pad_id)
+        return data.collate_causal_lm(examples, pad_id, settings.packing,
+                                      settings.pad_to_multiple_of)
+    return data.collate_classification(examples, pad_id, settings.pad_to_multiple_of)
 
 
 def _to_device(batch: dict[str, Any], runtime: Runtime) -> dict[str, Any]:

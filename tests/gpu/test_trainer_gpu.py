@@ -24,10 +24,11 @@ LORA = {"r": 8, "lora_alpha": 16, "target_modules": "all-linear"}
 
 
 
-# Micro-batches filled by tokens instead of examples (steps then vary in example count).
+# Micro-batches filled by tokens instead of examples (steps then vary in example count),
+# rows rounded up to a multiple of 16 tokens.
 BY_TOKENS = {**{key: value for key, value in PARAMETERS.items()
                 if key not in ("per_device_train_batch_size", "global_batch_size")},
-             "max_tokens_per_micro_batch": 256}
+             "max_tokens_per_micro_batch": 256, "pad_to_multiple_of": 16}
 
 
 def write_job(tmp_path: Path, parameters: dict) -> Path:

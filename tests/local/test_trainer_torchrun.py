@@ -174,13 +174,15 @@ def test_two_nodes_from_the_operator_environment(tmp_path, tiny_model, causal_da
     assert (tmp_path / "out" / "final" / "merged" / "config.json").is_file()
 
 
-def test_token_budget_micro_batches_see_every_example_once(tmp_path, tiny_model, causal_data):
+def test_token_budget_and_padded_micro_batches_see_every_example_once(
+        tmp_path, tiny_model, causal_data):
     parameters = {key: value for key, value in CAUSAL_PARAMETERS.items()
                   if key not in ("global_batch_size", "per_device_train_batch_size")}
     config = write_config(tmp_path, "config", task="causal-lm", model_dir=str(tiny_model),
                           data_dir=str(causal_data), output_dir=str(tmp_path / "out"),
                           training_parameters={**parameters, "save_strategy": "no",
-                                               "max_tokens_per_micro_batch": 96},
+                                               "max_tokens_per_micro_batch": 96,
+                                               "pad_to_multiple_of": 16},
                           lora_config=CAUSAL_LORA)
     result = torchrun(config, env={"KFTUNE_DEBUG_SEEN_DIR": str(tmp_path / "seen")})
     assert_ok(result)

@@ -84,6 +84,9 @@ TRAINING_CASES = [
                                            "global_batch_size": 64},
          ("`training_parameters.max_tokens_per_micro_batch` and "
           "`training_parameters.global_batch_size` are both set",)),
+    Case("pad to multiple", {"pad_to_multiple_of": 16}),
+    Case("pad to multiple zero", {"pad_to_multiple_of": 0},
+         ("`training_parameters.pad_to_multiple_of` must be an integer >= 1, got 0",)),
     Case("token budget not a number", {"max_tokens_per_micro_batch": "16k"},
          ("`training_parameters.max_tokens_per_micro_batch` must be an integer >= 1, got '16k'",)),
     Case("report to wandb", {"report_to": "wandb"}, ("`training_parameters.report_to`",)),

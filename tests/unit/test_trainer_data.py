@@ -154,6 +154,34 @@ def test_packed_and_padded_losses_agree(tiny_llama) -> None:
     assert packed[1].item() == padded[1].item() == 3 + 10 + 6
 
 
+@pytest.mark.parametrize("packing", [True, False], ids=["packed", "padded"])
+def test_padding_to_a_multiple_changes_no_loss(tiny_llama, packing: bool) -> None:
+    examples = random_examples([4, 11, 7])  # 22 tokens
+    plain = data.collate_causal_lm(examples, 0, packing=packing)
+    rounded = data.collate_causal_lm(examples, 0, packing=packing, pad_to_multiple_of=16)
+    assert rounded["input_ids"].shape[-1] == (32 if packing else 16)
+    if packing:
+        # The padding is a segment of its own: positions restart, a boundary closes it.
+        assert rounded["position_ids"][0, 22:].tolist() == list(range(10))
+        assert rounded["cu_seq_lens"].tolist() == [0, 4, 15, 22, 32]
+        assert rounded["max_length"] == 11
+    with torch.no_grad():
+        loss, count = kernels.causal_lm_loss(tiny_llama, plain)
+        rounded_loss, rounded_count = kernels.causal_lm_loss(tiny_llama, rounded)
+    torch.testing.assert_close(rounded_loss, loss, atol=1e-3, rtol=1e-4)
+    assert rounded_count.item() == count.item() == 3 + 10 + 6
+
+
+def test_padding_to_a_multiple_keeps_whole_multiples_and_empty_batches() -> None:
+    whole = data.collate_causal_lm(random_examples([8, 8]), 0, packing=True, pad_to_multiple_of=16)
+    assert whole["cu_seq_lens"].tolist() == [0, 8, 16]  # no empty padding segment
+    empty = data.collate_causal_lm([], 0, packing=True, pad_to_multiple_of=16)
+    assert empty["input_ids"].shape == (1, 16) and (empty["labels"] == -100).all()
+    classification = data.collate_classification(
+        [data.Example(0, (5, 6, 7), 1)], pad_id=0, pad_to_multiple_of=8)
+    assert classification["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0, 0, 0]]
+
+
 def test_empty_micro_batch_contributes_nothing(tiny_llama) -> None:
     loss_sum, count = kernels.causal_lm_loss(tiny_llama, data.collate_causal_lm([], 0, True))
     assert loss_sum.item() == 0 and count.item() == 0
