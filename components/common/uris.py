@@ -7,7 +7,8 @@ Supported forms (what the download components accept as `uri`):
   `AWS_ENDPOINT_URL` or `S3_ENDPOINT_URL` (MinIO: path-style addressing is used with a custom
   endpoint), region from `AWS_REGION`/`AWS_DEFAULT_REGION`, credentials from the usual
   `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY`/`AWS_SESSION_TOKEN` (a Kubernetes Secret as env).
-- `gs://bucket/key`: Google Cloud Storage through gcsfs (application default credentials).
+- `gs://bucket/key`: Google Cloud Storage through gcsfs (application default credentials;
+  `STORAGE_EMULATOR_HOST` points it at a GCS-compatible server, as the tests do).
 - `https://...`, `http://...`: one file.
 - `file:///abs/path` or a plain path.
 - `pvc://claim/path`: a path on a PersistentVolumeClaim mounted at `$KFTUNE_PVC_ROOT/<claim>`
@@ -355,7 +356,8 @@ _FILESYSTEMS: dict[tuple[str, str, str], Any] = {}
 def _credentials_fingerprint() -> str:
     """A digest of the credential env vars: a new filesystem when they change, no secret kept."""
     digest = hashlib.sha256()
-    for name in SECRET_ENV_VARS + ("AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS"):
+    for name in SECRET_ENV_VARS + ("AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS",
+                                   "STORAGE_EMULATOR_HOST"):
         digest.update(f"{name}={os.environ.get(name, '')}\0".encode())
     return digest.hexdigest()
 

@@ -26,6 +26,7 @@ import os
 import socket
 import threading
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -87,6 +88,57 @@ def _moto_api(endpoint: str, path: str, data: bytes = b"") -> None:
     )
     with urllib.request.urlopen(request, timeout=10):
         pass
+
+
+@pytest.fixture(scope="session")
+def gcs_server() -> Iterator[str]:
+    """Starts gcp-storage-emulator (the GCS JSON API, in memory) on 127.0.0.1; yields its URL."""
+    from gcp_storage_emulator.server import create_server
+
+    port = free_port()
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+@dataclass
+class GCS:
+    """The GCS test server as seen by one test; writes go through the plain JSON API."""
+
+    endpoint: str
+
+    def _call(self, method: str, path: str, body: bytes, content_type: str) -> None:
+        request = urllib.request.Request(f"{self.endpoint}{path}", data=body, method=method,
+                                         headers={"Content-Type": content_type})
+        with urllib.request.urlopen(request, timeout=10):
+            pass
+
+    def bucket(self, name: str) -> str:
+        """Creates a bucket; returns its name."""
+        self._call("POST", "/storage/v1/b?project=kftune-test", json.dumps({"name": name}).encode(),
+                   "application/json")
+        return name
+
+    def put(self, bucket: str, key: str, body: bytes | str) -> str:
+        """Uploads an object; returns its gs:// URI."""
+        data = body.encode() if isinstance(body, str) else body
+        name = urllib.parse.quote(key, safe="")
+        self._call("POST", f"/upload/storage/v1/b/{bucket}/o?uploadType=media&name={name}", data,
+                   "application/octet-stream")
+        return f"gs://{bucket}/{key}"
+
+
+@pytest.fixture
+def gcs(gcs_server: str, monkeypatch: pytest.MonkeyPatch) -> GCS:
+    """A wiped GCS emulator with STORAGE_EMULATOR_HOST (which gcsfs honours) pointing at it."""
+    with urllib.request.urlopen(f"{gcs_server}/wipe", timeout=10):
+        pass
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_server)
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    return GCS(gcs_server)
 
 
 @pytest.fixture

