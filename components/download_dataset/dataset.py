@@ -384,7 +384,7 @@ def _unreadable(shown: str, what: str, error: BaseException) -> InputError:
     cause = error
     while cause.__cause__ is not None and type(cause).__name__ == "DatasetGenerationError":
         cause = cause.__cause__
-    detail = uris.redact(f"{type(cause).__name__}: {cause}")[:400]
+    detail = " ".join(uris.redact(f"{type(cause).__name__}: {cause}").split())[:400]
     return InputError([f"`uri` {shown!r} could not be read as {what} ({detail}); check the file"])
 
 

@@ -381,6 +381,11 @@ BAD_FILES = [
         ["line 2 of d.jsonl.gz is not valid JSON"],
     ),
     Case(
+        "csv row with an extra field",
+        {"name": "d.csv", "content": "text,label\nhello,1\nbye,0\nbad,row,extra\nok,1\n"},
+        ["could not be read as a csv file", "Expected 2 fields in line 4, saw 3); check the file"],
+    ),
+    Case(
         "no text column",
         {"name": "d.jsonl", "content": jsonl([{"a": 1, "b": 2}])},
         ["gives no text", "available columns: a, b"],
