@@ -383,10 +383,20 @@ def collate_causal_lm(
 
     multiple = pad_to_multiple_of or 1
     if not examples:
+        # A rank with nothing to train in this step still runs the model (gradients are
+        # synchronized), on two segments of padding with no targets. Two segments of two or more
+        # tokens keep it shaped like a packed row: a 1-token row would make torch.compile
+        # specialize and compile the decoder layers again for size 1 mid-run.
+        length = multiple if multiple % 2 == 0 else 2 * multiple
+        while length < 4:
+            length *= 2
+        half = length // 2
         return {
-            "input_ids": torch.full((1, multiple), pad_id),
-            "position_ids": torch.arange(multiple).unsqueeze(0),
-            "labels": torch.full((1, multiple), IGNORE_INDEX),
+            "input_ids": torch.full((1, length), pad_id),
+            "position_ids": torch.cat([torch.arange(half), torch.arange(half)]).unsqueeze(0),
+            "labels": torch.full((1, length), IGNORE_INDEX),
+            "cu_seq_lens": torch.tensor([0, half, length], dtype=torch.int32),
+            "max_length": half,
         }
     if packing:
         input_ids = [token for example in examples for token in example.input_ids]

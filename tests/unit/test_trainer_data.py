@@ -182,6 +182,28 @@ def test_padding_to_a_multiple_keeps_whole_multiples_and_empty_batches() -> None
     assert classification["attention_mask"].tolist() == [[1, 1, 1, 0, 0, 0, 0, 0]]
 
 
+def test_empty_micro_batch_does_not_make_compiled_layers_recompile() -> None:
+    import torch._dynamo.utils
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                         max_position_embeddings=1024, attn_implementation="sdpa")
+    model = LlamaForCausalLM(config)
+    for layer in model.model.layers:  # as kernels.prepare_model does on GPU
+        layer.compile(backend="eager", dynamic=True)
+    for lengths in ([5, 9, 3], [12, 30]):
+        loss, _ = kernels.causal_lm_loss(model, data.collate_causal_lm(random_examples(lengths), 0,
+                                                                       packing=True))
+        loss.backward()
+    compiled = torch._dynamo.utils.counters["frames"]["total"]
+    loss, count = kernels.causal_lm_loss(model, data.collate_causal_lm([], 0, packing=True))
+    loss.backward()
+    # A 1-token dummy row would be specialized on (size 1) and compile every layer again.
+    assert torch._dynamo.utils.counters["frames"]["total"] == compiled
+    assert loss.item() == 0 and count.item() == 0
+
+
 def test_empty_micro_batch_contributes_nothing(tiny_llama) -> None:
     loss_sum, count = kernels.causal_lm_loss(tiny_llama, data.collate_causal_lm([], 0, True))
     assert loss_sum.item() == 0 and count.item() == 0
