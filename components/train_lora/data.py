@@ -316,16 +316,36 @@ class TokenBudget:
         Longest first to the emptiest slot (balanced loads), or, when that overflows a slot, in
         order to the emptiest slot (the assignment `prefix` checked, so it fits).
         """
-        for ordered in (sorted(step, key=lambda i: (-self.lengths[i], i)), list(step)):
-            members: list[list[int]] = [[] for _ in range(self.slots)]
-            loads = [(0, slot) for slot in range(self.slots)]
-            for index in ordered:
-                load, slot = loads[0]
-                members[slot].append(index)
-                heapq.heapreplace(loads, (load + self.lengths[index], slot))
-            if max(load for load, _ in loads) <= self.tokens or len(step) == 1:
-                return members
-        return members
+        members, fullest = _fill_emptiest(_longest_first(step, self.lengths), self.lengths,
+                                          self.slots)
+        if fullest <= self.tokens:
+            return members
+        return _fill_emptiest(step, self.lengths, self.slots)[0]
+
+
+def _longest_first(step: Sequence[int], lengths: Sequence[int]) -> list[int]:
+    return sorted(step, key=lambda index: (-lengths[index], index))
+
+
+def _fill_emptiest(
+    ordered: Sequence[int], lengths: Sequence[int], slots: int, per_slot: int | None = None
+) -> tuple[list[list[int]], int]:
+    """Deals `ordered` out to `slots`, each example to the emptiest slot with room.
+
+    Emptiest: the fewest tokens, ties to the lowest slot; room: fewer than `per_slot` examples
+    (no limit when None). Returns the slots' examples and the largest slot's tokens.
+    """
+    members: list[list[int]] = [[] for _ in range(slots)]
+    open_slots = [(0, slot) for slot in range(slots)]
+    fullest = 0
+    for index in ordered:
+        load, slot = heapq.heappop(open_slots)
+        members[slot].append(index)
+        load += lengths[index]
+        fullest = max(fullest, load)
+        if per_slot is None or len(members[slot]) < per_slot:
+            heapq.heappush(open_slots, (load, slot))
+    return members, fullest
 
 
 def rank_micro_batches(
@@ -351,14 +371,8 @@ def rank_micro_batches(
         members = budget.deal(step)
         return [members[micro * world_size + rank] for micro in range(accumulation)]
     if lengths is not None:
-        slots = accumulation * world_size
-        members: list[list[int]] = [[] for _ in range(slots)]
-        loads = [0] * slots
-        for index in sorted(step, key=lambda i: (-lengths[i], i)):
-            slot = min((s for s in range(slots) if len(members[s]) < per_device),
-                       key=lambda s: (loads[s], s))
-            members[slot].append(index)
-            loads[slot] += lengths[index]
+        members, _ = _fill_emptiest(_longest_first(step, lengths), lengths,
+                                    accumulation * world_size, per_device)
         return [members[micro * world_size + rank] for micro in range(accumulation)]
     batches = []
     for micro in range(accumulation):
