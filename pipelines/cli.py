@@ -225,9 +225,8 @@ def validate_arguments(arguments: dict[str, Any]) -> list[str]:
     for name in ("timeout_minutes", "eval_batch_size", "eval_max_examples"):
         if arguments[name] < 1:
             problems.add(f"`{name}` must be >= 1, got {arguments[name]}")
-    problems.extend(validate_training_parameters(
-        arguments["training_parameters"],
-        arguments["task"] if isinstance(arguments["task"], str) else None))
+    problems.extend(validate_training_parameters(arguments["training_parameters"],
+                                                 arguments["task"]))
     problems.extend(validate_lora_config(arguments["lora_config"]))
     return problems.messages
 

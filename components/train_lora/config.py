@@ -443,12 +443,12 @@ def _check_table(
 
 
 def validate_training_parameters(
-    training_parameters: Mapping[str, Any], task: str | None = None
+    training_parameters: Mapping[str, Any], task: Any = None
 ) -> list[str]:
     """Returns the problems with `training_parameters` for `task` (empty when they are fine).
 
-    With `task` None, only the checks that hold for every task run. Pure: imports neither torch
-    nor transformers.
+    With `task` None (or not a string: the caller reports that), only the checks that hold for
+    every task run. Pure: imports neither torch nor transformers.
     """
     accepted = {**HONOURED_TRAINING_PARAMETERS, **ACCEPTED_WITHOUT_EFFECT, **KFTUNE_EXTRAS}
     problems = _check_table(
@@ -475,7 +475,8 @@ def validate_training_parameters(
             "`training_parameters.gradient_accumulation_steps` are both set; set only one "
             "(global_batch_size derives the accumulation steps from the world size)"
         )
-    problems.extend(_token_budget_problems(training_parameters, task))
+    problems.extend(_token_budget_problems(training_parameters,
+                                           task if isinstance(task, str) else None))
     return problems
 
 
@@ -654,8 +655,7 @@ class TrainConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 problems.add(f"`{name}` must be a non-empty path, got {value!r}")
-        problems.extend(validate_training_parameters(
-            self.training_parameters, self.task if isinstance(self.task, str) else None))
+        problems.extend(validate_training_parameters(self.training_parameters, self.task))
         problems.extend(validate_lora_config(self.lora_config))
         task_type = (self.lora_config or {}).get("task_type") if isinstance(
             self.lora_config, Mapping) else None

@@ -392,8 +392,7 @@ def _check_trainer_input(training_parameters: Any, lora_config: Any, task: Any) 
         validate_training_parameters,
     )
 
-    return [*validate_training_parameters(dict(training_parameters),
-                                          task if isinstance(task, str) else None),
+    return [*validate_training_parameters(dict(training_parameters), task),
             *validate_lora_config(dict(lora_config))]
 
 
