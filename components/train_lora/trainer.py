@@ -257,11 +257,14 @@ def _format_seconds(seconds: float) -> str:
     return str(datetime.timedelta(seconds=int(seconds)))
 
 
-def _stall_note(stalls: HostStalls, since: tuple[float, int], runtime: Runtime) -> str:
-    """The progress line's note on host stalls since `since`, worst rank (a collective)."""
-    gc_seconds, compilations = stalls.snapshot()
-    worst = torch.tensor([gc_seconds - since[0], float(compilations - since[1])],
-                         device=runtime.device)
+def _stall_note(stalls: HostStalls, since: tuple[float, int],
+                runtime: Runtime) -> tuple[str, tuple[float, int]]:
+    """The progress line's note on host stalls since `since`, and the snapshot it ends at.
+
+    The figures are the worst rank's (a collective: every rank calls this on logged steps).
+    """
+    now = stalls.snapshot()
+    worst = torch.tensor([now[0] - since[0], float(now[1] - since[1])], device=runtime.device)
     dist.all_reduce(worst, op=dist.ReduceOp.MAX)
     gc_worst, compiled = worst.tolist()
     notes = []
@@ -269,7 +272,7 @@ def _stall_note(stalls: HostStalls, since: tuple[float, int], runtime: Runtime) 
         notes.append(f"gc {gc_worst:.2f}s")
     if compiled:
         notes.append(f"torch.compile x{int(compiled)}")
-    return f" | host: {', '.join(notes)}" if notes else ""
+    return (f" | host: {', '.join(notes)}" if notes else ""), now
 
 
 class HostStalls:
@@ -594,8 +597,7 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
         ):
             dist.all_reduce(window_loss)
             loss = window_loss.item() / window_targets
-            stall_note = _stall_note(stalls, window_stall_mark, runtime)
-            window_stall_mark = stalls.snapshot()
+            stall_note, window_stall_mark = _stall_note(stalls, window_stall_mark, runtime)
             history.append([step, loss])
             elapsed = time.monotonic() - window_started
             run_elapsed = time.monotonic() - run_started
