@@ -70,35 +70,3 @@ def test_prepare_model_leaves_a_cpu_model_alone() -> None:
     model = torch.nn.Linear(3, 3)
     assert kernels.prepare_model(model, torch.device("cpu")) is model
     assert kernels.attention_implementation(torch.device("cpu")) == "sdpa"
-
-
-@dataclasses.dataclass(frozen=True)
-class DealCase:
-    name: str
-    examples: int
-    world: int
-    per_device: int
-    accumulation: int
-
-
-DEAL_CASES = [
-    DealCase("1 rank", 12, 1, 12, 1),
-    DealCase("4 ranks", 64, 4, 16, 1),
-    DealCase("2 ranks x 2 micro-batches", 40, 2, 10, 2),
-    DealCase("short last step", 13, 4, 4, 1),
-]
-
-
-@pytest.mark.parametrize("case", DEAL_CASES, ids=[case.name for case in DEAL_CASES])
-def test_token_balanced_dealing_is_a_balanced_partition(case: DealCase) -> None:
-    generator = torch.Generator().manual_seed(3)
-    lengths = torch.randint(32, 2048, (case.examples,), generator=generator).tolist()
-    step = list(range(case.examples))
-    slots = [batch for rank in range(case.world)
-             for batch in data.rank_micro_batches(step, rank, case.world, case.per_device,
-                                                  case.accumulation, lengths)]
-    assert sorted(index for batch in slots for index in batch) == step
-    assert all(len(batch) <= case.per_device for batch in slots)
-    loads = [sum(lengths[index] for index in batch) for batch in slots]
-    if case.examples >= case.world * case.accumulation * case.per_device:
-        assert max(loads) - min(loads) <= max(lengths), loads

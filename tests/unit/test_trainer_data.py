@@ -263,6 +263,29 @@ def test_every_example_once_per_epoch_across_all_ranks(layout: Layout) -> None:
         assert sorted(indices) == list(range(layout.examples))
 
 
+DEAL_LAYOUTS = [
+    Layout("1 rank", 12, 1, 12, 1),
+    Layout("4 ranks", 64, 4, 16, 1),
+    Layout("2 ranks x 2 micro-batches", 40, 2, 10, 2),
+    Layout("short last step", 13, 4, 4, 1),
+]
+
+
+@pytest.mark.parametrize("layout", DEAL_LAYOUTS, ids=[layout.name for layout in DEAL_LAYOUTS])
+def test_token_balanced_dealing_is_a_balanced_partition(layout: Layout) -> None:
+    generator = torch.Generator().manual_seed(3)
+    lengths = torch.randint(32, 2048, (layout.examples,), generator=generator).tolist()
+    step = list(range(layout.examples))
+    slots = [batch for rank in range(layout.world)
+             for batch in data.rank_micro_batches(step, rank, layout.world, layout.per_device,
+                                                  layout.accumulation, lengths)]
+    assert sorted(index for batch in slots for index in batch) == step
+    assert all(len(batch) <= layout.per_device for batch in slots)
+    loads = [sum(lengths[index] for index in batch) for batch in slots]
+    if layout.examples >= layout.world * layout.accumulation * layout.per_device:
+        assert max(loads) - min(loads) <= max(lengths), loads
+
+
 def test_order_is_shuffled_per_epoch_and_deterministic() -> None:
     order = data.GlobalOrder(100, seed=1)
     assert order.epoch_order(0) == data.GlobalOrder(100, seed=1).epoch_order(0)
