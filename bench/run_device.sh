@@ -53,6 +53,20 @@ case $phase in
     TORCH_LOGS=recompiles $B --runs kftune --shapes 8b --lora r16all --gpus 1,4 \
        --topologies 1node --steps 40 --tag pad64 --kftune-extra '{\"pad_to_multiple_of\": 64}'
     ;;
+  s4)  # session 3 (x4 withheld): are the pauses first-time work that an on-disk cache remembers?
+        # 8B on 2 GPUs, 80 steps, twice: with empty compiler caches, then with the caches the first
+        # pass filled. Lists every cache file written after the start, with its time, to line
+        # up against the progress lines' timestamps (about 7 min)
+    export TORCHINDUCTOR_CACHE_DIR=/tmp/s4c/inductor TRITON_CACHE_DIR=/tmp/s4c/triton CUDA_CACHE_PATH=/tmp/s4c/nv
+    rm -rf /tmp/s4c; mkdir -p /tmp/s4c
+    for pass in cold warm; do
+      touch /tmp/s4c.mark; echo \"pass \$pass starts \$(date +%s.%N)\"
+      TORCH_LOGS=recompiles $B --runs kftune --shapes 8b --lora r16all --gpus 2 \
+         --topologies 1node --steps 80 --tag \$pass
+      find /tmp/s4c -type f -newer /tmp/s4c.mark -printf '%T@ %s %P\\n' | sort -n > $FINAL/cache-\$pass.txt
+      echo \"pass \$pass: \$(wc -l < $FINAL/cache-\$pass.txt) cache files written\"
+    done
+    ;;
   gputests)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:\$PYTHONPATH python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -p no:cacheprovider
