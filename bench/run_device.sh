@@ -67,6 +67,16 @@ case $phase in
       echo \"pass \$pass: \$(wc -l < $FINAL/cache-\$pass.txt) cache files written\"
     done
     ;;
+  s5)  # session 3: the trainer now freezes the heap after compiling (HostStalls.freeze_heap).
+        # 8B on 1 GPU, 50 steps, empty compiler caches each time: with it, then without
+        # (KFTUNE_GC_FREEZE=0); per-step GC seconds land in the metrics (about 7 min)
+    export TORCHINDUCTOR_CACHE_DIR=/tmp/s5c/inductor TRITON_CACHE_DIR=/tmp/s5c/triton CUDA_CACHE_PATH=/tmp/s5c/nv
+    for pass in freeze nofreeze; do
+      rm -rf /tmp/s5c; mkdir -p /tmp/s5c
+      KFTUNE_GC_FREEZE=\$([ \$pass = freeze ] && echo 1 || echo 0) $B --runs kftune --shapes 8b \
+         --lora r16all --gpus 1 --steps 50 --tag \$pass
+    done
+    ;;
   gputests)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:\$PYTHONPATH python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -p no:cacheprovider

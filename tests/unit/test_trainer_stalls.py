@@ -42,3 +42,35 @@ def test_compilations_count_recompiles_for_new_shapes() -> None:
     finally:
         stalls.close()
     assert once == before + 1 and again == once + 1
+
+
+def test_freeze_heap_collects_garbage_then_hides_survivors_from_the_collector(monkeypatch) -> None:
+    monkeypatch.delenv("KFTUNE_GC_FREEZE", raising=False)
+    survivors = [[index] for index in range(50_000)]  # long-lived, like a loaded model's objects
+    garbage: dict = {}
+    garbage["self"] = garbage  # a cycle only the collector frees
+    probe = _Probe()
+    garbage["probe"] = probe
+    del garbage, probe
+    try:
+        frozen = HostStalls.freeze_heap()
+        assert _Probe.freed  # collected first, so garbage is not frozen for good
+        assert frozen >= len(survivors)
+        tracked = {id(obj) for obj in gc.get_objects()}
+        assert id(survivors[0]) not in tracked and id(survivors) not in tracked
+    finally:
+        gc.unfreeze()
+    assert id(survivors[0]) in {id(obj) for obj in gc.get_objects()}
+
+
+def test_freeze_heap_can_be_turned_off(monkeypatch) -> None:
+    monkeypatch.setenv("KFTUNE_GC_FREEZE", "0")
+    before = gc.get_freeze_count()
+    assert HostStalls.freeze_heap() == before == gc.get_freeze_count()
+
+
+class _Probe:
+    freed = False
+
+    def __del__(self) -> None:
+        type(self).freed = True
