@@ -608,6 +608,10 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
         window_targets += step_targets
         window_tokens += step_tokens
         run_tokens += step_tokens
+        if step == first_step + 1 or stalls.compilations() > stall_mark[1]:
+            # While the GPU finishes the step; the progress line below counts it.
+            frozen = stalls.freeze_heap()
+            LOG.debug("step %d: %d objects frozen out of garbage collection", step, frozen)
         if settings.logging_strategy != "no" and (
             step % log_every == 0 or step == total_steps
             or (settings.logging_first_step and step == first_step + 1)
@@ -632,10 +636,6 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
             window_targets = window_tokens = 0
             window_started = time.monotonic()
         gc_seconds, compilations = stalls.snapshot()
-        if step == first_step + 1 or compilations > stall_mark[1]:
-            frozen = stalls.freeze_heap()
-            LOG.debug("step %d: %d objects frozen out of garbage collection", step, frozen)
-            gc_seconds, compilations = stalls.snapshot()
         if len(step_times) < 10_000:
             # Recorded after the progress line's loss sync, so that on logged steps the time
             # includes the step's GPU work: [step, the job's tokens, seconds since the loop
