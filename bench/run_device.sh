@@ -1,5 +1,6 @@
 #!/bin/bash
-# What the device calls ran (see BENCHMARKS.md). Usage: bench/run_device.sh <phase> [driver args]
+# What the device calls ran (see BENCHMARKS.md). Usage: bench/run_device.sh <phase>, or
+# bench/run_device.sh <any other word> <bench/train_throughput.py args> for a one-off run.
 # Makes the repo importable as `kftune` (the repo root is the package), keeps NVLink multicast off,
 # bounds the run so that its results come back, and packs per-job logs into one archive.
 set -u
@@ -43,16 +44,6 @@ case $phase in
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:\$PYTHONPATH python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -p no:cacheprovider
     ;;
-  s3)  # next: what are the ~0.5 s pauses of 4-GPU steps? metrics now hold per-step GC seconds
-        # and torch.compile runs; TORCH_LOGS names what forced a recompilation (about 5 min)
-    TORCH_LOGS=recompiles $B --runs kftune --shapes 8b --lora r16all --gpus 1,4 \
-       --topologies 1node --steps 40
-    ;;
-  s3b)  # then the same with rows rounded up to a multiple of 64 tokens (fewer shapes to
-        # specialize on), on the same warm machine
-    TORCH_LOGS=recompiles $B --runs kftune --shapes 8b --lora r16all --gpus 1,4 \
-       --topologies 1node --steps 40 --tag pad64 --kftune-extra '{\"pad_to_multiple_of\": 64}'
-    ;;
   s4)  # session 3 (x4 withheld): are the pauses first-time work that an on-disk cache remembers?
         # 8B on 2 GPUs, 80 steps, twice: with empty compiler caches, then with the caches the first
         # pass filled. Lists every cache file written after the start, with its time, to line
@@ -76,6 +67,13 @@ case $phase in
       KFTUNE_GC_FREEZE=\$([ \$pass = freeze ] && echo 1 || echo 0) $B --runs kftune --shapes 8b \
          --lora r16all --gpus 1 --steps 50 --tag \$pass
     done
+    ;;
+  s6a)  # next, on 4 GPUs: scaling again now that the trainer freezes the heap after compiling
+         # (session 3 found the 0.5 s pauses were full garbage collections); 8B, 40 steps
+    $B --runs kftune --shapes 8b --lora r16all --gpus 1,4 --topologies 1node,2nodes --steps 40
+    ;;
+  s6b)  # then the same for 1B r8qv (95.3% on 4 GPUs x 2 nodes in s2b)
+    $B --runs kftune --shapes 1b --lora r8qv --gpus 1,4 --topologies 1node,2nodes --steps 40
     ;;
   gputests)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
