@@ -569,7 +569,7 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
     stall_mark = window_stall_mark = stalls.snapshot()
     window_started = time.monotonic()
     run_tokens, run_started = 0, time.monotonic()
-    step_times: list[list[float]] = []  # [step, the job's tokens in it, seconds since loop start]
+    step_times: list[list[float]] = []  # one row per step (below)
     # Packed causal-lm micro-batches are dealt out by tokens, not example count, so that every
     # rank's micro-batch takes about as long (a step waits for the slowest rank).
     deal_lengths = lengths if cfg.task == "causal-lm" and settings.packing else None
