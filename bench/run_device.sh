@@ -69,10 +69,13 @@ case $phase in
     done
     ;;
   s6a)  # next, on 4 GPUs: scaling again now that the trainer freezes the heap after compiling
-         # (session 3 found the 0.5 s pauses were full garbage collections); 8B, 40 steps
-    $B --runs kftune --shapes 8b --lora r16all --gpus 1,4 --topologies 1node,2nodes --steps 40
+         # (session 3 found the 0.5 s pauses were full garbage collections); 8B r16all, 1 GPU and
+         # 4 GPUs x 1 node, 40 steps (about 6 min)
+    $B --runs kftune --shapes 8b --lora r16all --gpus 1,4 --topologies 1node --steps 40
     ;;
-  s6b)  # then the same for 1B r8qv (95.3% on 4 GPUs x 2 nodes in s2b)
+  s6b)  # then 8B on 4 GPUs as 2 nodes (its 1-GPU baseline is s6a's), and 1B r8qv, whose 4 GPU x
+         # 2 nodes figure was 95.3% in s2b (about 8 min)
+    $B --runs kftune --shapes 8b --lora r16all --gpus 4 --topologies 2nodes --steps 40
     $B --runs kftune --shapes 1b --lora r8qv --gpus 1,4 --topologies 1node,2nodes --steps 40
     ;;
   gputests)
