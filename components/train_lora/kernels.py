@@ -65,6 +65,11 @@ _CHUNK_ELEMENTS = 2**28
 LOG = logging.getLogger("kftune.kernels")
 
 
+def switched_on(variable: str) -> bool:
+    """An on-by-default environment switch of the trainer pod: off when set to 0, false or no."""
+    return os.environ.get(variable, "1") not in ("0", "false", "no")
+
+
 # -- attention -------------------------------------------------------------------------------------
 
 
@@ -154,7 +159,7 @@ def prepare_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Modu
         if isinstance(module, BaseTunerLayer):
             module.cast_input_dtype_enabled = False  # LoRA runs in bf16 under autocast instead
     base._kftune_autocast = torch.bfloat16
-    compile_enabled = os.environ.get("KFTUNE_COMPILE", "1") not in ("0", "false", "no")
+    compile_enabled = switched_on("KFTUNE_COMPILE")
     if compile_enabled and not getattr(base, "is_gradient_checkpointing", False):
         layers = _decoder_layers(base)
         for layer in layers:

@@ -318,7 +318,7 @@ class HostStalls:
         only cycles among them are never collected. `KFTUNE_GC_FREEZE=0` turns this off.
         Returns the number of frozen objects.
         """
-        if os.environ.get("KFTUNE_GC_FREEZE", "1") in ("0", "false", "no"):
+        if not kernels.switched_on("KFTUNE_GC_FREEZE"):
             return gc.get_freeze_count()
         gc.collect()
         gc.freeze()
