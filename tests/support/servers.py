@@ -19,6 +19,7 @@ before it is imported.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.server
 import json
@@ -28,9 +29,10 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,18 +48,26 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def s3_server() -> Iterator[str]:
-    """Starts moto's S3 server on 127.0.0.1; yields its endpoint URL."""
-    from moto.server import ThreadedMotoServer
-
+@contextlib.contextmanager
+def _serving(make_server: Callable[[int], Any]) -> Iterator[str]:
+    """Starts `make_server(port)` on a free port of 127.0.0.1; yields its URL; stops it after."""
     port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server = make_server(port)
     server.start()
     try:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[str]:
+    """Starts moto's S3 server on 127.0.0.1; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    with _serving(lambda port: ThreadedMotoServer(ip_address="127.0.0.1", port=port,
+                                                  verbose=False)) as endpoint:
+        yield endpoint
 
 
 @dataclass
@@ -95,13 +105,8 @@ def gcs_server() -> Iterator[str]:
     """Starts gcp-storage-emulator (the GCS JSON API, in memory) on 127.0.0.1; yields its URL."""
     from gcp_storage_emulator.server import create_server
 
-    port = free_port()
-    server = create_server("127.0.0.1", port, in_memory=True)
-    server.start()
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.stop()
+    with _serving(lambda port: create_server("127.0.0.1", port, in_memory=True)) as endpoint:
+        yield endpoint
 
 
 @dataclass
