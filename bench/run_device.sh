@@ -12,7 +12,7 @@ LIMIT=${BENCH_LIMIT_S:-540}
 B="python3 bench/train_throughput.py"
 {
   date -u; nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-  python3 -c "import kftune.components.train_lora.trainer, sys; print('trainer imported; kfp loaded:', 'kfp' in sys.modules, '| datasets loaded:', 'datasets' in sys.modules)"
+  python3 -c "import kftune.components.train_lora.pod.trainer, sys; print('trainer imported; kfp loaded:', 'kfp' in sys.modules, '| datasets loaded:', 'datasets' in sys.modules)"
 } 2>&1 | tee -a "$FINAL/log.txt"
 phase=$1; shift
 timeout "$LIMIT" bash -c "

@@ -3,7 +3,7 @@
 One invocation measures (a) the reference recipe -- HF `Trainer` + PEFT LoRA on batches padded to
 `max_length`, fp32 weights with `bf16=True` autocast, as the Training Operator's
 `hf_llm_training.py` does it -- and (b) kftune's trainer through its real entrypoint
-(`torchrun -m kftune.components.train_lora.trainer --config ...`), on the same synthetic Dataset
+(`torchrun -m kftune.components.train_lora.pod.trainer --config ...`), on the same synthetic Dataset
 artifact, model shape and LoRA config. Every run is its own process; each prints one JSON line;
 a table closes the output. See BENCHMARKS.md for the commands used and what they gave.
 
@@ -406,7 +406,7 @@ def cmd_losscmp(args):
     and the chunked loss head on GPU). Same LoRA init (same seed), same AdamW, same order.
     """
     import torch
-    from kftune.components.train_lora import data, kernels
+    from kftune.components.train_lora.pod import data, kernels
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
@@ -556,7 +556,7 @@ def kftune_job(args, shape, lora, gpus, topology) -> Job:
     name += f"-{args.tag}" if args.tag else ""
     output_dir = args.scratch / name
     config_path = args.scratch / f"{name}.json"
-    module = ["-m", "kftune.components.train_lora.trainer", "--config", str(config_path)]
+    module = ["-m", "kftune.components.train_lora.pod.trainer", "--config", str(config_path)]
 
     def argvs_for(devices, port):
         subprocess.run(["rm", "-rf", str(output_dir)], check=False)

@@ -16,10 +16,11 @@ from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
 from kfp.dsl import Markdown, Metrics, Model
-from kftune.components.download_dataset.component import download_dataset
-from kftune.components.download_model.component import download_model
-from kftune.components.evaluate.component import evaluate
-from kftune.components.train_lora.component import train_lora
+
+from ..components.download_dataset.component import download_dataset
+from ..components.download_model.component import download_model
+from ..components.evaluate.component import evaluate
+from ..components.train_lora.component import train_lora
 
 PIPELINE_NAME = "lora-finetune"
 

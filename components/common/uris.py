@@ -36,8 +36,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-from kftune.components.common import retry
-from kftune.components.common.errors import InputError
+from . import retry
+from .errors import InputError
 
 logger = logging.getLogger(__name__)
 

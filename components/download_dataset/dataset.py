@@ -25,9 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kftune.components.common import uris
-from kftune.components.common.artifacts import atomic_directory, write_manifest
-from kftune.components.common.errors import InputError, Problems
+from ..common import uris
+from ..common.artifacts import atomic_directory, write_manifest
+from ..common.errors import InputError, Problems
 
 logger = logging.getLogger(__name__)
 

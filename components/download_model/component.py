@@ -2,7 +2,8 @@
 
 from kfp import dsl
 from kfp.dsl import Model, Output
-from kftune.components.common.images import RUNTIME_IMAGE
+
+from ..common.images import RUNTIME_IMAGE
 
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)

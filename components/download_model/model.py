@@ -23,10 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kftune.components.common import uris
-from kftune.components.common.artifacts import atomic_directory, directory_size, write_manifest
-from kftune.components.common.errors import InputError, Problems
-from kftune.components.common.tasks import check_task
+from ..common import uris
+from ..common.artifacts import atomic_directory, directory_size, write_manifest
+from ..common.errors import InputError, Problems
+from ..common.tasks import check_task
 
 logger = logging.getLogger(__name__)
 

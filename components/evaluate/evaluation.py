@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from kftune.components.common.artifacts import read_manifest
-from kftune.components.common.errors import InputError, Problems
-from kftune.components.common.tasks import check_task
-from kftune.components.train_lora.data import check_columns, tokenize_rows
+from ..common.artifacts import read_manifest
+from ..common.errors import InputError, Problems
+from ..common.tasks import check_task
+from ..train_lora.pod.data import check_columns, tokenize_rows
 
 logger = logging.getLogger(__name__)
 
@@ -347,7 +347,7 @@ def _lm_loss(
     """Mean token loss over the target tokens, and how many tokens were scored.
 
     `examples` are (input ids, labels) with labels already aligned to the next token, as the
-    trainer builds them (`kftune.components.train_lora.data.tokenize_rows`).
+    trainer builds them (`kftune.components.train_lora.pod.data.tokenize_rows`).
     """
     import torch
 

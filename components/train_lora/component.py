@@ -2,7 +2,8 @@
 
 from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
-from kftune.components.common.images import RUNTIME_IMAGE
+
+from ..common.images import RUNTIME_IMAGE
 
 
 @dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
@@ -51,7 +52,7 @@ def train_lora(
     """
     import logging
 
-    from kftune.components.train_lora.launch import run_training
+    from kftune.components.train_lora.step.launch import run_training
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 

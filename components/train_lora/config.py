@@ -67,8 +67,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from kftune.components.common.errors import Problems
-from kftune.components.common.tasks import Task, check_task
+from ..common.errors import Problems
+from ..common.tasks import Task, check_task
 
 Check = Callable[[str, Any], "str | None"]
 

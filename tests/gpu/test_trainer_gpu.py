@@ -13,7 +13,7 @@ from kftune.components.common import demo
 from support import torchrun_env
 from support.servers import free_port
 
-TRAINER = "kftune.components.train_lora.trainer"
+TRAINER = "kftune.components.train_lora.pod.trainer"
 PARAMETERS = {
     "learning_rate": 2e-2, "num_train_epochs": 2, "per_device_train_batch_size": 4,
     "global_batch_size": 16, "logging_steps": 1, "save_steps": 2, "max_seq_length": 64,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 from kftune.components.common import demo
-from kftune.components.train_lora.backends.local import LocalBackend
-from kftune.components.train_lora.launch import run_training
+from kftune.components.train_lora.step.backends.local import LocalBackend
+from kftune.components.train_lora.step.launch import run_training
 
 pytestmark = pytest.mark.local
 
@@ -84,7 +84,7 @@ def test_the_pod_entrypoint_stages_trains_and_uploads(artifacts, tmp_path):
     model, data = artifacts
     output_uri = tmp_path / "uploaded-adapter"
     command = [
-        sys.executable, "-m", "kftune.components.train_lora.pod",
+        sys.executable, "-m", "kftune.components.train_lora.pod.entrypoint",
         "--task", "causal-lm", "--model-uri", str(model), "--data-uri", str(data),
         "--output-uri", str(output_uri), "--work-dir", str(tmp_path / "pod-{rank}"),
         "--training-parameters", json.dumps(PARAMETERS), "--lora-config", json.dumps(LORA),
@@ -95,7 +95,7 @@ def test_the_pod_entrypoint_stages_trains_and_uploads(artifacts, tmp_path):
         "import os, runpy, sys\n"
         "sys.argv = ['pod'] + [a.replace('{rank}', os.environ['PET_NODE_RANK']) "
         "for a in sys.argv[1:]]\n"
-        "runpy.run_module('kftune.components.train_lora.pod', run_name='__main__')\n"
+        "runpy.run_module('kftune.components.train_lora.pod.entrypoint', run_name='__main__')\n"
     )
     backend = LocalBackend([sys.executable, "-c", wrapper, *command[3:]], num_workers=2,
                            num_procs_per_worker=1, env={"OMP_NUM_THREADS": "1"},

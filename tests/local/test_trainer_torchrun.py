@@ -11,13 +11,13 @@ from pathlib import Path
 import pytest
 import torch
 from kftune.components.common import demo
-from kftune.components.train_lora import trainer
+from kftune.components.train_lora.pod import trainer
 from support import torchrun_env
 from support.servers import free_port
 
 pytestmark = pytest.mark.local
 
-TRAINER = "kftune.components.train_lora.trainer"
+TRAINER = "kftune.components.train_lora.pod.trainer"
 CAUSAL_PARAMETERS = {
     "learning_rate": 2e-2, "num_train_epochs": 2, "per_device_train_batch_size": 4,
     "logging_steps": 1, "save_steps": 3, "save_total_limit": 5, "max_seq_length": 48,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kftune.pipelines import cli, lora_finetune
+from kftune.pipelines import cli, lora_finetune, parameters, run
 
 
 @dataclasses.dataclass
@@ -46,13 +46,13 @@ OVERRIDE_CASES = [
 
 @pytest.mark.parametrize("case", OVERRIDE_CASES, ids=[case.name for case in OVERRIDE_CASES])
 def test_param_overrides_are_typed(case: Case) -> None:
-    overrides, problems = cli.parse_overrides(case.input)
+    overrides, problems = parameters.parse_overrides(case.input)
     assert problems == []
     assert overrides == case.expected
 
 
 def test_named_flags_and_param_combine() -> None:
-    overrides, problems = cli.parse_overrides(
+    overrides, problems = parameters.parse_overrides(
         ["task=causal-lm"], {"num_workers": "2", "lora_config": '{"r": 4}', "split": None}
     )
     assert problems == []
@@ -74,12 +74,12 @@ BAD_OVERRIDE_CASES = [
 
 @pytest.mark.parametrize("case", BAD_OVERRIDE_CASES, ids=[case.name for case in BAD_OVERRIDE_CASES])
 def test_bad_overrides_are_named(case: Case) -> None:
-    _, problems = cli.parse_overrides(case.input)
+    _, problems = parameters.parse_overrides(case.input)
     assert any(case.expected_error in problem for problem in problems), problems
 
 
 def test_defaults_are_valid() -> None:
-    arguments, overrides = cli.resolve_arguments([])
+    arguments, overrides = parameters.resolve_arguments([])
     assert overrides == {}
     assert arguments["model_uri"] == lora_finetune.DEMO_MODEL_URI
     assert arguments["task"] == "sequence-classification"
@@ -369,10 +369,10 @@ SUMMARY_CASES = [
 
 @pytest.mark.parametrize("case", SUMMARY_CASES, ids=[case.name for case in SUMMARY_CASES])
 def test_summary_knows_which_direction_is_better(case: Case, tmp_path: Path) -> None:
-    summary = cli.summarize(case.input, tmp_path, None, 1.0)
+    summary = run.summarize(case.input, tmp_path, None, 1.0)
     assert (summary["primary_metric"], summary["improved"]) == case.expected
     assert summary["train_seconds"] is None  # no metrics.json in the adapter
-    assert case.expected[0] in cli.format_table(summary)
+    assert case.expected[0] in run.format_table(summary)
 
 
 def test_submit_with_runtime_image_runs_every_step_in_it(kfp_api: KfpApiDouble) -> None:

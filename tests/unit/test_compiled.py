@@ -6,13 +6,14 @@ import pytest
 from kfp import compiler, dsl
 from kfp.components import load_component_from_file
 from kftune.pipelines import cli
+from kftune.pipelines import compile as compiling
 
-COMPILED = cli.default_compiled_dir()
+COMPILED = compiling.default_compiled_dir()
 
 
 @pytest.fixture(scope="module")
 def fresh() -> dict[str, bytes]:
-    return cli.compile_all()
+    return compiling.compile_all()
 
 
 def test_compiled_dir_is_fresh(fresh: dict[str, bytes]) -> None:
@@ -25,7 +26,7 @@ def test_compiled_dir_is_fresh(fresh: dict[str, bytes]) -> None:
 
 
 def test_compile_is_deterministic(fresh: dict[str, bytes]) -> None:
-    assert cli.compile_all() == fresh
+    assert compiling.compile_all() == fresh
 
 
 def test_compile_check_names_the_stale_file(
@@ -45,7 +46,7 @@ def test_compile_check_passes_on_fresh_output(tmp_path: Path) -> None:
     assert cli.main(["compile", "--output-dir", str(tmp_path)]) == 0
     assert cli.main(["compile", "--check", "--output-dir", str(tmp_path)]) == 0
     assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.yaml")) == sorted(
-        cli.compile_targets()
+        compiling.compile_targets()
     )
 
 
@@ -82,7 +83,7 @@ def test_compiled_components_wire_into_a_new_pipeline(tmp_path: Path) -> None:
 
 
 def test_compiled_pipeline_nests_in_another_pipeline(tmp_path: Path) -> None:
-    finetune = load_component_from_file(str(COMPILED / cli.PIPELINE_FILE))
+    finetune = load_component_from_file(str(COMPILED / compiling.PIPELINE_FILE))
 
     @dsl.pipeline(name="outer")
     def outer():
@@ -100,7 +101,7 @@ def test_header_dict_defaults_are_printed_with_sorted_keys() -> None:
         "#    tolerations: list [Default: [{'value': 'a', 'key': 'b'}]]\n"
         "#    split: str [Default: 'train']\n"
     )
-    assert cli._stable_header(header) == (
+    assert compiling._stable_header(header) == (
         "# Inputs:\n"
         "#    lora_config: dict [Default: {'lora_alpha': 16.0, 'r': 8.0, 't': ['q', 'k']}]\n"
         "#    tolerations: list [Default: [{'key': 'b', 'value': 'a'}]]\n"

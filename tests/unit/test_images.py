@@ -7,7 +7,7 @@ import kftune
 import pytest
 import yaml
 from kftune.components.common import images
-from kftune.pipelines import cli
+from kftune.pipelines import compile as compiling
 
 ROOT = Path(kftune.__file__).resolve().parent
 DOCKERFILES = {
@@ -47,7 +47,7 @@ def test_runtime_image_only_pins_cpu_torch_2_13() -> None:
 
 
 def test_compiled_components_run_in_the_runtime_image() -> None:
-    compiled = cli.default_compiled_dir() / "components"
+    compiled = compiling.default_compiled_dir() / "components"
     for path in sorted(compiled.glob("*.yaml")):
         spec = yaml.safe_load(path.read_text())
         used = {

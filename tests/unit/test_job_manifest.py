@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 import yaml
 from kftune.components.common.errors import InputError
-from kftune.components.train_lora import job as job_lib
-from kftune.components.train_lora.cli import launch_main
+from kftune.components.train_lora.step import job as job_lib
+from kftune.components.train_lora.step.cli import launch_main
 from kubernetes import client
 from support.fake_kubernetes import FakeKubernetes
 
@@ -231,7 +231,9 @@ def test_manifest_cases(case):
     case.check(manifest)
     # Whatever the case, the operator's contract holds.
     assert container(manifest)["name"] == "pytorch"
-    assert container(manifest)["command"] == ["python", "-m", "kftune.components.train_lora.pod"]
+    assert container(manifest)["command"] == [
+        "python", "-m", "kftune.components.train_lora.pod.entrypoint"
+    ]
 
 
 def test_job_name_is_stable_per_step_and_distinct_across_runs():

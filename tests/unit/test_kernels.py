@@ -8,7 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
-from kftune.components.train_lora import data, kernels
+from kftune.components.train_lora.pod import data, kernels
 
 
 @dataclasses.dataclass(frozen=True)

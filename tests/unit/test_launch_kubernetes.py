@@ -11,10 +11,10 @@ import time
 
 import pytest
 import yaml
-from kftune.components.train_lora import job as job_lib
-from kftune.components.train_lora.backends import deleting_on_exit
-from kftune.components.train_lora.backends.kubernetes import PyTorchJobBackend
-from kftune.components.train_lora.cli import launch_main
+from kftune.components.train_lora.step import job as job_lib
+from kftune.components.train_lora.step.backends import deleting_on_exit
+from kftune.components.train_lora.step.backends.kubernetes import PyTorchJobBackend
+from kftune.components.train_lora.step.cli import launch_main
 from support.fake_kubernetes import FakeKubernetes
 
 NAMESPACE = "team-a"

@@ -8,8 +8,8 @@ import threading
 import time
 
 import pytest
-from kftune.components.train_lora.backends import deleting_on_exit
-from kftune.components.train_lora.backends.local import LocalBackend, resolve_num_procs
+from kftune.components.train_lora.step.backends import deleting_on_exit
+from kftune.components.train_lora.step.backends.local import LocalBackend, resolve_num_procs
 
 OPERATOR_ENV = ["PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR",
                 "PET_MASTER_PORT", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",

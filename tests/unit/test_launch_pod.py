@@ -5,7 +5,7 @@ import threading
 import time
 
 from kftune.components.common.artifacts import write_manifest
-from kftune.components.train_lora import pod
+from kftune.components.train_lora.pod import entrypoint as pod
 
 
 def artifact(directory, kind):

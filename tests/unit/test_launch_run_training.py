@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 from kftune.components.common.artifacts import write_manifest
 from kftune.components.common.errors import InputError
-from kftune.components.train_lora.launch import (
+from kftune.components.common.transfer import download_directory, upload_directory
+from kftune.components.train_lora.step.launch import (
     choose_backend,
     run_training,
     whole_numbers_as_ints,
 )
-from kftune.components.train_lora.pod import download_directory, upload_directory
 from support.fake_kubernetes import FakeKubernetes
 
 NAMESPACE = "team-a"

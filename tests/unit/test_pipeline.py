@@ -5,12 +5,14 @@ from typing import Any
 
 import pytest
 import yaml
-from kftune.pipelines import cli, lora_finetune
+from kftune.pipelines import compile as compiling
+from kftune.pipelines import lora_finetune
 
 
 @pytest.fixture(scope="module")
 def compiled() -> tuple[dict[str, Any], dict[str, Any]]:
-    pipeline_spec, platform_spec = yaml.safe_load_all(cli.compile_all()[cli.PIPELINE_FILE])
+    compiled_yaml = compiling.compile_all()[compiling.PIPELINE_FILE]
+    pipeline_spec, platform_spec = yaml.safe_load_all(compiled_yaml)
     return pipeline_spec, platform_spec
 
 

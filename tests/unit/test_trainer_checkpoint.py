@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from kftune.components.common.errors import InputError
-from kftune.components.train_lora import checkpoint
+from kftune.components.train_lora.pod import checkpoint
 
 IDENTITY = {"base_model": {"uri": "hf://org/model", "architecture": "LlamaForCausalLM"},
             "lora": {"layer.lora_A.weight": [8, 64]}}

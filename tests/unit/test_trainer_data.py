@@ -11,7 +11,7 @@ import pytest
 import torch
 from kftune.components.common.demo import CHAT_TEMPLATE
 from kftune.components.common.errors import InputError
-from kftune.components.train_lora import data, kernels
+from kftune.components.train_lora.pod import data, kernels
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 

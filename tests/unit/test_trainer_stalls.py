@@ -5,7 +5,7 @@ from __future__ import annotations
 import gc
 
 import torch
-from kftune.components.train_lora.trainer import HostStalls
+from kftune.components.train_lora.pod.trainer import HostStalls
 
 
 def test_garbage_collection_time_is_counted_until_closed() -> None:

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from kftune.components.common.artifacts import atomic_directory
-from kftune.components.common.errors import Problems
+
+from ...common.artifacts import atomic_directory
+from ...common.errors import Problems
 
 LOG = logging.getLogger("kftune.trainer")
 CHECKPOINTS = "checkpoints"

@@ -1,6 +1,7 @@
 """What runs in each PyTorchJob pod: stage the inputs, run torchrun, upload the adapter.
 
-`python -m kftune.components.train_lora.pod --model-uri ... --data-uri ... --output-uri ...`
+`python -m kftune.components.train_lora.pod.entrypoint --model-uri ... --data-uri ...
+--output-uri ...`
 
 What moves where (no ReadWriteMany storage needed):
 
@@ -14,7 +15,7 @@ What moves where (no ReadWriteMany storage needed):
    With `--shared-dir` (an existing PersistentVolumeClaim mounted in every pod) one pod stages
    the inputs onto the claim once per job and the other pods wait for it; checkpoints go there
    too and survive pod rescheduling.
-2. Train. `torchrun -m kftune.components.train_lora.trainer --config CONFIG.json`, with the node
+2. Train. `torchrun -m kftune.components.train_lora.pod.trainer --config CONFIG.json`, with the node
    layout from the operator's `PET_*` environment. The trainer checkpoints into
    `output/checkpoints/` and global rank 0 writes `output/final/` (the adapter).
 3. Stage out. The pod holding `output/final/` (the master, where global rank 0 runs; on a shared
@@ -30,7 +31,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -38,71 +38,14 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
-from kftune.components.common.artifacts import MANIFEST_NAME, atomic_directory
+from ...common.transfer import download_directory, upload_directory
 
 logger = logging.getLogger("kftune.pod")
 
 STAGED_MARKER = ".kftune-staged"
 # How often a pod waiting for node 0 to stage the inputs on a shared claim looks again.
 STAGE_POLL_SECONDS = 5.0
-
-
-def _location(uri: str, parameter: str) -> Any:
-    from kftune.components.common import uris
-
-    # KFP names its default MinIO store minio://; it is S3 at the endpoint in AWS_ENDPOINT_URL.
-    if uri.startswith("minio://"):
-        uri = "s3://" + uri[len("minio://") :]
-    return uris.parse_uri(uri, parameter=parameter)
-
-
-def download_directory(uri: str, target: str | os.PathLike, *, parameter: str) -> Path:
-    """Makes the artifact directory at `uri` available locally; returns its path.
-
-    Local paths (and `pvc://`) are returned in place; remote prefixes are downloaded to `target`.
-
-    Raises:
-        InputError: when the artifact is missing or access is denied.
-    """
-    from kftune.components.common import uris
-
-    location = _location(uri, parameter)
-    if location.is_local:
-        return uris.fetch(location, target, parameter=parameter)
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    return uris.fetch(location, target, parameter=parameter)
-
-
-def upload_directory(source: str | os.PathLike, uri: str, *, parameter: str = "adapter") -> None:
-    """Uploads the files under `source` to the prefix `uri`, `manifest.json` last.
-
-    A local `uri` is written atomically (built beside it, then renamed into place).
-    """
-    from kftune.components.common import retry, uris
-
-    source = Path(source)
-    location = _location(uri, parameter)
-    if location.is_local:
-        with atomic_directory(uris.local_path(location, parameter=parameter)) as staging:
-            shutil.copytree(source, staging, dirs_exist_ok=True)
-        return
-    files = sorted(path for path in source.rglob("*") if path.is_file())
-    files.sort(key=lambda path: path.name == MANIFEST_NAME)
-    fs = uris.filesystem(location)
-    base = location.fsspec_url.rstrip("/")
-    logger.info("uploading %d file(s) to %s", len(files), location.display)
-    try:
-        for path in files:
-            relative = path.relative_to(source).as_posix()
-            retry.call_with_retries(
-                lambda path=path, relative=relative: fs.put_file(str(path), f"{base}/{relative}"),
-                what=f"upload {relative}",
-            )
-    except Exception as error:
-        raise uris.describe_failure(error, location, parameter=parameter) from None
 
 
 def stage_inputs(
@@ -143,7 +86,7 @@ def run_trainer(config_path: Path) -> int:
     """Runs torchrun with the trainer, forwarding SIGTERM; returns its exit status."""
     command = [
         sys.executable, "-m", "torch.distributed.run",
-        "-m", "kftune.components.train_lora.trainer", "--config", str(config_path),
+        "-m", "kftune.components.train_lora.pod.trainer", "--config", str(config_path),
     ]
     process = subprocess.Popen(command)
 
@@ -237,7 +180,7 @@ def claim(path: Path) -> bool:
 
 
 def _shown(uri: str) -> str:
-    from kftune.components.common import uris
+    from ...common import uris
 
     return uris.display_uri(uri)
 

@@ -36,10 +36,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
-from kftune.components.common.artifacts import atomic_directory, read_manifest
-from kftune.components.common.errors import InputError
-from kftune.components.train_lora import job as job_lib
-from kftune.components.train_lora.backends.base import Backend, deleting_on_exit
+from ...common.artifacts import atomic_directory, read_manifest
+from ...common.errors import InputError
+from . import job as job_lib
+from .backends.base import Backend, deleting_on_exit
 
 logger = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ def trainer_command(config_path: str | os.PathLike) -> list[str]:
         "-m",
         "torch.distributed.run",
         "-m",
-        "kftune.components.train_lora.trainer",
+        "kftune.components.train_lora.pod.trainer",
         "--config",
         str(config_path),
     ]
@@ -236,7 +236,7 @@ def _run_local(
                 indent=2,
             )
         )
-        from kftune.components.train_lora.backends.local import LocalBackend
+        from .backends.local import LocalBackend
 
         backend = LocalBackend(
             trainer_command(config_path),
@@ -336,8 +336,8 @@ def _run_kubernetes(
     adapter_uri: str,
     api_client: Any,
 ) -> dict[str, Any]:
-    from kftune.components.train_lora.backends.kubernetes import PyTorchJobBackend
-    from kftune.components.train_lora.pod import download_directory
+    from ...common.transfer import download_directory
+    from .backends.kubernetes import PyTorchJobBackend
 
     manifest = build_manifest(config, model_uri, data_uri, adapter_uri)
     backend = PyTorchJobBackend(api_client or default_api_client(), manifest)

@@ -1,7 +1,7 @@
 """The local backend: `num_workers` torchrun "nodes" on this host, wired like PyTorchJob pods.
 
-Each node is one process (normally `torchrun -m kftune.components.train_lora.trainer ...`) started
-with exactly the environment the Training Operator injects into a pod — `PET_NNODES`,
+Each node is one process (normally `torchrun -m kftune.components.train_lora.pod.trainer ...`)
+started with exactly the environment the Training Operator injects into a pod — `PET_NNODES`,
 `PET_NPROC_PER_NODE`, `PET_NODE_RANK`, `PET_MASTER_ADDR=127.0.0.1`, `PET_MASTER_PORT` (a free
 port), `MASTER_ADDR`, `MASTER_PORT`, `RANK` (the node rank), `WORLD_SIZE` (nodes x processes) and
 `PYTHONUNBUFFERED=1` — so torchrun does a static rendezvous on 127.0.0.1 and the multi-node code
@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from kftune.components.train_lora.backends.base import Backend
+from .base import Backend
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +82,7 @@ class LocalBackend(Backend):
 
     Args:
         command: the node's command line, e.g. `[python, -m, torch.distributed.run, -m,
-            kftune.components.train_lora.trainer, --config, CONFIG]` (torchrun reads `PET_*`).
+            kftune.components.train_lora.pod.trainer, --config, CONFIG]` (torchrun reads `PET_*`).
         num_workers: nodes.
         num_procs_per_worker: processes per node (`auto`: one per GPU, 1 on CPU).
         env: extra environment for every node.

@@ -28,8 +28,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from kftune.components.train_lora import job as job_lib
-from kftune.components.train_lora.backends.base import Backend
+from .. import job as job_lib
+from .base import Backend
 
 logger = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """The LoRA trainer: the program torchrun starts in every training pod.
 
     torchrun [--nnodes N --nproc-per-node M ... | with the operator's PET_* env] \
-        -m kftune.components.train_lora.trainer --config CONFIG.json
+        -m kftune.components.train_lora.pod.trainer --config CONFIG.json
 
 `CONFIG.json` is described in config.py. The recipe, top to bottom: join the process group (gloo
 and fp32 on CPU, NCCL and bf16 weights on GPU), load the base model (no remote code, SDPA
@@ -40,10 +40,11 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from kftune.components.common.artifacts import atomic_directory, read_manifest, write_manifest
-from kftune.components.common.errors import InputError, Problems
-from kftune.components.train_lora import checkpoint, data, kernels
-from kftune.components.train_lora.config import LORA_TASK_TYPES, TrainConfig, TrainingSettings
+
+from ...common.artifacts import atomic_directory, read_manifest, write_manifest
+from ...common.errors import InputError, Problems
+from ..config import LORA_TASK_TYPES, TrainConfig, TrainingSettings
+from . import checkpoint, data, kernels
 
 LOG = logging.getLogger("kftune.trainer")
 

@@ -23,8 +23,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from kftune.components.common.errors import InputError
-from kftune.components.common.images import TRAINER_IMAGE
+from ...common.errors import InputError
+from ...common.images import TRAINER_IMAGE
 
 
 class _UsageError(Exception):
@@ -100,7 +100,7 @@ def build_from_args(args: argparse.Namespace) -> Any:
     Raises:
         InputError: listing every bad flag.
     """
-    from kftune.components.train_lora import job as job_lib
+    from . import job as job_lib
 
     problems: list[str] = []
     resources = _json("--resources-per-worker", args.resources_per_worker, problems)
@@ -150,7 +150,7 @@ def _with_merge(config: Any, merge: bool) -> Any:
 
 def launch_main(argv: Sequence[str]) -> int:
     """`kftune launch [flags]`; returns the exit status (0 ok, 1 training failed, 2 bad input)."""
-    from kftune.components.train_lora import job as job_lib
+    from . import job as job_lib
 
     try:
         args = _parser().parse_args(list(argv))
@@ -168,9 +168,9 @@ def launch_main(argv: Sequence[str]) -> int:
 
 
 def _submit(manifest: dict[str, Any], timeout_minutes: int) -> int:
-    from kftune.components.train_lora.backends.base import deleting_on_exit
-    from kftune.components.train_lora.backends.kubernetes import PyTorchJobBackend
-    from kftune.components.train_lora.launch import default_api_client
+    from .backends.base import deleting_on_exit
+    from .backends.kubernetes import PyTorchJobBackend
+    from .launch import default_api_client
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     backend = PyTorchJobBackend(default_api_client(), manifest)
@@ -185,7 +185,7 @@ def _submit(manifest: dict[str, Any], timeout_minutes: int) -> int:
 
 
 def main() -> None:
-    """Entry point for `python -m kftune.components.train_lora.cli`."""
+    """Entry point for `python -m kftune.components.train_lora.step.cli`."""
     sys.exit(launch_main(sys.argv[1:]))
 
 

@@ -4,6 +4,6 @@ Both backends implement `Backend` (submit, wait, logs, delete), so the launch st
 same way.
 """
 
-from kftune.components.train_lora.backends.base import Backend, deleting_on_exit
+from .base import Backend, deleting_on_exit
 
 __all__ = ["Backend", "deleting_on_exit"]

@@ -22,9 +22,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-from kftune.components.common.errors import Problems
-from kftune.components.common.images import TRAINER_IMAGE
-from kftune.components.common.tasks import check_task
+from ...common.errors import Problems
+from ...common.images import TRAINER_IMAGE
+from ...common.tasks import check_task
 
 API_GROUP = "kubeflow.org"
 API_VERSION = "v1"
@@ -387,7 +387,7 @@ def _check_trainer_input(training_parameters: Any, lora_config: Any, task: Any) 
     if problems:
         return problems
     # Pure checks (no torch import), owned by the trainer: the same rules the pods apply.
-    from kftune.components.train_lora.config import (
+    from ..config import (
         validate_lora_config,
         validate_training_parameters,
     )
@@ -620,7 +620,7 @@ def spec_hash(config: LaunchConfig, io: PodIO) -> str:
 
 
 def pod_args(config: LaunchConfig, io: PodIO) -> list[str]:
-    """Arguments of `python -m kftune.components.train_lora.pod` (never holding secrets)."""
+    """Arguments of `python -m kftune.components.train_lora.pod.entrypoint` (never secrets)."""
     args = [
         "--task", config.task,
         "--model-uri", io.model_uri,
@@ -732,7 +732,7 @@ def build_pytorchjob(config: LaunchConfig, io: PodIO, *, job_name: str, namespac
     container = client.V1Container(
         name=CONTAINER_NAME,
         image=config.image,
-        command=["python", "-m", "kftune.components.train_lora.pod"],
+        command=["python", "-m", "kftune.components.train_lora.pod.entrypoint"],
         args=pod_args(config, io),
         ports=[client.V1ContainerPort(name=PORT_NAME, container_port=DEFAULT_PORT)],
         env=env or None,

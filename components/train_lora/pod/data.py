@@ -32,8 +32,8 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from kftune.components.common.artifacts import read_manifest
-from kftune.components.common.errors import Problems
+from ...common.artifacts import read_manifest
+from ...common.errors import Problems
 
 IGNORE_INDEX = -100
 DATA_FILE = "data.parquet"

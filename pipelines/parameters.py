@@ -1,0 +1,251 @@
+"""The pipeline's parameters on the command line: flags, `--param NAME=VALUE`, and their checks.
+
+Every problem is reported at once, before any step runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from ..components.common.errors import InputError, Problems
+from ..components.common.tasks import check_task
+
+BACKENDS = ("auto", "local", "kubernetes")
+URI_SCHEMES = ("hf", "s3", "gs", "https", "http", "file", "pvc", "pkg")
+PARAM_HINT = (
+    "`kftune run --help` lists the parameters; set one with --param NAME=VALUE (JSON values)"
+)
+
+
+
+def pipeline_parameters() -> dict[str, tuple[str, Any]]:
+    """Pipeline parameter name -> (KFP type name, default), in declaration order."""
+    from .lora_finetune import lora_finetune_pipeline
+
+    return {
+        name: (spec.type, spec.default)
+        for name, spec in lora_finetune_pipeline.component_spec.inputs.items()
+    }
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _convert(name: str, kind: str, raw: Any) -> tuple[Any, str | None]:
+    """Converts a command-line value to the parameter's type: (value, problem or None)."""
+    value = raw
+    if isinstance(raw, str) and kind != "String":
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            if kind == "Dict":
+                return raw, (
+                    f"`{name}` must be a JSON object, got {raw!r}; e.g. {_flag(name)} "
+                    "'{\"key\": 1}' (quoted for the shell)"
+                )
+            if kind == "List":
+                return raw, f"`{name}` must be a JSON array, got {raw!r}; e.g. {_flag(name)} '[]'"
+            if kind == "Boolean" and raw.lower() in ("true", "false"):
+                return raw.lower() == "true", None
+    expected = {
+        "String": (str,),
+        "Integer": (int,),
+        "Float": (int, float),
+        "Boolean": (bool,),
+        "Dict": (dict,),
+        "List": (list,),
+    }[kind]
+    bad_bool = isinstance(value, bool) and kind in ("Integer", "Float")
+    if not isinstance(value, expected) or bad_bool:
+        readable = {"String": "a string", "Integer": "an integer", "Float": "a number",
+                    "Boolean": "true or false", "Dict": "a JSON object",
+                    "List": "a JSON array"}[kind]
+        return raw, f"`{name}` must be {readable}, got {raw!r}"
+    if kind == "Float":
+        value = float(value)
+    return value, None
+
+
+def _unknown(name: str, known: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, known, n=1)
+    suggestion = f"; did you mean `{close[0]}`?" if close else f"; known: {', '.join(known)}"
+    return f"unknown pipeline parameter `{name}`{suggestion}"
+
+
+def parse_overrides(
+    pairs: Sequence[str], flags: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], list[str]]:
+    """Turns `--param NAME=VALUE` pairs and per-parameter flags into typed pipeline arguments.
+
+    Args:
+        pairs: `NAME=VALUE` strings; `NAME.KEY=VALUE` sets one key of a dict parameter (on top of
+            its default).
+        flags: parameter name -> raw string from its own flag (None when not given).
+
+    Returns:
+        (the arguments given, typed; problems).
+    """
+    parameters = pipeline_parameters()
+    arguments: dict[str, Any] = {}
+    problems: list[str] = []
+
+    def set_value(name: str, raw: Any) -> None:
+        if name not in parameters:
+            problems.append(_unknown(name, list(parameters)))
+            return
+        value, problem = _convert(name, parameters[name][0], raw)
+        if problem:
+            problems.append(problem)
+        else:
+            arguments[name] = value
+
+    for name, raw in (flags or {}).items():
+        if raw is not None:
+            set_value(name, raw)
+    for pair in pairs:
+        name, separator, raw = pair.partition("=")
+        name = name.strip().replace("-", "_")
+        if not separator or not name:
+            problems.append(f"`--param` must be NAME=VALUE, got {pair!r}; e.g. --param split=train")
+            continue
+        if "." in name:
+            name, _, key = name.partition(".")
+            if name not in parameters:
+                problems.append(_unknown(name, list(parameters)))
+                continue
+            if parameters[name][0] != "Dict":
+                problems.append(
+                    f"`{name}.{key}`: only dict parameters have keys, and `{name}` is a "
+                    f"{parameters[name][0]}; use --param {name}=VALUE"
+                )
+                continue
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            base = dict(arguments.get(name, parameters[name][1] or {}))
+            base[key] = value
+            arguments[name] = base
+        else:
+            set_value(name, raw)
+    return arguments, problems
+
+
+def _check_uri(name: str, uri: str) -> list[str]:
+    if not isinstance(uri, str) or not uri.strip():
+        return [f"`{name}` must be a URI or path, got {uri!r}; e.g. hf://org/name"]
+    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
+    if match and match.group(1).lower() not in URI_SCHEMES:
+        return [
+            f"`{name}` has an unknown scheme {match.group(1)!r} in {uri!r}; use one of "
+            + ", ".join(f"{scheme}://" for scheme in URI_SCHEMES)
+            + " or a plain path"
+        ]
+    return []
+
+
+def validate_arguments(arguments: dict[str, Any]) -> list[str]:
+    """Problems with a full set of pipeline arguments, found without running any step."""
+    from ..components.train_lora.config import (
+        validate_lora_config,
+        validate_training_parameters,
+    )
+
+    problems = Problems()
+    problems.extend(check_task(arguments["task"]))
+    problems.extend(_check_uri("model_uri", arguments["model_uri"]))
+    problems.extend(_check_uri("dataset_uri", arguments["dataset_uri"]))
+    for name in ("split", "eval_split"):
+        value = arguments[name]
+        if name == "eval_split" and not value:
+            continue
+        try:
+            from datasets import ReadInstruction
+
+            ReadInstruction.from_spec(value)
+        except (ValueError, TypeError, AssertionError):
+            problems.add(
+                f"`{name}` must be a split in `datasets` slicing syntax, got {value!r}; e.g. "
+                "train, train[:3000], train[10%:20%]"
+            )
+    if not 0 <= arguments["eval_fraction"] < 1:
+        problems.add(
+            f"`eval_fraction` must be in [0, 1), got {arguments['eval_fraction']}; e.g. 0.1"
+        )
+    if arguments["num_workers"] < 1:
+        problems.add(f"`num_workers` must be >= 1, got {arguments['num_workers']}")
+    procs = str(arguments["num_procs_per_worker"])
+    if procs != "auto" and not (procs.isdigit() and int(procs) >= 1):
+        problems.add(
+            f"`num_procs_per_worker` must be a number >= 1 or \"auto\", got {procs!r}"
+        )
+    if arguments["backend"] not in BACKENDS:
+        problems.add(
+            f"`backend` must be one of {', '.join(BACKENDS)}; got {arguments['backend']!r}"
+        )
+    for name in ("timeout_minutes", "eval_batch_size", "eval_max_examples"):
+        if arguments[name] < 1:
+            problems.add(f"`{name}` must be >= 1, got {arguments[name]}")
+    problems.extend(validate_training_parameters(arguments["training_parameters"],
+                                                 arguments["task"]))
+    problems.extend(validate_lora_config(arguments["lora_config"]))
+    return problems.messages
+
+
+def resolve_arguments(
+    pairs: Sequence[str], flags: dict[str, Any] | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(all arguments with defaults filled in, only the overridden ones), validated.
+
+    Raises:
+        InputError: every problem with the overrides, at once.
+    """
+    overrides, problems = parse_overrides(pairs, flags)
+    if problems:
+        raise InputError(problems)
+    arguments = {name: default for name, (_, default) in pipeline_parameters().items()}
+    arguments.update(overrides)
+    problems = validate_arguments(arguments)
+    if problems:
+        raise InputError(problems)
+    return arguments, overrides
+
+
+def add_parameter_flags(parser: argparse.ArgumentParser) -> None:
+    """Adds `--param` and one flag per pipeline parameter to `parser`."""
+    group = parser.add_argument_group(
+        "pipeline parameters", "each also settable as --param NAME=VALUE; dicts/lists as JSON"
+    )
+    group.add_argument(
+        "--param",
+        "-p",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="set a pipeline parameter (JSON value); NAME.KEY=VALUE sets one key of a dict",
+    )
+    for name, (kind, default) in pipeline_parameters().items():
+        shown = json.dumps(default) if not isinstance(default, str) else repr(default)
+        group.add_argument(
+            _flag(name),
+            dest=f"param__{name}",
+            default=None,
+            metavar=kind.upper(),
+            help=f"default {shown}",
+        )
+
+
+
+def flags_from(namespace: argparse.Namespace) -> dict[str, Any]:
+    """Parameter name -> raw value of its own flag, from parsed arguments."""
+    return {
+        key.removeprefix("param__"): value
+        for key, value in vars(namespace).items()
+        if key.startswith("param__")
+    }
