@@ -1,3 +1,38 @@
-"""kftune: Kubeflow Pipelines components that fine-tune LLMs with LoRA."""
+"""kftune: Kubeflow Pipelines components that fine-tune LLMs with LoRA.
+
+The Python API is imported on first use, so that `import kftune` stays light (no kfp, torch or
+transformers):
+
+- `kftune.run(...)`, `kftune.submit(...)`: the pipeline on this machine or on a KFP server
+  (`pipelines/api.py`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
+
+# Public name -> the module (relative to this package) that defines it.
+_LAZY = {
+    "run": ".pipelines.api",
+    "submit": ".pipelines.api",
+    "RunSummary": ".pipelines.api",
+    "SubmittedRun": ".pipelines.api",
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kftune' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

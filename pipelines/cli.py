@@ -93,6 +93,27 @@ def _parser() -> argparse.ArgumentParser:
         help="mount this PersistentVolumeClaim at /mnt/pvc/CLAIM in the download and evaluate "
         "steps, for pvc://CLAIM/... URIs (repeatable)",
     )
+    auth = submit.add_argument_group(
+        "authentication (multi-user Kubeflow)",
+        "as kfp.Client does; the values are read from files or the pod, never from the command "
+        "line, and never printed",
+    )
+    auth.add_argument(
+        "--token-file", metavar="FILE",
+        help="a bearer token for the KFP API (kfp.Client's existing_token), e.g. written by "
+        "`kubectl create token`",
+    )
+    auth.add_argument(
+        "--service-account-token", nargs="?", const="", default=None, metavar="PATH",
+        help="the projected service-account token of this pod (kfp's "
+        "ServiceAccountTokenVolumeCredentials; PATH default $KF_PIPELINES_SA_TOKEN_PATH or "
+        "/var/run/secrets/kubeflow/pipelines/token)",
+    )
+    auth.add_argument(
+        "--cookie-file", metavar="FILE",
+        help="a Cookie header of a logged-in session, e.g. authservice_session=... "
+        "(kfp.Client's cookies)",
+    )
     add_parameter_flags(submit)
     submit.set_defaults(handler=command_submit)
 

@@ -198,6 +198,18 @@ def validate_arguments(arguments: dict[str, Any]) -> list[str]:
     return problems.messages
 
 
+def parse_arguments(pairs: Sequence[str], flags: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The pipeline arguments given on the command line, typed but not yet validated.
+
+    Raises:
+        InputError: every unknown name and unparsable value, at once.
+    """
+    arguments, problems = parse_overrides(pairs, flags)
+    if problems:
+        raise InputError(problems)
+    return arguments
+
+
 def resolve_arguments(
     pairs: Sequence[str], flags: dict[str, Any] | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -16,7 +16,7 @@ from typing import Any
 
 from .. import __version__
 from .errors import CliError
-from .parameters import flags_from, resolve_arguments
+from .parameters import flags_from, parse_arguments
 
 logger = logging.getLogger("kftune")
 
@@ -151,10 +151,30 @@ def _default_output_dir() -> Path:
     return Path("runs") / stamp
 
 
-def command_run(args: argparse.Namespace) -> int:
-    """`kftune run`: the whole pipeline through kfp.local on this machine."""
-    arguments, overrides = resolve_arguments(args.param, flags_from(args))
-    output_dir = Path(args.output_dir) if args.output_dir else _default_output_dir()
+def run_pipeline(
+    arguments: dict[str, Any],
+    overrides: dict[str, Any],
+    *,
+    output_dir: str | Path | None = None,
+    cache: bool = False,
+) -> dict[str, Any]:
+    """Runs the pipeline through kfp.local and writes `summary.json`; returns the summary.
+
+    `kftune run` and `kftune.run(...)` both come here, after `parameters.resolve_arguments`.
+
+    Args:
+        arguments: every pipeline argument, defaults filled in, already validated.
+        overrides: the ones the user set (passed to the pipeline; the rest stay its defaults).
+        output_dir: the run's directory; default `runs/<UTC time>`.
+        cache: reuse step outputs of earlier runs with the same inputs.
+
+    Returns:
+        The summary (as written to `summary.json`).
+
+    Raises:
+        CliError: when a step fails (naming the step and its error).
+    """
+    output_dir = Path(output_dir) if output_dir else _default_output_dir()
     output_dir = output_dir.resolve()
     output_dir.mkdir(parents=True, exist_ok=True)
 
@@ -171,8 +191,8 @@ def command_run(args: argparse.Namespace) -> int:
         pipeline_root=str(output_dir / "artifacts"),
         workspace_root=str(output_dir / "workspace"),
         raise_on_error=True,
-        enable_caching=args.cache,
-        cache_root=str(output_dir.parent / ".kfp-cache") if args.cache else None,
+        enable_caching=cache,
+        cache_root=str(output_dir.parent / ".kfp-cache") if cache else None,
     )
     (output_dir / "workspace").mkdir(exist_ok=True)
     pipeline = make_pipeline(download_retries=0)
@@ -208,7 +228,16 @@ def command_run(args: argparse.Namespace) -> int:
         **summary,
     }
     (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return summary
+
+
+def command_run(args: argparse.Namespace) -> int:
+    """`kftune run`: the command-line syntax of `kftune.run(...)`, and the table at the end."""
+    from .api import run
+
+    parameters = parse_arguments(args.param, flags_from(args))
+    summary = run(output_dir=args.output_dir, cache=args.cache, **parameters)
     print()
-    print(format_table(summary))
-    print(f"summary    : {output_dir / 'summary.json'}")
+    print(summary.table())
+    print(f"summary    : {summary.output_dir / 'summary.json'}")
     return 0

@@ -2,8 +2,8 @@
 
 import pytest
 
-# Local S3/HTTP/Hub servers as fixtures for every test module.
-pytest_plugins = ("support.servers",)
+# Local S3/HTTP/Hub/KFP API servers as fixtures for every test module.
+pytest_plugins = ("support.servers", "support.kfp_server")
 
 
 def _cuda_device_count() -> int:

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import threading
-import urllib.parse
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from kftune.pipelines import cli, lora_finetune, parameters, run
+from support.kfp_server import KfpApiDouble
 
 
 @dataclasses.dataclass
@@ -172,92 +169,6 @@ def test_run_passes_overrides_to_the_pipeline_and_writes_summary(
 
 
 # --------------------------------------------------------------------------- submit
-
-
-class KfpApiDouble:
-    """A local stand-in for the KFP v2beta1 REST API: records requests, answers like the server."""
-
-    def __init__(self, existing_pipeline: bool = False) -> None:
-        self.requests: list[dict[str, Any]] = []
-        self.existing_pipeline = existing_pipeline
-        double = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def _handle(self) -> None:
-                length = int(self.headers.get("Content-Length") or 0)
-                body = self.rfile.read(length) if length else b""
-                url = urllib.parse.urlsplit(self.path)
-                request = {"method": self.command, "path": url.path,
-                           "query": urllib.parse.parse_qs(url.query), "body": body,
-                           "content_type": self.headers.get("Content-Type", "")}
-                double.requests.append(request)
-                status, response = double.respond(request)
-                payload = json.dumps(response).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                self.wfile.write(payload)
-
-            do_GET = do_POST = do_DELETE = _handle
-
-            def log_message(self, *args: Any) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.host = f"http://127.0.0.1:{self.server.server_address[1]}"
-
-    def respond(self, request: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-        path, method = request["path"], request["method"]
-        api = "/apis/v2beta1"
-        if path == f"{api}/healthz":
-            return 200, {"multi_user": False}
-        if path == f"{api}/pipelines" and method == "GET":
-            if self.existing_pipeline:
-                return 200, {"pipelines": [{"pipeline_id": "p-old",
-                                            "display_name": "kftune-lora-finetune"}],
-                             "total_size": 1}
-            return 200, {}
-        if path == f"{api}/pipelines/upload":
-            return 200, {"pipeline_id": "p-1", "display_name": request["query"]["name"][0]}
-        if path == f"{api}/pipelines/upload_version":
-            return 200, {"pipeline_id": request["query"]["pipelineid"][0],
-                         "pipeline_version_id": "v-2"}
-        if path.startswith(f"{api}/pipelines/") and path.endswith("/versions"):
-            return 200, {"pipeline_versions": [{"pipeline_id": "p-1",
-                                                "pipeline_version_id": "v-1"}], "total_size": 1}
-        if path == f"{api}/experiments" and method == "GET":
-            return 200, {}
-        if path == f"{api}/experiments" and method == "POST":
-            return 200, {"experiment_id": "e-1", **json.loads(request["body"])}
-        if path == f"{api}/runs" and method == "POST":
-            return 200, {"run_id": "r-1", **json.loads(request["body"])}
-        if path == f"{api}/recurringruns" and method == "POST":
-            return 200, {"recurring_run_id": "rr-1", **json.loads(request["body"])}
-        return 404, {"error": f"no route {method} {path}", "code": 5}
-
-    def find(self, method: str, path: str) -> list[dict[str, Any]]:
-        return [r for r in self.requests if r["method"] == method and r["path"] == path]
-
-
-@pytest.fixture
-def kfp_api() -> Iterator[KfpApiDouble]:
-    double = KfpApiDouble()
-    thread = threading.Thread(target=double.server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield double
-    double.server.shutdown()
-    double.server.server_close()
-
-
-@pytest.fixture
-def kfp_api_with_pipeline() -> Iterator[KfpApiDouble]:
-    double = KfpApiDouble(existing_pipeline=True)
-    thread = threading.Thread(target=double.server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield double
-    double.server.shutdown()
-    double.server.server_close()
 
 
 def _uploaded_yaml(request: dict[str, Any]) -> str:
