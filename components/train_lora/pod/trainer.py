@@ -33,7 +33,7 @@ import signal
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -474,14 +474,55 @@ def train(cfg: TrainConfig) -> dict[str, Any]:
         dist.destroy_process_group()
 
 
-def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
-           auto_tokenizer: Any) -> dict[str, Any]:
-    started = time.monotonic()
-    LOG.info("kftune trainer: task %s, %d process(es) (%s), device %s, weights %s",
-             cfg.task, runtime.world_size, dist.get_backend(), runtime.device.type,
-             str(runtime.dtype).removeprefix("torch."))
+@dataclasses.dataclass
+class Job:
+    """What the loop trains and on what: built once, by `setup`."""
 
-    # Load: the data and the base model.
+    cfg: TrainConfig
+    settings: TrainingSettings
+    runtime: Runtime
+    model: Any
+    """The PEFT model (what is saved and checkpointed)."""
+    wrapped: torch.nn.Module
+    """What the loop calls: the model under DistributedDataParallel."""
+    tokenizer: Any
+    pad_id: int
+    examples: list[data.Example]
+    order: data.GlobalOrder
+    budget: data.TokenBudget | None
+    """The token budget of a micro-batch, when micro-batches are filled by tokens."""
+    global_batch: int
+    accumulation: int
+    total_steps: int
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    identity: dict[str, Any]
+    model_manifest: dict[str, Any]
+    data_manifest: dict[str, Any]
+    trainable: int
+    deal_lengths: list[int] | None
+    """Example lengths to deal micro-batches by tokens (packed causal-lm), else None."""
+
+    def steps(self, position: data.DataPosition) -> Iterator[tuple[list[int], data.DataPosition]]:
+        """The job-wide examples of each optimizer step from `position` on."""
+        if self.budget is not None:
+            return self.order.token_steps(position, self.budget)
+        return self.order.steps(position, self.global_batch)
+
+
+@dataclasses.dataclass
+class Resumed:
+    """Where the loop starts: step 0, or the newest complete checkpoint."""
+
+    step: int = 0
+    position: data.DataPosition = dataclasses.field(default_factory=data.DataPosition)
+    history: list[list[float]] = dataclasses.field(default_factory=list)
+
+
+def _load_inputs(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime) -> tuple[
+    list[dict[str, Any]], dict[str, Any], dict[str, Any], list[str] | None
+]:
+    """The Dataset artifact's rows, both manifests and the label names, checked (setup, 1/4)."""
     model_manifest = read_manifest(cfg.model_dir, parameter="model_dir")
     rows, data_manifest = data.load_rows(cfg.data_dir)
     label_names = data_manifest.get("label_names")
@@ -490,10 +531,8 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
         label_names = [str(index) for index in range(num_labels)]
     problems = Problems()
     problems.extend(data.check_columns(cfg.task, list(rows[0]) if rows else [], num_labels))
-    accumulation = settings.accumulation_steps(runtime.world_size)
-    by_tokens = settings.max_tokens_per_micro_batch is not None
     slots = runtime.world_size * settings.per_device_train_batch_size
-    if rows and slots > len(rows) and not by_tokens:
+    if rows and slots > len(rows) and settings.max_tokens_per_micro_batch is None:
         problems.add(
             f"`training_parameters.per_device_train_batch_size` x world size = "
             f"{settings.per_device_train_batch_size} x {runtime.world_size} = {slots} must be <= "
@@ -501,17 +540,18 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
             "use fewer workers"
         )
     problems.raise_if_any()
-    tokenizer = auto_tokenizer.from_pretrained(cfg.model_dir)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
-        tokenizer.eos_token_id or 0)
+    return rows, model_manifest, data_manifest, label_names
 
+
+def _build_model(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
+                 model_manifest: dict[str, Any], label_names: list[str] | None,
+                 pad_id: int) -> Any:
+    """The base model, loaded and wrapped with LoRA, ready for the fast path (setup, 2/4)."""
     torch.manual_seed(settings.seed)
     model = load_model(cfg, model_manifest, label_names, runtime)
     if model.config.pad_token_id is None:
         # Sequence classification finds each row's last token by the pad id.
         model.config.pad_token_id = pad_id
-
-    # Wrap with LoRA.
     if settings.gradient_checkpointing:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs=settings.gradient_checkpointing_kwargs
@@ -519,172 +559,250 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
         # Reentrant checkpointing needs an input that requires grad to run the backward at all.
         model.enable_input_require_grads()
     model = wrap_with_lora(model, cfg)
-    model = kernels.prepare_model(model, runtime.device)
-    trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
-    total = sum(param.numel() for param in model.parameters())
-    LOG.info("LoRA: %s trainable parameters of %s (%.3f%%)", f"{trainable:,}", f"{total:,}",
-             100 * trainable / total)
+    return kernels.prepare_model(model, runtime.device)
 
-    # Build the data.
-    examples = data.tokenize_rows(cfg.task, rows, tokenizer, settings.max_seq_length)
-    order = data.GlobalOrder(len(examples), settings.order_seed, settings.shuffle)
+
+def _plan_steps(settings: TrainingSettings, runtime: Runtime, examples: list[data.Example],
+                order: data.GlobalOrder) -> tuple[data.TokenBudget | None, int, int, int]:
+    """(token budget or None, global batch, accumulation, total steps), logged (setup, 3/4)."""
+    accumulation = settings.accumulation_steps(runtime.world_size)
     lengths = [len(example.input_ids) for example in examples]
-    global_batch = slots * accumulation
-    budget = data.TokenBudget(lengths, runtime.world_size * accumulation,
-                              settings.max_tokens_per_micro_batch) if by_tokens else None
-    if budget is not None:
+    global_batch = runtime.world_size * settings.per_device_train_batch_size * accumulation
+    if settings.max_tokens_per_micro_batch is not None:
+        budget = data.TokenBudget(lengths, runtime.world_size * accumulation,
+                                  settings.max_tokens_per_micro_batch)
         total_steps = settings.max_steps if settings.max_steps > 0 else order.total_token_steps(
             settings.num_train_epochs, budget)
         LOG.info("data: %d examples, %d tokens; micro-batches of up to %d tokens x %d processes "
                  "x %d accumulation per step (%d tokens); %d steps in total", len(examples),
                  sum(lengths), budget.tokens, runtime.world_size, accumulation,
                  budget.tokens * budget.slots, total_steps)
-    else:
-        steps_per_epoch = order.steps_per_epoch(global_batch)
-        total_steps = settings.max_steps if settings.max_steps > 0 else max(
-            1, math.ceil(settings.num_train_epochs * steps_per_epoch))
-        LOG.info("data: %d examples, %d tokens; global batch %d = %d per device x %d processes "
-                 "x %d accumulation; %d steps per epoch, %d steps in total", len(examples),
-                 sum(lengths), global_batch, settings.per_device_train_batch_size,
-                 runtime.world_size, accumulation, steps_per_epoch, total_steps)
+        return budget, global_batch, accumulation, total_steps
+    steps_per_epoch = order.steps_per_epoch(global_batch)
+    total_steps = settings.max_steps if settings.max_steps > 0 else max(
+        1, math.ceil(settings.num_train_epochs * steps_per_epoch))
+    LOG.info("data: %d examples, %d tokens; global batch %d = %d per device x %d processes "
+             "x %d accumulation; %d steps per epoch, %d steps in total", len(examples),
+             sum(lengths), global_batch, settings.per_device_train_batch_size,
+             runtime.world_size, accumulation, steps_per_epoch, total_steps)
+    return None, global_batch, accumulation, total_steps
 
+
+def setup(cfg: TrainConfig, runtime: Runtime, auto_tokenizer: Any) -> tuple[Job, Resumed]:
+    """Loads the data and the model, wraps them, and resumes from a checkpoint if there is one."""
+    settings = cfg.settings
+    rows, model_manifest, data_manifest, label_names = _load_inputs(cfg, settings, runtime)
+    tokenizer = auto_tokenizer.from_pretrained(cfg.model_dir)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
+        tokenizer.eos_token_id or 0)
+    model = _build_model(cfg, settings, runtime, model_manifest, label_names, pad_id)
+    trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
+    total = sum(param.numel() for param in model.parameters())
+    LOG.info("LoRA: %s trainable parameters of %s (%.3f%%)", f"{trainable:,}", f"{total:,}",
+             100 * trainable / total)
+
+    examples = data.tokenize_rows(cfg.task, rows, tokenizer, settings.max_seq_length)
+    order = data.GlobalOrder(len(examples), settings.order_seed, settings.shuffle)
+    budget, global_batch, accumulation, total_steps = _plan_steps(settings, runtime, examples,
+                                                                   order)
     optimizer, scheduler = build_optimizer(model, settings, runtime, total_steps)
     identity = _identity(model_manifest, model)
     restored = restore_checkpoint(cfg, runtime, model, optimizer, scheduler, identity)
-    step = restored["step"] if restored else 0
-    position = data.DataPosition(**restored["position"]) if restored else data.DataPosition()
-    history: list[list[float]] = restored["history"] if restored else []
+    resumed = Resumed(restored["step"], data.DataPosition(**restored["position"]),
+                      restored["history"]) if restored else Resumed()
 
-    ddp_model = torch.nn.parallel.DistributedDataParallel(
+    wrapped = torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
-    ddp_model.train()
-
-    # Loop.
-    log_every = _every(settings.logging_steps, total_steps)
-    save_every = _every(settings.save_steps, total_steps)
-    seen_file = _seen_file(runtime)
-    kill_step, kill_rank = _kill_request()
-    window_loss = torch.zeros((), device=runtime.device)
-    window_targets = window_tokens = 0
-    stalls = HostStalls()
-    stall_mark = window_stall_mark = stalls.snapshot()
-    window_started = time.monotonic()
-    run_tokens, run_started = 0, time.monotonic()
-    step_times: list[list[float]] = []  # one row per step (below)
+    wrapped.train()
     # Packed causal-lm micro-batches are dealt out by tokens, not example count, so that every
     # rank's micro-batch takes about as long (a step waits for the slowest rank).
-    deal_lengths = lengths if cfg.task == "causal-lm" and settings.packing else None
-    first_step = step
-    steps = (order.token_steps(position, budget) if budget is not None
-             else order.steps(position, global_batch))
-    while step < total_steps:
-        step_examples, position = next(steps)
-        micro_batches = data.rank_micro_batches(
-            step_examples, runtime.rank, runtime.world_size,
-            settings.per_device_train_batch_size, accumulation, deal_lengths, budget)
-        step_targets = max(1, sum(examples[index].target_count for index in step_examples))
-        step_tokens = sum(len(examples[index].input_ids) for index in step_examples)
-        for micro, indices in enumerate(micro_batches):
-            batch_examples = [examples[index] for index in indices]
-            if seen_file:
-                seen_file.writelines(f"{position.epoch} {step + 1} {index}\n" for index in indices)
-            batch = _to_device(_collate(cfg.task, batch_examples, pad_id, settings), runtime)
-            last = micro == len(micro_batches) - 1
-            with nullcontext() if last else ddp_model.no_sync():
-                if cfg.task == "causal-lm":
-                    loss_sum, _ = kernels.causal_lm_loss(ddp_model, batch)
-                else:
-                    loss_sum, _ = kernels.classification_loss(
-                        ddp_model, batch, settings.label_smoothing_factor)
-                # DDP averages gradients over ranks; scaling by world / step targets makes the
-                # result the mean over every target token of the whole optimizer step.
-                (loss_sum * (runtime.world_size / step_targets)).backward()
-            window_loss += loss_sum.detach()
-        grad_norm = (torch.nn.utils.clip_grad_norm_(model.parameters(), settings.max_grad_norm)
-                     if settings.max_grad_norm > 0 else None)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
-        step += 1
-        window_targets += step_targets
-        window_tokens += step_tokens
-        run_tokens += step_tokens
-        if step == first_step + 1 or stalls.compilations() > stall_mark[1]:
+    deal_lengths = ([len(example.input_ids) for example in examples]
+                    if cfg.task == "causal-lm" and settings.packing else None)
+    job = Job(cfg, settings, runtime, model, wrapped, tokenizer, pad_id, examples, order, budget,
+              global_batch, accumulation, total_steps, optimizer, scheduler, identity,
+              model_manifest, data_manifest, trainable, deal_lengths)
+    return job, resumed
+
+
+@dataclasses.dataclass
+class StepResult:
+    """What one optimizer step did."""
+
+    targets: int
+    """Target tokens (causal-lm) or examples (classification) of the whole step, all ranks."""
+    tokens: int
+    """Tokens of the whole step, all ranks."""
+    grad_norm: torch.Tensor | None
+    loss_sum: torch.Tensor
+    """This rank's summed loss over the step (not synchronized)."""
+
+
+def train_step(job: Job, step_examples: list[int], hooks: DebugHooks, step: int,
+               epoch: int) -> StepResult:
+    """One optimizer step over this rank's micro-batches of `step_examples` (1-based `step`)."""
+    settings, runtime = job.settings, job.runtime
+    micro_batches = data.rank_micro_batches(
+        step_examples, runtime.rank, runtime.world_size, settings.per_device_train_batch_size,
+        job.accumulation, job.deal_lengths, job.budget)
+    step_targets = max(1, sum(job.examples[index].target_count for index in step_examples))
+    step_tokens = sum(len(job.examples[index].input_ids) for index in step_examples)
+    loss_total = torch.zeros((), device=runtime.device)
+    for micro, indices in enumerate(micro_batches):
+        hooks.saw(epoch, step, indices)
+        batch = _to_device(_collate(job.cfg.task, [job.examples[index] for index in indices],
+                                    job.pad_id, settings), runtime)
+        last = micro == len(micro_batches) - 1
+        with nullcontext() if last else job.wrapped.no_sync():
+            if job.cfg.task == "causal-lm":
+                loss_sum, _ = kernels.causal_lm_loss(job.wrapped, batch)
+            else:
+                loss_sum, _ = kernels.classification_loss(
+                    job.wrapped, batch, settings.label_smoothing_factor)
+            # DDP averages gradients over ranks; scaling by world / step targets makes the
+            # result the mean over every target token of the whole optimizer step.
+            (loss_sum * (runtime.world_size / step_targets)).backward()
+        loss_total += loss_sum.detach()
+    grad_norm = (torch.nn.utils.clip_grad_norm_(job.model.parameters(), settings.max_grad_norm)
+                 if settings.max_grad_norm > 0 else None)
+    job.optimizer.step()
+    job.scheduler.step()
+    job.optimizer.zero_grad(set_to_none=True)
+    return StepResult(step_targets, step_tokens, grad_norm, loss_total)
+
+
+class Progress:
+    """The loop's accounting: the logging window, throughput, host stalls and per-step times."""
+
+    def __init__(self, job: Job, resumed: Resumed, started: float) -> None:
+        self.job = job
+        self.started = started
+        self.first_step = resumed.step
+        self.history = resumed.history
+        self.log_every = _every(job.settings.logging_steps, job.total_steps)
+        self.window_loss = torch.zeros((), device=job.runtime.device)
+        self.window_targets = self.window_tokens = 0
+        self.stalls = HostStalls()
+        self.stall_mark = self.window_stall_mark = self.stalls.snapshot()
+        self.window_started = self.run_started = time.monotonic()
+        self.run_tokens = 0
+        self.step_times: list[list[float]] = []  # one row per step (see `_record_time`)
+
+    def end_step(self, step: int, position: data.DataPosition, result: StepResult) -> None:
+        """Accounts for step `step`; logs the progress line on logging steps (collective)."""
+        self.window_loss += result.loss_sum
+        self.window_targets += result.targets
+        self.window_tokens += result.tokens
+        self.run_tokens += result.tokens
+        if step == self.first_step + 1 or self.stalls.compilations() > self.stall_mark[1]:
             # While the GPU finishes the step; the progress line below counts it.
-            frozen = stalls.freeze_heap()
+            frozen = self.stalls.freeze_heap()
             LOG.debug("step %d: %d objects frozen out of garbage collection", step, frozen)
+        settings = self.job.settings
         if settings.logging_strategy != "no" and (
-            step % log_every == 0 or step == total_steps
-            or (settings.logging_first_step and step == first_step + 1)
+            step % self.log_every == 0 or step == self.job.total_steps
+            or (settings.logging_first_step and step == self.first_step + 1)
         ):
-            dist.all_reduce(window_loss)
-            loss = window_loss.item() / window_targets
-            stall_note, window_stall_mark = _stall_note(stalls, window_stall_mark, runtime)
-            history.append([step, loss])
-            elapsed = time.monotonic() - window_started
-            run_elapsed = time.monotonic() - run_started
-            eta = run_elapsed / (step - first_step) * (total_steps - step)
-            LOG.info(
-                "step %d/%d (%.1f%%) | epoch %.2f | loss %.4f | lr %.3e | grad_norm %s | "
-                "tokens/s %.0f | elapsed %s | eta %s%s",
-                step, total_steps, 100 * step / total_steps,
-                position.epoch + position.consumed / len(examples), loss,
-                scheduler.get_last_lr()[0],
-                f"{grad_norm.item():.3f}" if grad_norm is not None else "-",
-                window_tokens / max(elapsed, 1e-9), _format_seconds(time.monotonic() - started),
-                _format_seconds(eta), stall_note)
-            window_loss.zero_()
-            window_targets = window_tokens = 0
-            window_started = time.monotonic()
-        gc_seconds, compilations = stalls.snapshot()
-        if len(step_times) < 10_000:
+            self._log(step, position, result.grad_norm)
+        self._record_time(step, result.tokens)
+
+    def _log(self, step: int, position: data.DataPosition, grad_norm: torch.Tensor | None) -> None:
+        job = self.job
+        dist.all_reduce(self.window_loss)
+        loss = self.window_loss.item() / self.window_targets
+        stall_note, self.window_stall_mark = _stall_note(self.stalls, self.window_stall_mark,
+                                                         job.runtime)
+        self.history.append([step, loss])
+        now = time.monotonic()
+        eta = (now - self.run_started) / (step - self.first_step) * (job.total_steps - step)
+        LOG.info(
+            "step %d/%d (%.1f%%) | epoch %.2f | loss %.4f | lr %.3e | grad_norm %s | "
+            "tokens/s %.0f | elapsed %s | eta %s%s",
+            step, job.total_steps, 100 * step / job.total_steps,
+            position.epoch + position.consumed / len(job.examples), loss,
+            job.scheduler.get_last_lr()[0],
+            f"{grad_norm.item():.3f}" if grad_norm is not None else "-",
+            self.window_tokens / max(now - self.window_started, 1e-9),
+            _format_seconds(now - self.started), _format_seconds(eta), stall_note)
+        self.window_loss.zero_()
+        self.window_targets = self.window_tokens = 0
+        self.window_started = time.monotonic()
+
+    def _record_time(self, step: int, tokens: int) -> None:
+        gc_seconds, compilations = self.stalls.snapshot()
+        if len(self.step_times) < 10_000:
             # Recorded after the progress line's loss sync, so that on logged steps the time
             # includes the step's GPU work: [step, the job's tokens, seconds since the loop
             # started, this rank's GC seconds and torch.compile runs in the step].
-            step_times.append([step, step_tokens, round(time.monotonic() - run_started, 4),
-                               round(gc_seconds - stall_mark[0], 4),
-                               compilations - stall_mark[1]])
-        stall_mark = gc_seconds, compilations
-        if settings.save_strategy == "steps" and step % save_every == 0 and step < total_steps:
-            save_checkpoint(cfg, runtime, model, optimizer, scheduler, step, position, identity,
-                            settings, history)
-        if step == kill_step and runtime.rank == kill_rank:
-            if seen_file:
-                seen_file.flush()
-            os.kill(os.getpid(), signal.SIGKILL)
+            self.step_times.append([step, tokens, round(time.monotonic() - self.run_started, 4),
+                                    round(gc_seconds - self.stall_mark[0], 4),
+                                    compilations - self.stall_mark[1]])
+        self.stall_mark = gc_seconds, compilations
 
-    stalls.close()
-    if seen_file:
-        seen_file.close()
-    runtime_seconds = time.monotonic() - started
-    run_seconds = time.monotonic() - run_started
-    metrics = {
-        "train_loss": history,
-        "final_loss": history[-1][1] if history else None,
-        "steps": step,
-        "epochs": position.epoch + position.consumed / len(examples),
-        "examples_seen": position.epoch * len(examples) + position.consumed,
-        "tokens_per_second": run_tokens / max(run_seconds, 1e-9),
-        "tokens_per_second_per_process": run_tokens / max(run_seconds, 1e-9) / runtime.world_size,
-        "runtime_seconds": runtime_seconds,
-        "resumed_from_step": first_step or None,
-        "world_size": runtime.world_size,
-        "trainable_parameters": trainable,
-        "step_times": step_times,
-        "peak_memory_gib": (torch.cuda.max_memory_allocated(runtime.device) / 2**30
-                            if runtime.device.type == "cuda" else None),
-    }
-    if runtime.is_main:
-        training = {**{key: value for key, value in dataclasses.asdict(settings).items()},
-                    "gradient_accumulation_steps": accumulation, "world_size": runtime.world_size,
-                    "global_batch_size": None if budget else global_batch,
-                    "total_steps": total_steps}
-        path = save_final(cfg, model, tokenizer, model_manifest, data_manifest, metrics, training)
-        LOG.info("done: %d steps, final loss %s, %.0f tokens/s, %s; adapter saved to %s", step,
+    def metrics(self, step: int, position: data.DataPosition) -> dict[str, Any]:
+        """The run's metrics.json content."""
+        self.stalls.close()
+        job, now = self.job, time.monotonic()
+        run_rate = self.run_tokens / max(now - self.run_started, 1e-9)
+        num_examples = len(job.examples)
+        return {
+            "train_loss": self.history,
+            "final_loss": self.history[-1][1] if self.history else None,
+            "steps": step,
+            "epochs": position.epoch + position.consumed / num_examples,
+            "examples_seen": position.epoch * num_examples + position.consumed,
+            "tokens_per_second": run_rate,
+            "tokens_per_second_per_process": run_rate / job.runtime.world_size,
+            "runtime_seconds": now - self.started,
+            "resumed_from_step": self.first_step or None,
+            "world_size": job.runtime.world_size,
+            "trainable_parameters": job.trainable,
+            "step_times": self.step_times,
+            "peak_memory_gib": (torch.cuda.max_memory_allocated(job.runtime.device) / 2**30
+                                if job.runtime.device.type == "cuda" else None),
+        }
+
+
+def finish(job: Job, metrics: dict[str, Any]) -> dict[str, Any]:
+    """Writes the adapter artifact on global rank 0 (collective); returns `metrics`."""
+    if job.runtime.is_main:
+        training = {**dataclasses.asdict(job.settings),
+                    "gradient_accumulation_steps": job.accumulation,
+                    "world_size": job.runtime.world_size,
+                    "global_batch_size": None if job.budget else job.global_batch,
+                    "total_steps": job.total_steps}
+        path = save_final(job.cfg, job.model, job.tokenizer, job.model_manifest,
+                          job.data_manifest, metrics, training)
+        LOG.info("done: %d steps, final loss %s, %.0f tokens/s, %s; adapter saved to %s",
+                 metrics["steps"],
                  f"{metrics['final_loss']:.4f}" if metrics["final_loss"] is not None else "-",
-                 metrics["tokens_per_second"], _format_seconds(runtime_seconds), path)
+                 metrics["tokens_per_second"], _format_seconds(metrics["runtime_seconds"]), path)
     dist.barrier()
     return metrics
+
+
+def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
+           auto_tokenizer: Any) -> dict[str, Any]:
+    started = time.monotonic()
+    LOG.info("kftune trainer: task %s, %d process(es) (%s), device %s, weights %s",
+             cfg.task, runtime.world_size, dist.get_backend(), runtime.device.type,
+             str(runtime.dtype).removeprefix("torch."))
+    job, resumed = setup(cfg, runtime, auto_tokenizer)
+    progress = Progress(job, resumed, started)
+    hooks = DebugHooks(runtime)
+    save_every = _every(settings.save_steps, job.total_steps)
+    step, position = resumed.step, resumed.position
+    steps = job.steps(position)
+    while step < job.total_steps:
+        step_examples, position = next(steps)
+        result = train_step(job, step_examples, hooks, step + 1, position.epoch)
+        step += 1
+        progress.end_step(step, position, result)
+        if settings.save_strategy == "steps" and step % save_every == 0 and step < job.total_steps:
+            save_checkpoint(cfg, runtime, job.model, job.optimizer, job.scheduler, step, position,
+                            job.identity, settings, progress.history)
+        hooks.after_step(step)
+    hooks.close()
+    return finish(job, progress.metrics(step, position))
 
 
 def _collate(task: str, examples: Sequence[data.Example], pad_id: int,
@@ -700,20 +818,39 @@ def _to_device(batch: dict[str, Any], runtime: Runtime) -> dict[str, Any]:
             else value for key, value in batch.items()}
 
 
-def _seen_file(runtime: Runtime) -> Any:
-    directory = os.environ.get("KFTUNE_DEBUG_SEEN_DIR")
-    if not directory:
-        return None
-    Path(directory).mkdir(parents=True, exist_ok=True)
-    # Line-buffered: a process killed by torchrun must not lose what it already reported.
-    return open(Path(directory) / f"seen-rank{runtime.rank}.txt", "a", buffering=1)  # noqa: SIM115
+class DebugHooks:
+    """The test hooks of the module docstring; each does nothing when its variable is unset."""
 
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.seen_file: Any = None
+        directory = os.environ.get("KFTUNE_DEBUG_SEEN_DIR")
+        if directory:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            # Line-buffered: a process killed by torchrun must not lose what it already reported.
+            self.seen_file = open(  # noqa: SIM115
+                Path(directory) / f"seen-rank{runtime.rank}.txt", "a", buffering=1)
+        step = os.environ.get("KFTUNE_DEBUG_KILL_AT_STEP")
+        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        self.kill_step = int(step) if step and first_attempt else None
+        self.kill_rank = int(os.environ.get("KFTUNE_DEBUG_KILL_RANK", "1"))
 
-def _kill_request() -> tuple[int | None, int]:
-    step = os.environ.get("KFTUNE_DEBUG_KILL_AT_STEP")
-    if not step or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") != "0":
-        return None, -1
-    return int(step), int(os.environ.get("KFTUNE_DEBUG_KILL_RANK", "1"))
+    def saw(self, epoch: int, step: int, indices: Sequence[int]) -> None:
+        """Records the examples of one micro-batch of (1-based) `step`."""
+        if self.seen_file:
+            self.seen_file.writelines(f"{epoch} {step} {index}\n" for index in indices)
+
+    def after_step(self, step: int) -> None:
+        """SIGKILLs this process if it is the rank and step asked for."""
+        if step == self.kill_step and self.runtime.rank == self.kill_rank:
+            if self.seen_file:
+                self.seen_file.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    def close(self) -> None:
+        """Closes the seen file."""
+        if self.seen_file:
+            self.seen_file.close()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
