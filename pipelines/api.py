@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from ..components.common import uris
 from .errors import CliError
 from .parameters import resolve_arguments
 
@@ -231,6 +232,13 @@ def submit(
             f"`package` must be a compiled pipeline YAML, got {str(package)!r} (no such file); "
             "run `kftune compile` or leave it out to compile now"
         )
+    if uris.credential_problems(host, parameter="host"):
+        problems.append(
+            f"`host` {uris.display_uri(host)!r} carries credentials (user-info before '@' or a "
+            "token in the query string), which kfp.Client does not send and kftune never "
+            "prints; give the host without them and authenticate with a bearer token, the "
+            "service-account token or a session cookie (see `kftune submit --help`)"
+        )
     if existing_token and credentials is not None:
         problems.append(
             "`existing_token` and `credentials` are two ways to authenticate: give one "
@@ -349,7 +357,9 @@ def _upload_and_start(
                 "token or a session cookie (see `kftune submit --help`)"
             )
         raise CliError(
-            f"the KFP server at {host} refused or could not be reached: {detail}", hint=hint
+            f"the KFP server at {uris.display_uri(host)} refused or could not be reached: "
+            f"{uris.redact(str(detail))}",
+            hint=hint,
         ) from error
     return submitted
 

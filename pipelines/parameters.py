@@ -8,15 +8,14 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-import re
 from collections.abc import Sequence
 from typing import Any
 
+from ..components.common import uris
 from ..components.common.errors import InputError, Problems
 from ..components.common.tasks import check_task
 
 BACKENDS = ("auto", "local", "kubernetes")
-URI_SCHEMES = ("hf", "s3", "gs", "https", "http", "file", "pvc", "pkg")
 PARAM_HINT = (
     "`kftune run --help` lists the parameters; set one with --param NAME=VALUE (JSON values)"
 )
@@ -138,16 +137,8 @@ def parse_overrides(
 
 
 def _check_uri(name: str, uri: str) -> list[str]:
-    if not isinstance(uri, str) or not uri.strip():
-        return [f"`{name}` must be a URI or path, got {uri!r}; e.g. hf://org/name"]
-    match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://", uri)
-    if match and match.group(1).lower() not in URI_SCHEMES:
-        return [
-            f"`{name}` has an unknown scheme {match.group(1)!r} in {uri!r}; use one of "
-            + ", ".join(f"{scheme}://" for scheme in URI_SCHEMES)
-            + " or a plain path"
-        ]
-    return []
+    """The download components' own URI check (credentials refused first), run before any step."""
+    return uris.parse_problems(uri, parameter=name)[1]
 
 
 def validate_arguments(arguments: dict[str, Any]) -> list[str]:

@@ -34,7 +34,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from . import retry
 from .errors import InputError
@@ -64,25 +64,139 @@ _DNS1123_RE = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 _MODULE_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 
+_SCHEME_PREFIX_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
+_USERINFO_IN_TEXT_RE = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^/@\s]+)@")
+# Query parameters that carry a credential: S3 SigV4 and SigV2 presigned URLs, GCS signed URLs,
+# Azure SAS, CloudFront signed URLs, and the usual token/key spellings.
+_SECRET_QUERY_KEYS = frozenset(
+    {
+        "x-amz-signature",
+        "x-amz-credential",
+        "x-amz-security-token",
+        "awsaccesskeyid",
+        "signature",
+        "x-goog-signature",
+        "x-goog-credential",
+        "googleaccessid",
+        "sig",
+        "key-pair-id",
+        "policy",
+        "token",
+        "access_token",
+        "api_key",
+        "apikey",
+        "key",
+        "password",
+        "secret",
+        "client_secret",
+    }
+)
+_SECRET_QUERY_IN_TEXT_RE = re.compile(
+    r"([?&](?:" + "|".join(map(re.escape, sorted(_SECRET_QUERY_KEYS))) + r")=)[^&\s#'\"]*",
+    re.IGNORECASE,
+)
+_QUERY_SCHEMES = ("http", "https", "s3", "gs")
+_CREDENTIALS_HOW = {
+    "s3": "give the keys as the environment variables AWS_ACCESS_KEY_ID and "
+    "AWS_SECRET_ACCESS_KEY (in the pipeline: the Kubernetes Secret named by `s3_secret`)",
+    "gs": "authenticate with GOOGLE_APPLICATION_CREDENTIALS (a service-account key file; in the "
+    "pipeline mounted from a Kubernetes Secret)",
+    "hf": "set HF_TOKEN instead (in the pipeline: the Kubernetes Secret named by "
+    "`hf_token_secret`, key `token`)",
+    "http": "put the file where credentials come from a Secret (s3:// with the keys in the "
+    "Kubernetes Secret named by `s3_secret`, or gs://), or serve it without credentials",
+}
+_CREDENTIALS_HOW["https"] = _CREDENTIALS_HOW["http"]
+
+
+def _split_authority(rest: str) -> tuple[str, str]:
+    """(authority, the rest from the first '/', '?' or '#') of what follows `scheme://`."""
+    end = min((index for index in map(rest.find, "/?#") if index >= 0), default=len(rest))
+    return rest[:end], rest[end:]
+
+
+def _is_userinfo(scheme: str, userinfo: str) -> bool:
+    """Whether the text before '@' in an authority is user-info (hf://gpt2@main is a revision)."""
+    if scheme.lower() != "hf":
+        return True
+    return ":" in userinfo or userinfo.startswith("hf_")
+
+
 def redact(text: str) -> str:
     """Removes secret values (from the known secret env vars) and URL user-info from `text`."""
     for name in SECRET_ENV_VARS:
         value = os.environ.get(name, "")
         if len(value) >= 4:
             text = text.replace(value, "***")
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
+
+    def strip(match: re.Match[str]) -> str:
+        scheme = match.group(1)[:-3]
+        return match.group(1) + "***@" if _is_userinfo(scheme, match.group(2)) else match.group(0)
+
+    text = _USERINFO_IN_TEXT_RE.sub(strip, text)
+    return _SECRET_QUERY_IN_TEXT_RE.sub(r"\1***", text)
 
 
 def display_uri(uri: str) -> str:
-    """The URI as it may appear in logs, messages and manifests: no user-info, no query string."""
-    parts = urlsplit(uri)
-    if parts.scheme in ("http", "https", "s3", "gs"):
-        netloc = parts.hostname or ""
-        if parts.port:
-            netloc += f":{parts.port}"
-        query = "<redacted>" if parts.query else ""
-        uri = urlunsplit((parts.scheme, netloc, parts.path, query, ""))
+    """The URI as it may appear in logs, messages and manifests: no user-info, no query string.
+
+    Everything else is the user's text as given (`s3:///key` stays `s3:///key`), so messages
+    quote what the user wrote.
+    """
+    match = _SCHEME_PREFIX_RE.match(uri)
+    if match is not None:
+        scheme = match.group(1).lower()
+        authority, tail = _split_authority(uri[match.end() :])
+        userinfo, at, host = authority.rpartition("@")
+        if at and _is_userinfo(scheme, userinfo):
+            authority = host
+        if scheme in _QUERY_SCHEMES and "?" in tail:
+            path, _, query = tail.partition("?")
+            query, hash_, fragment = query.partition("#")
+            tail = path + ("?<redacted>" if query else "?") + hash_ + fragment
+        uri = match.group(0) + authority + tail
     return redact(uri)
+
+
+def credential_problems(uri: Any, *, parameter: str = "uri") -> list[str]:
+    """Credentials written into `uri` (user-info, a signed query string): one problem, or none.
+
+    kftune's policy: a URI never carries a credential. URIs are logged, stored with the run (KFP
+    keeps every run parameter and shows it in its UI), written into manifests and pod arguments,
+    so no stripping afterwards could keep a password or a signature out of all of them. They are
+    refused at the first boundary, with a message that names where the credential sits (never its
+    value) and how to pass it instead.
+
+    Returns:
+        A list holding one message when `uri` carries credentials, else an empty list.
+    """
+    if not isinstance(uri, str):
+        return []
+    match = _SCHEME_PREFIX_RE.match(uri.strip())
+    if match is None:
+        return []
+    scheme = match.group(1).lower()
+    authority, tail = _split_authority(uri.strip()[match.end() :])
+    found = []
+    userinfo, at, _ = authority.rpartition("@")
+    if at and _is_userinfo(scheme, userinfo):
+        found.append("a user name or password before '@'")
+    if scheme in _QUERY_SCHEMES and "?" in tail:
+        query = tail.partition("?")[2].partition("#")[0]
+        keys = sorted(
+            {key for key, _ in parse_qsl(query, keep_blank_values=True)
+             if key.lower() in _SECRET_QUERY_KEYS}
+        )
+        if keys:
+            found.append(f"a signed or keyed query string: {', '.join(keys)}")
+    if not found:
+        return []
+    how = _CREDENTIALS_HOW.get(scheme, "pass credentials through the environment, not the URI")
+    return [
+        f"`{parameter}` {display_uri(uri.strip())!r} carries credentials in the URI "
+        f"({' and '.join(found)}); URIs are logged and stored with the run, so kftune refuses "
+        f"them: remove them and {how}"
+    ]
 
 
 @dataclass(frozen=True)
@@ -127,6 +241,11 @@ def parse_problems(uri: str, *, parameter: str = "uri") -> tuple[Location | None
     if not isinstance(uri, str) or not uri.strip():
         return None, [f"`{parameter}` must be a URI or path, got {uri!r}; use one of {_FORMS}"]
     uri = uri.strip()
+    credentials = credential_problems(uri, parameter=parameter)
+    if credentials:
+        # The other checks quote parts of the URI (a "bucket name" holding the key): they see it
+        # without the credentials, and every problem is still reported at once.
+        return None, credentials + parse_problems(display_uri(uri), parameter=parameter)[1]
     shown = display_uri(uri)
     match = re.match(r"^([A-Za-z][A-Za-z0-9+.-]*)://(.*)$", uri)
     if match is None:

@@ -90,7 +90,7 @@ BAD_RUN_CASES = [
     Case("backend", ["--backend", "slurm"],
          expected_error="`backend` must be one of auto, local, kubernetes; got 'slurm'"),
     Case("scheme", ["--model-uri", "ftp://host/model"],
-         expected_error="`model_uri` has an unknown scheme 'ftp'"),
+         expected_error="`model_uri` has an unknown scheme 'ftp://' in 'ftp://host/model'"),
     Case("split", ["--split", "train[:x]"],
          expected_error="`split` must be a split in `datasets` slicing syntax, got 'train[:x]'"),
     Case("training_parameter", ["--param", "training_parameters.per_device_train_batch_size=0"],

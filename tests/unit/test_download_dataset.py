@@ -60,7 +60,11 @@ BAD_INPUTS = [
     Case("empty uri", {"uri": ""}, ["`uri` must be a URI or path, got ''"]),
     Case("unknown scheme", {"uri": "ftp://host/data.csv"}, ["unknown scheme 'ftp://'", "hf://"]),
     Case("scheme without slashes", {"uri": "s3:bucket/key"}, ["'s3:bucket/key' is malformed"]),
-    Case("s3 without bucket", {"uri": "s3:///key.csv"}, ["no bucket", "s3://<bucket>/<key>"]),
+    Case(
+        "s3 without bucket",
+        {"uri": "s3:///key.csv"},
+        ["`uri` 's3:///key.csv' is malformed: no bucket", "s3://<bucket>/<key>"],
+    ),
     Case("bad bucket name", {"uri": "s3://B/key"}, ["invalid bucket name 'B'"]),
     Case("hf too deep", {"uri": "hf://org/name/extra"}, ["'hf://org/name/extra' is malformed"]),
     Case("hf empty revision", {"uri": "hf://org/name@"}, ["is malformed"]),
@@ -72,7 +76,8 @@ BAD_INPUTS = [
     Case(
         "credentials hidden",
         {"uri": "ftp://user:hunter22@host/x"},
-        ["unknown scheme", "ftp://***@host/x"],
+        ["2 problems", "'ftp://host/x' carries credentials", "unknown scheme 'ftp://' in "
+         "'ftp://host/x'"],
     ),
     Case("bad split", {"uri": "x.csv", "split": "train[:abc]"}, ["`split` 'train[:abc]' is not"]),
     Case("unclosed split", {"uri": "x.csv", "split": "train["}, ["`split` 'train[' is not"]),
