@@ -100,9 +100,45 @@ def _http_status(error: BaseException) -> int | None:
     return code if isinstance(code, int) else None
 
 
+_CONNECTION_NAMES = frozenset(
+    {
+        "EndpointConnectionError",
+        "ClientConnectorError",
+        "ClientConnectorDNSError",
+        "ClientProxyConnectionError",
+        "ServerDisconnectedError",
+        "NewConnectionError",
+        "NameResolutionError",
+        "ConnectError",
+    }
+)
+
+
+def is_connection_failure(error: BaseException) -> bool:
+    """Whether the server could not be reached at all (refused, reset, name not resolved).
+
+    Some clients wrap that in a "not found" (fsspec's HTTP filesystem raises FileNotFoundError
+    from the connection error), so the whole chain is looked at: the server never said "404".
+    """
+    return any(
+        isinstance(link, (ConnectionError, socket.gaierror)) or type(link).__name__ in
+        _CONNECTION_NAMES
+        for link in error_chain(error)
+    )
+
+
+def transient_status(error: BaseException) -> int | None:
+    """The 408/429/5xx HTTP status somewhere in `error`'s chain, if any."""
+    for link in error_chain(error):
+        status = _http_status(link)
+        if status in TRANSIENT_HTTP_STATUS:
+            return status
+    return None
+
+
 def is_transient(error: BaseException) -> bool:
     """Whether `error` is worth retrying: timeouts, dropped connections, 429/5xx responses."""
-    if is_timeout(error):
+    if is_timeout(error) or is_connection_failure(error):
         return True
     transient_names = {
         "EndpointConnectionError",

@@ -541,6 +541,13 @@ def describe_failure(
             f"attempt(s) of {retry.timeout_seconds():g} s; check that the endpoint is reachable, "
             f"or raise {retry.TIMEOUT_ENV} / {retry.RETRIES_ENV}"
         )
+    if retry.is_connection_failure(error):
+        # Before "not found": a client may wrap a refused connection in FileNotFoundError.
+        return ConnectionError(
+            f"`{parameter}` {shown!r}: could not reach the server{where} after "
+            f"{retry.attempts()} attempt(s) ({_connection_reason(error)}); check the host, port "
+            f"and network, or raise {retry.RETRIES_ENV}"
+        )
     if isinstance(error, PermissionError) or codes & auth_codes:
         if location.scheme == "s3":
             fix = (
@@ -566,9 +573,15 @@ def describe_failure(
                 f"(a prefix must hold at least one object)"
             ]
         )
+    status = retry.transient_status(error)
+    if status is not None:
+        return ConnectionError(
+            f"`{parameter}` {shown!r}: the server{where} answered HTTP {status} on each of "
+            f"{retry.attempts()} attempt(s); try again later, or raise {retry.RETRIES_ENV}"
+        )
     if retry.is_transient(error):
         return ConnectionError(
-            f"`{parameter}` {shown!r}: could not reach the server{where} after "
+            f"`{parameter}` {shown!r}: the transfer{where} kept failing after "
             f"{retry.attempts()} attempt(s) ({type(error).__name__}); check the endpoint and the "
             f"network, or raise {retry.RETRIES_ENV}"
         )
@@ -576,6 +589,23 @@ def describe_failure(
         f"`{parameter}` {shown!r}: transfer failed{where}: {type(error).__name__}: "
         f"{redact(str(error))[:300]}"
     )
+
+
+def _connection_reason(error: BaseException) -> str:
+    """"connection refused", "host name not resolved", ...: what the socket said, no secrets."""
+    import errno
+    import socket
+
+    for link in retry.error_chain(error):
+        if isinstance(link, socket.gaierror):
+            return "host name not resolved"
+        if isinstance(link, ConnectionRefusedError) or getattr(link, "errno", None) == (
+            errno.ECONNREFUSED
+        ):
+            return "connection refused"
+        if isinstance(link, ConnectionResetError):
+            return "connection reset"
+    return type(error).__name__
 
 
 def _bucket_missing(location: Location) -> bool:

@@ -366,6 +366,13 @@ def _load_path(path: Path, source: DatasetSource, cache: Path) -> dict[str, Any]
             builder, data_files={"train": str(path)}, cache_dir=str(cache), **options
         )
     except Exception as error:
+        if _is_blank(path):
+            raise InputError(
+                [
+                    f"`uri` {shown!r}: the file {path.name} is empty (no rows, only whitespace "
+                    f"or nothing); point `uri` at a file with data"
+                ]
+            ) from None
         if builder == "json":
             line = _first_bad_json_line(path)
             if line is not None:
@@ -386,6 +393,20 @@ def _unreadable(shown: str, what: str, error: BaseException) -> InputError:
         cause = cause.__cause__
     detail = " ".join(uris.redact(f"{type(cause).__name__}: {cause}").split())[:400]
     return InputError([f"`uri` {shown!r} could not be read as {what} ({detail}); check the file"])
+
+
+def _is_blank(path: Path) -> bool:
+    """Whether the (possibly compressed) file holds nothing but whitespace."""
+    import fsspec
+
+    try:
+        with fsspec.open(str(path), "rb", compression="infer") as handle:
+            for block in iter(lambda: handle.read(1 << 16), b""):
+                if block.strip():
+                    return False
+    except Exception:  # unreadable as compressed: not blank, the parser's error is reported
+        return False
+    return True
 
 
 def _first_bad_json_line(path: Path) -> tuple[int, str] | None:
@@ -575,6 +596,11 @@ def _normalize(rows: _Rows, columns: dict[str, str]) -> Any:
                 f"other rows"
             )
             continue
+        if _is_json_column(values):
+            values, problem = _plain_column(values, role, column, rows)
+            if problem:
+                problems.add(problem)
+                continue
         if role in _STRING_ROLES:
             if values.type != pa.string():
                 try:
@@ -596,6 +622,64 @@ def _normalize(rows: _Rows, columns: dict[str, str]) -> Any:
     return pa.table(out)
 
 
+def _is_json_column(values: Any) -> bool:
+    """Whether `datasets` kept the column as JSON text (its values are of mixed kinds)."""
+    return getattr(values.type, "extension_name", "") == "arrow.json"
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, (int, float)):
+        return "numbers"
+    return "lists" if isinstance(value, list) else "objects"
+
+
+def _plain_column(values: Any, role: str, column: str, rows: _Rows | None) -> tuple[Any, str]:
+    """A JSON-text column as plain values of one kind, or the problem: which kinds, where.
+
+    `datasets` keeps a JSON column whose rows hold different kinds of value (text in some rows,
+    numbers in others) as JSON text; labels and text must be of one kind.
+    """
+    import pyarrow as pa
+
+    decoded = [json.loads(value) if value is not None else None for value in
+               values.cast(values.type.storage_type).to_pylist()]
+    first: dict[str, tuple[int, Any]] = {}
+    for index, value in enumerate(decoded):
+        if value is not None:
+            first.setdefault(_kind(value), (index, value))
+    kinds = set(first)
+    if role in _STRING_ROLES and kinds <= {"text", "numbers"}:
+        # A number where text is expected reads as its text, as a CSV reader would give it.
+        return pa.chunked_array([pa.array(
+            [value if isinstance(value, str) or value is None else json.dumps(value)
+             for value in decoded], type=pa.string())]), ""
+    if role == "label" and len(kinds) == 1 and kinds <= {"text", "numbers"}:
+        return pa.chunked_array([pa.array(decoded)]), ""
+    where = "" if rows is None else f" in the rows of `{rows.parameter}`"
+
+    def position(index: int) -> int:
+        return int(rows.positions[index]) if rows is not None else index
+
+    examples = ", ".join(
+        f"{kind} such as {value!r} (row {position(index)})"
+        for kind, (index, value) in sorted(first.items())
+    )
+    fix = (
+        "labels must be all class names or all class ids 0..n-1: quote the numbers "
+        "(\"1\") or write every label as a name"
+        if role == "label"
+        else "it must hold text in every row"
+    )
+    return values, (
+        f"`column_mapping`[{role!r}]: column {column!r} mixes {' and '.join(sorted(kinds))}"
+        f"{where}: {examples}; {fix}"
+    )
+
+
 def _is_messages(arrow_type: Any) -> bool:
     import pyarrow as pa
 
@@ -614,7 +698,12 @@ def _full_split_labels(parts: list[_Rows], column: str | None) -> list[Any]:
         if rows.split not in seen:
             seen.add(rows.split)
             table = rows.dataset.select_columns([column]).with_format("arrow")[:]
-            columns.append(table.column(column))
+            values = table.column(column)
+            if _is_json_column(values):
+                values, problem = _plain_column(values, "label", column, None)
+                if problem:
+                    raise InputError([problem.replace(":", f" (split {rows.split!r}):", 1)])
+            columns.append(values)
     return columns
 
 

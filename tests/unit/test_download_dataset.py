@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import logging
+import socket
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,6 +279,13 @@ def test_eval_split_of_the_same_split_must_not_overlap(tmp_path, fifty_rows):
         run(tmp_path / "2", uri=fifty_rows, split="train[:80%]", eval_split="train[70%:]")
 
 
+def test_numbers_in_a_text_column_read_as_text_without_json_quotes(tmp_path):
+    path = tmp_path / "mixed.jsonl"
+    path.write_text(jsonl([{"text": "a", "label": 0}, {"text": 7, "label": 1}]))
+    _, _, train_dir, _ = run(tmp_path, uri=str(path))
+    assert pq.read_table(train_dir / "data.parquet").column("text").to_pylist() == ["a", "7"]
+
+
 def test_column_mapping_and_canonical_roles(tmp_path):
     path = tmp_path / "chat.jsonl"
     rows = [
@@ -417,6 +425,26 @@ BAD_FILES = [
         "fractional label",
         {"name": "d.jsonl", "content": jsonl([{"text": "a", "label": 0.5}])},
         ["fractional numbers"],
+    ),
+    Case(
+        "label kinds mixed",
+        {"name": "d.jsonl", "content": jsonl([{"text": "a", "label": "pos"},
+                                               {"text": "b", "label": 1}])},
+        ["`column_mapping`['label']: column 'label' mixes numbers and text in the rows of "
+         "`split`: numbers such as 1 (row 1), text such as 'pos' (row 0)", "quote the numbers"],
+    ),
+    Case(
+        "text holds objects",
+        {"name": "d.jsonl", "content": jsonl([{"text": "a"}, {"text": {"b": 1}}])},
+        ["column 'text' mixes objects and text", "objects such as {'b': 1} (row 1)",
+         "it must hold text in every row"],
+    ),
+    Case("empty jsonl", {"name": "d.jsonl", "content": ""}, ["the file d.jsonl is empty"]),
+    Case("blank csv", {"name": "d.csv", "content": "\n\n"}, ["the file d.csv is empty"]),
+    Case(
+        "empty gzipped jsonl",
+        {"name": "d.jsonl.gz", "content": gzip.compress(b"")},
+        ["the file d.jsonl.gz is empty"],
     ),
     Case(
         "messages not chat",
@@ -602,6 +630,22 @@ def test_https_download_with_transient_failures_retried(tmp_path, http_server, c
     assert "attempt 1 of 3" in caplog.text
 
 
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_closed_port_is_retried_and_reported_as_unreachable(tmp_path, caplog, monkeypatch, scheme):
+    from support.servers import free_port
+
+    monkeypatch.setenv("KFTUNE_RETRIES", "2")
+    url = f"{scheme}://127.0.0.1:{free_port()}/data.jsonl"
+    with pytest.raises(ConnectionError) as caught:
+        run(tmp_path, uri=url)
+    message = str(caught.value)
+    assert f"`uri` '{url}': could not reach the server after 2 attempt(s) (connection refused)" in (
+        message
+    )
+    assert "no such object" not in message
+    assert "attempt 1 of 2" in caplog.text  # retried: a closed port may open
+
+
 def test_https_timeout_and_missing_file(tmp_path, http_server, monkeypatch):
     monkeypatch.setenv("KFTUNE_TIMEOUT_SECONDS", "0.2")
     monkeypatch.setenv("KFTUNE_RETRIES", "2")
@@ -725,6 +769,11 @@ def _http_error(status: int):
     return aiohttp.ClientResponseError(None, (), status=status)
 
 
+def _wrapped(error: BaseException, cause: BaseException) -> BaseException:
+    error.__cause__ = cause
+    return error
+
+
 TRANSIENT = [
     Case("connection reset", ConnectionResetError(), True),
     Case("timeout", TimeoutError(), True),
@@ -735,6 +784,11 @@ TRANSIENT = [
     Case("http 429", _http_error(429), True),
     Case("http 404", _http_error(404), False),
     Case("missing file", FileNotFoundError("x"), False),
+    Case("refused, wrapped as missing", _wrapped(FileNotFoundError("u"), ConnectionRefusedError()),
+         True),
+    Case("name not resolved", _wrapped(FileNotFoundError("u"), socket.gaierror(-2, "no name")),
+         True),
+    Case("404, wrapped as missing", _wrapped(FileNotFoundError("u"), _http_error(404)), False),
     Case("access denied", PermissionError("x"), False),
 ]
 
