@@ -5,8 +5,11 @@ from __future__ import annotations
 import argparse
 import collections
 import datetime as dt
+import fcntl
+import itertools
 import json
 import logging
+import os
 import re
 import sys
 import time
@@ -17,6 +20,7 @@ from typing import Any
 from .. import __version__
 from .errors import CliError
 from .parameters import flags_from, parse_arguments
+from .process_tree import RunStopped, stop_on_signal
 
 logger = logging.getLogger("kftune")
 
@@ -100,30 +104,111 @@ def format_table(summary: dict[str, Any]) -> str:
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
-_EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception)): (.*)$")
+_EXCEPTION_LINE = re.compile(r"^\s*(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt|Exit)): ?(.*)$")
+# kfp.local indents a step's streamed output by 4 spaces; its own log lines start with a time.
+_STEP_INDENT = "    "
+_KFP_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - ")
+_SEPARATOR = re.compile(r"^-{20,}$")
+_NODE_LINE = re.compile(r"\[node-(\d+)\] (.*)$")
+# torch.distributed.elastic's glog-style lines ("E1202 04:04:07.629000 21761 torch/...").
+_TORCH_ELASTIC_LINE = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ \d+ ")
+_LAUNCHER_NOTES = ("Looking for component `", 'Loading KFP component "',
+                   "Wrote executor output file to", "Streamed logs:")
 
 
 def _strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
 
 
+class QuietFilter:
+    """Which lines of kfp.local's output a person reads without `--debug`.
+
+    Hidden: the launcher's internals (the executor input as JSON, component loading, executor
+    output notes, each task's output artifacts), Python tracebacks (the error is the last line
+    `kftune run` prints) and torchrun's failure reports. Kept: the steps, their log lines and
+    progress, and kfp.local's task status lines.
+    """
+
+    def __init__(self) -> None:
+        self._state = ""
+        self._node = ""
+        self._report_rules = 0
+
+    def keep(self, raw: str) -> bool:
+        """Whether `raw` (one line, without its newline) is shown."""
+        line = _strip_ansi(raw)
+        if self._state == "json":
+            if line.rstrip() == _STEP_INDENT + "}":
+                self._state = ""
+            return False
+        if self._state in ("traceback", "outputs"):
+            if not (_KFP_LOG_LINE.match(line) or _SEPARATOR.match(line)):
+                return False
+            self._state = ""
+        node = _NODE_LINE.search(line)
+        if self._state.startswith("node-") and node and node.group(1) == self._node:
+            return self._keep_node_line(node.group(2))
+        self._state = ""
+        if "Got executor_input:" in line:
+            self._state = "json"
+            return False
+        if any(note in line for note in _LAUNCHER_NOTES):
+            return False
+        if re.search(r"Task .* outputs:$", line):
+            self._state = "outputs"
+            return False
+        if line.rstrip() == _STEP_INDENT + "Traceback (most recent call last):":
+            self._state = "traceback"
+            return False
+        if node:
+            content = node.group(2)
+            if content.startswith("Traceback (most recent call last):"):
+                self._state, self._node = "node-traceback", node.group(1)
+                return False
+            if _TORCH_ELASTIC_LINE.match(content):
+                return False
+        return True
+
+    def _keep_node_line(self, content: str) -> bool:
+        if self._state == "node-traceback":
+            if content[:1].isspace() or not content:
+                return False
+            # The exception line ends the traceback; torchrun's ChildFailedError is followed by
+            # its failure report between two "=====" rules.
+            self._state = "node-report" if "ChildFailedError" in content else ""
+            self._report_rules = 0
+            return False
+        if content.startswith("====="):
+            self._report_rules += 1
+            if self._report_rules == 2:
+                self._state = ""
+        return False
+
+
 class _OutputTail:
     """Passes writes through to `stream` and keeps the last lines, to quote a step's error.
 
-    kfp.local prints each step's output to stdout; when a step fails, its exception is the last
-    "SomethingError: message" line there.
+    kfp.local prints each step's output to stdout; when a step fails, its exception is the line
+    that ends the executor's traceback. With `quiet`, only the lines `QuietFilter` keeps are
+    passed through (all are kept for the error).
     """
 
-    def __init__(self, stream: Any, keep: int = 400) -> None:
+    def __init__(self, stream: Any, keep: int = 2000, quiet: bool = False) -> None:
         self.stream = stream
         self.lines: collections.deque[str] = collections.deque(maxlen=keep)
         self._partial = ""
+        self._filter = QuietFilter() if quiet else None
 
     def write(self, text: str) -> int:
         self._partial += text
         *complete, self._partial = self._partial.split("\n")
         self.lines.extend(complete)
-        return self.stream.write(text)
+        if self._filter is None:
+            return self.stream.write(text)
+        shown = [line for line in complete if self._filter.keep(line)]
+        if shown:
+            self.stream.write("\n".join(shown) + "\n")
+        return len(text)
 
     def flush(self) -> None:
         self.stream.flush()
@@ -132,23 +217,168 @@ class _OutputTail:
         return getattr(self.stream, name)
 
     def last_error(self) -> str:
-        """`Type: message` of the last exception line (with its "  - ..." problem lines)."""
-        lines = [_strip_ansi(line) for line in self.lines]
-        for index in range(len(lines) - 1, -1, -1):
-            match = _EXCEPTION_LINE.match(lines[index])
+        """`Type: message` of the last step's exception (with its "  - ..." problem lines)."""
+        return step_error(list(self.lines))
+
+
+_TRACEBACK = _STEP_INDENT + "Traceback (most recent call last):"
+_CHAINED = ("During handling of the above exception, another exception occurred:",
+            "The above exception was the direct cause of the following exception:")
+
+
+def step_error(lines: list[str]) -> str:
+    """`Type: message` of the exception that ended the last failed step's executor.
+
+    Read from the executor's traceback (printed at the step indent): the exception line after
+    its frames; of chained exceptions, the last. The lines after an exception line are its
+    message, which may quote a training node's log with tracebacks of its own: they are skipped.
+    Without such a traceback, the last exception line of the output.
+    """
+    lines = [_strip_ansi(line) for line in lines]
+    task_start = max((index for index, line in enumerate(lines)
+                      if _KFP_LOG_LINE.match(line) and "Executing task" in line), default=0)
+    found = ""
+    state = ""
+    for index in range(task_start, len(lines)):
+        line = lines[index]
+        if state in ("", "chained") and line.rstrip() == _TRACEBACK:
+            state = "frames"
+            continue
+        if state == "frames":
+            if line.startswith(_STEP_INDENT + " "):
+                continue
+            match = _EXCEPTION_LINE.match(line)
             if match:
-                detail = [f"{match.group(1)}: {match.group(2)}"]
-                for following in lines[index + 1 :]:
-                    if not following.strip().startswith("- "):
-                        break
-                    detail.append(following.strip())
-                return " ".join(detail)
-        return ""
+                found = _with_problem_lines(match, lines[index + 1 :])
+                state = "message"
+            continue
+        if state == "message" and line.strip() in _CHAINED and line.startswith(_STEP_INDENT):
+            state = "chained"
+    if found:
+        return found
+    for index in range(len(lines) - 1, -1, -1):
+        match = _EXCEPTION_LINE.match(lines[index])
+        if match:
+            return _with_problem_lines(match, lines[index + 1 :])
+    return ""
 
 
-def _default_output_dir() -> Path:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
-    return Path("runs") / stamp
+def _with_problem_lines(match: re.Match[str], following: list[str]) -> str:
+    detail = [f"{match.group(1)}: {match.group(2)}".rstrip()]
+    for line in following:
+        if not line.strip().startswith("- "):
+            break
+        detail.append(line.strip())
+    return " ".join(detail)
+
+
+# -- the output directory -------------------------------------------------------------------------
+
+LOCK_FILE = ".kftune-run.lock"
+INCOMPLETE = "INCOMPLETE"
+SUMMARY = "summary.json"
+
+
+def _utc_stamp() -> str:
+    return dt.datetime.now(dt.timezone.utc).strftime("%Y%m%d-%H%M%S")
+
+
+def new_run_dir(root: Path) -> Path:
+    """A new directory `root/<UTC time>`, `-2`, `-3`... when another run took that second.
+
+    `mkdir` either creates the directory or fails: two runs starting together never share one.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    stamp = _utc_stamp()
+    for attempt in itertools.count(1):
+        candidate = root / (stamp if attempt == 1 else f"{stamp}-{attempt}")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise AssertionError("unreachable")
+
+
+class RunDirectory:
+    """Holds an output directory for one run: locked, marked INCOMPLETE until it succeeds.
+
+    The lock is an `flock` on `.kftune-run.lock`, released by the kernel when this process ends
+    however it ends, so a killed run never leaves a stale lock. `INCOMPLETE` is written before
+    any step runs and removed only after `summary.json` is written: a run that failed, was
+    stopped or was killed leaves a directory that says so.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock: Any = None
+
+    def acquire(self) -> None:
+        """Takes the directory for this run.
+
+        Raises:
+            CliError: when another run holds it, or a finished run's summary is in it.
+        """
+        self.path.mkdir(parents=True, exist_ok=True)
+        lock = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 - held for the run's lifetime
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            lock.seek(0)
+            holder = lock.read().strip() or "unknown"
+            lock.close()
+            raise CliError(
+                f"`--output-dir` {self.path} is in use by another kftune run ({holder}); two "
+                "runs into one directory would overwrite each other's results",
+                hint="give each run its own --output-dir, or leave it out: each run then gets "
+                "a new runs/<UTC time> directory",
+                code=2,
+            ) from None
+        if (self.path / SUMMARY).exists():
+            lock.close()
+            raise CliError(
+                f"`--output-dir` {self.path} already holds a finished run ({SUMMARY}); a new "
+                "run would replace its results",
+                hint="choose a new --output-dir, or remove that one first",
+                code=2,
+            )
+        lock.seek(0)
+        lock.truncate()
+        lock.write(f"pid {os.getpid()}, started {_utc_stamp()} UTC\n")
+        lock.flush()
+        self._lock = lock
+        self.mark_incomplete("the run has not finished")
+
+    def mark_incomplete(self, reason: str) -> None:
+        """Writes (or rewrites) the INCOMPLETE marker with `reason`."""
+        (self.path / INCOMPLETE).write_text(
+            f"This run did not finish: {reason}.\nIts artifacts are partial; do not use them.\n"
+        )
+
+    def complete(self, summary: dict[str, Any]) -> Path:
+        """Writes `summary.json`, then removes the INCOMPLETE marker."""
+        path = self.path / SUMMARY
+        partial = path.with_name(f".{SUMMARY}.partial")
+        partial.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+        os.replace(partial, path)
+        (self.path / INCOMPLETE).unlink(missing_ok=True)
+        return path
+
+    def release(self) -> None:
+        """Releases the lock (the kernel does it too when the process ends)."""
+        if self._lock is not None:
+            self._lock.close()
+            self._lock = None
+
+
+# Environment of the steps without `--debug`: libraries' progress bars, load reports and
+# deprecation notes are not what a person running the pipeline reads.
+QUIET_STEP_ENV = {
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+}
 
 
 def run_pipeline(
@@ -161,23 +391,42 @@ def run_pipeline(
     """Runs the pipeline through kfp.local and writes `summary.json`; returns the summary.
 
     `kftune run` and `kftune.run(...)` both come here, after `parameters.resolve_arguments`.
+    The output shows the steps and their progress; the launcher's internals, tracebacks and
+    library notes too when the `kftune` logger is at DEBUG (`kftune run --debug`).
 
     Args:
         arguments: every pipeline argument, defaults filled in, already validated.
         overrides: the ones the user set (passed to the pipeline; the rest stay its defaults).
-        output_dir: the run's directory; default `runs/<UTC time>`.
+        output_dir: the run's directory; default a new `runs/<UTC time>` (`-2`, `-3`... when
+            another run took that second).
         cache: reuse step outputs of earlier runs with the same inputs.
 
     Returns:
         The summary (as written to `summary.json`).
 
     Raises:
-        CliError: when a step fails (naming the step and its error).
+        CliError: when `output_dir` is in use by another run or holds a finished one (before
+            any step), when a step fails (naming the step and its error), and when SIGTERM or
+            SIGINT stopped the run (every process it started is stopped first; `code` is 143
+            or 130).
     """
-    output_dir = Path(output_dir) if output_dir else _default_output_dir()
-    output_dir = output_dir.resolve()
-    output_dir.mkdir(parents=True, exist_ok=True)
+    if output_dir:
+        path = Path(output_dir).resolve()
+    else:
+        path = new_run_dir(Path("runs").resolve())
+    run_dir = RunDirectory(path)
+    run_dir.acquire()
+    try:
+        return _run_in(run_dir, arguments, overrides, cache=cache)
+    finally:
+        run_dir.release()
 
+
+def _run_in(
+    run_dir: RunDirectory, arguments: dict[str, Any], overrides: dict[str, Any], *, cache: bool
+) -> dict[str, Any]:
+    output_dir = run_dir.path
+    debug = logger.isEnabledFor(logging.DEBUG)
     from kfp import local
 
     from .lora_finetune import make_pipeline
@@ -186,6 +435,9 @@ def run_pipeline(
     logger.info("Output directory: %s", output_dir)
     for name, value in overrides.items():
         logger.info("Parameter %s = %s", name, json.dumps(value))
+    if not debug:
+        for name, value in QUIET_STEP_ENV.items():
+            os.environ.setdefault(name, value)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(output_dir / "artifacts"),
@@ -197,20 +449,33 @@ def run_pipeline(
     (output_dir / "workspace").mkdir(exist_ok=True)
     pipeline = make_pipeline(download_retries=0)
     started = time.monotonic()
-    tail = _OutputTail(sys.stdout)
+    tail = _OutputTail(sys.stdout, quiet=not debug)
     sys.stdout = tail
     try:
-        task = pipeline(**overrides)
+        with stop_on_signal():
+            task = pipeline(**overrides)
+    except RunStopped as stopped:
+        run_dir.mark_incomplete(f"stopped by {stopped}")
+        raise CliError(
+            f"stopped by {stopped}: every step process and training node was stopped; "
+            f"{output_dir} is incomplete (see its {INCOMPLETE} file)",
+            hint="run again to start over; nothing was left running",
+            code=stopped.exit_code,
+        ) from None
     except RuntimeError as error:
         message = _strip_ansi(str(error).splitlines()[0])
         failed_step = re.search(r"Inner task failed: '([^']+)'", message)
-        step_error = tail.last_error()
-        if failed_step and step_error:
-            message = f"step {failed_step.group(1)!r} failed: {step_error}"
-        raise CliError(
-            f"the pipeline failed: {message}",
-            hint=f"the failing step's log is above; its files are under {output_dir}",
-        ) from error
+        step_message = tail.last_error()
+        if failed_step and step_message:
+            message = f"step {failed_step.group(1)!r} failed: {step_message}"
+        run_dir.mark_incomplete(message)
+        hint = f"its files are under {output_dir}"
+        if not debug:
+            hint = f"re-run with --debug for the step's full log and traceback; {hint}"
+        raise CliError(f"the pipeline failed: {message}", hint=hint) from error
+    except BaseException as error:
+        run_dir.mark_incomplete(f"{type(error).__name__}: {error}")
+        raise
     finally:
         sys.stdout = tail.stream
     wall = time.monotonic() - started
@@ -227,7 +492,7 @@ def run_pipeline(
         "arguments": arguments,
         **summary,
     }
-    (output_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    run_dir.complete(summary)
     return summary
 
 

@@ -55,11 +55,17 @@ def deleting_on_exit(backend: Backend) -> Iterator[None]:
     def on_sigterm(signum: int, frame: object) -> None:
         raise Cancelled()
 
+    previous_sigint = signal.getsignal(signal.SIGINT)
     if in_main_thread:
         previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         yield
     except (Cancelled, KeyboardInterrupt) as interruption:
+        if in_main_thread:
+            # Ctrl-C reaches the whole process group and `kftune run` forwards SIGTERM too: a
+            # second signal must not interrupt the delete.
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
         logger.warning("cancelled: deleting the training job before exiting")
         _delete_quietly(backend)
         # The shell's convention: 128 + the signal number (SIGTERM 15, SIGINT 2).
@@ -72,6 +78,7 @@ def deleting_on_exit(backend: Backend) -> Iterator[None]:
     finally:
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+            signal.signal(signal.SIGINT, previous_sigint)
 
 
 def _delete_quietly(backend: Backend) -> None:
