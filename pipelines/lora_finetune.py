@@ -151,15 +151,19 @@ def make_pipeline(
             task: `sequence-classification` or `causal-lm`.
             training_parameters: `transformers.TrainingArguments` fields and kftune extras.
             lora_config: `peft.LoraConfig` fields.
-            num_workers: PyTorchJob pods (Master 1 + Worker n-1), or local "nodes".
+            num_workers: Training pods (PyTorchJob Master 1 + Worker n-1, or TrainJob nodes), or
+                local "nodes".
             num_procs_per_worker: Processes per pod (`nproc_per_node`): a number or `auto`.
             resources_per_worker: Requests = limits per pod, e.g. `{"gpu": 2, "cpu": 5,
                 "memory": "10G"}`.
-            backend: `kubernetes`, `local` (torchrun in the step), or `auto`.
+            backend: `kubernetes` (a PyTorchJob, Training Operator v1), `trainjob` (a TrainJob,
+                Kubeflow Trainer v2), `local` (torchrun in the step), or `auto`: local outside a
+                cluster; inside one, the kind the cluster serves (TrainJob when both).
             trainer_image: Image of the training pods; empty for kftune's CUDA trainer image.
             timeout_minutes: Fail training (and delete the job) after this long.
-            kubernetes_options: PyTorchJob settings: namespace, service_account, node_selector,
-                tolerations, priority_class, queue_name, env, secret_env, pvc, ...
+            kubernetes_options: Training job settings: namespace, service_account, node_selector,
+                tolerations, priority_class, queue_name, env, secret_env, pvc, runtime (TrainJob),
+                ...; with the local backend only `env` applies (the others are an error).
             eval_batch_size: Evaluation batch size.
             eval_max_examples: Evaluate at most this many held-out rows.
             hf_token_secret: Kubernetes Secret whose key `token` becomes `HF_TOKEN` in the

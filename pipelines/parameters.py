@@ -15,7 +15,7 @@ from ..components.common import uris
 from ..components.common.errors import InputError, Problems
 from ..components.common.tasks import check_task
 
-BACKENDS = ("auto", "local", "kubernetes")
+BACKENDS = ("auto", "local", "kubernetes", "trainjob")
 PARAM_HINT = (
     "`kftune run --help` lists the parameters; set one with --param NAME=VALUE (JSON values)"
 )

@@ -163,11 +163,42 @@ def is_transient(error: BaseException) -> bool:
     return False
 
 
+class Backoff:
+    """Exponential delays: `first`, doubled after each use, at most `maximum`; `reset` restarts.
+
+    The one backoff policy of kftune's retries: downloads, Kubernetes API calls and the watch of a
+    training job all wait through it.
+    """
+
+    def __init__(self, first: float, maximum: float = MAX_DELAY_SECONDS) -> None:
+        self.first = first
+        self.maximum = maximum
+        self._next = first
+
+    def next(self) -> float:
+        """The delay to wait now (and doubles the one after it)."""
+        delay = min(self._next, self.maximum)
+        self._next = min(self._next * 2, self.maximum) if self._next else self.maximum
+        return delay
+
+    def reset(self) -> None:
+        """Back to the first delay (after a success)."""
+        self._next = self.first
+
+    def sleep(self, limit: float | None = None) -> float:
+        """Sleeps the next delay (at most `limit` seconds) and returns how long it slept."""
+        delay = self.next() if limit is None else max(0.0, min(self.next(), limit))
+        time.sleep(delay)
+        return delay
+
+
 def call_with_retries(
     operation: Callable[[], T],
     *,
     what: str,
     retry_if: Callable[[BaseException], bool] = is_transient,
+    total_attempts: int | None = None,
+    backoff: Backoff | None = None,
 ) -> T:
     """Runs `operation`, retrying transient failures with exponential backoff.
 
@@ -175,6 +206,8 @@ def call_with_retries(
         operation: the call to make; it must be safe to repeat.
         what: a short description for the log ("download s3://bucket/key"); no secrets.
         retry_if: which errors to retry.
+        total_attempts: tries in all; default `KFTUNE_RETRIES` (4).
+        backoff: the delays between tries; default from `KFTUNE_RETRY_DELAY_SECONDS`.
 
     Returns:
         What `operation` returned.
@@ -182,22 +215,27 @@ def call_with_retries(
     Raises:
         Exception: the last error, when it is not transient or the attempts are used up.
     """
-    total = attempts()
-    delay = first_delay()
+    total = total_attempts if total_attempts is not None else attempts()
+    delays = backoff if backoff is not None else Backoff(first_delay())
     for attempt in range(1, total + 1):
         try:
             return operation()
         except Exception as error:
             if attempt == total or not retry_if(error):
                 raise
+            delay = delays.next()
             logger.warning(
                 "%s failed (%s), attempt %d of %d; retrying in %.1f s",
                 what,
-                type(error).__name__,
+                _describe(error),
                 attempt,
                 total,
                 delay,
             )
             time.sleep(delay)
-            delay = min(delay * 2, MAX_DELAY_SECONDS)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _describe(error: BaseException) -> str:
+    status = _http_status(error)
+    return f"{type(error).__name__} {status}" if status else type(error).__name__

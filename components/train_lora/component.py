@@ -36,19 +36,23 @@ def train_lora(
             "num_train_epochs": 1, "per_device_train_batch_size": 8}`. Unknown keys are an error.
         lora_config: `peft.LoraConfig` fields, e.g. `{"r": 8, "lora_alpha": 8,
             "lora_dropout": 0.1}`.
-        num_workers: Pods (PyTorchJob Master 1 + Worker n-1), or local "nodes".
+        num_workers: Pods (PyTorchJob Master 1 + Worker n-1, or TrainJob nodes), or local
+            "nodes".
         num_procs_per_worker: Processes per pod (torchrun `--nproc-per-node`): a number or `auto`.
         resources_per_worker: Requests = limits per pod, e.g. `{"gpu": 2, "cpu": 5,
             "memory": "10G"}`.
-        backend: `kubernetes` (a PyTorchJob), `local` (torchrun on this host), or `auto`: kubernetes
-            inside a cluster, local elsewhere.
+        backend: `kubernetes` (a PyTorchJob, Training Operator v1), `trainjob` (a TrainJob,
+            Kubeflow Trainer v2), `local` (torchrun on this host), or `auto`: local outside a
+            cluster; inside one, the kind the cluster serves (TrainJob when both).
         image: Trainer image for the pods; empty for kftune's CUDA trainer image.
         timeout_minutes: Fail the step (and delete the job) when training takes longer.
-        kubernetes_options: Everything else about the PyTorchJob: namespace, service_account,
+        kubernetes_options: Everything else about the training job: namespace, service_account,
             node_selector, tolerations, priority_class, queue_name (Kueue), env, secret_env
             (`{"HF_TOKEN": "secret-name:key"}`), elastic_policy (`{"min_nodes", "max_nodes",
             "max_restarts"}`), clean_pod_policy, backoff_limit, ttl_seconds_after_finished, pvc
-            (an existing claim to stage the inputs on once per job), job_name.
+            (an existing claim to stage the inputs on once per job), job_name, runtime (the
+            TrainJob's ClusterTrainingRuntime, default torch-distributed). Only `env` applies to
+            the local backend; an option the chosen backend cannot honour is an error.
     """
     import logging
 

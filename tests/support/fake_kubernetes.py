@@ -62,6 +62,8 @@ class FakeKubernetes:
         self._watch_generation = 0
         self._log_generation = 0
         self.on_create: Callable[[FakeKubernetes, dict[str, Any]], None] | None = None
+        # Like a proxy that closes idle streams: every watch ends cleanly at once, with no event.
+        self.end_watches_at_once = False
         self._server: ThreadingHTTPServer | None = None
         self._threads: list[threading.Thread] = []
 
@@ -506,6 +508,9 @@ class _Handler(BaseHTTPRequestHandler):
         check = self._selected(namespace, query)
         deadline = time.monotonic() + float(query.get("timeoutSeconds") or 3600)
         self._start_stream("application/json")
+        if fake.end_watches_at_once:
+            self._end_stream()
+            return
         with fake._cond:
             generation = fake._watch_generation
             if query.get("resourceVersion"):

@@ -88,7 +88,7 @@ BAD_RUN_CASES = [
          expected_error="`task` must be one of causal-lm, sequence-classification; got "
                         "'translation'"),
     Case("backend", ["--backend", "slurm"],
-         expected_error="`backend` must be one of auto, local, kubernetes; got 'slurm'"),
+         expected_error="`backend` must be one of auto, local, kubernetes, trainjob; got 'slurm'"),
     Case("scheme", ["--model-uri", "ftp://host/model"],
          expected_error="`model_uri` has an unknown scheme 'ftp://' in 'ftp://host/model'"),
     Case("split", ["--split", "train[:x]"],

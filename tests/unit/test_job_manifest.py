@@ -10,7 +10,9 @@ import pytest
 import yaml
 from kftune.components.common.errors import InputError
 from kftune.components.train_lora.step import job as job_lib
+from kftune.components.train_lora.step import launch
 from kftune.components.train_lora.step.cli import launch_main
+from kftune.components.train_lora.step.options import MAX_JOB_NAME_LENGTH
 from kubernetes import client
 from support.fake_kubernetes import FakeKubernetes
 
@@ -72,20 +74,23 @@ def test_golden_manifest_follows_the_operator_contract():
 @dataclasses.dataclass
 class Case:
     name: str
-    config: dict[str, Any]
+    config: dict[str, Any]  # the component's parameters (`kubernetes_options` among them)
     check: Any  # callable(manifest dict) -> None
     io: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
-def build(config: dict[str, Any], io: dict[str, str] | None = None) -> dict[str, Any]:
-    launch = job_lib.LaunchConfig(**{"task": "causal-lm", **config})
+def build(config: dict[str, Any], io: dict[str, str] | None = None,
+          kind: str = "kubernetes") -> dict[str, Any]:
+    parameters = dict(task="causal-lm", training_parameters={}, lora_config={}, num_workers=1,
+                      num_procs_per_worker=1, resources_per_worker={})
+    parameters.update(config)
+    plan = launch.plan(backend=kind, **parameters)
     pod_io = job_lib.PodIO(**{
         "model_uri": "s3://bucket/model", "data_uri": "s3://bucket/data",
         "output_uri": "s3://bucket/run-1/train-lora/adapter", **(io or {}),
     })
-    name = launch.job_name or job_lib.derive_job_name(pod_io.output_uri, launch.task)
-    return job_lib.to_dict(job_lib.build_pytorchjob(launch, pod_io, job_name=name,
-                                                    namespace="team-a"))
+    return launch.build_job(job_lib.request(plan.spec, plan.options, pod_io, namespace="team-a"),
+                            kind)
 
 
 def master(manifest):
@@ -192,6 +197,10 @@ def _merge(manifest):
     assert container(manifest)["args"][-1] == "--merge"
 
 
+def options(**values):
+    return {"kubernetes_options": values}
+
+
 CASES = [
     Case("single worker has no Worker replicas", {"num_workers": 1}, _single_worker),
     Case("auto procs with gpus", {"num_procs_per_worker": "auto",
@@ -200,27 +209,26 @@ CASES = [
     Case("cpu-only resources", {"resources_per_worker": {"cpu": "500m", "memory": "2Gi"}},
          _cpu_only),
     Case("gpu 0 adds no gpu resource", {"resources_per_worker": {"gpu": 0}}, _no_resources),
-    Case("kueue queue", {"queue_name": "team-queue"}, _queue_label),
-    Case("secret env as secretKeyRef", {"secret_env": {"HF_TOKEN": "hf-secret:token"}},
+    Case("kueue queue", options(queue_name="team-queue"), _queue_label),
+    Case("secret env as secretKeyRef", options(secret_env={"HF_TOKEN": "hf-secret:token"}),
          _secret_env),
-    Case("plain env", {"env": {"NCCL_DEBUG": "INFO"}}, _plain_env),
-    Case("elastic policy", {"num_workers": 3, "elastic_policy": job_lib.ElasticPolicy(2, 4, 5)},
-         _elastic),
-    Case("pvc", {"pvc": job_lib.PvcMount("train-cache")}, _pvc),
-    Case("scheduling", {
-        "service_account": "trainer", "priority_class": "high",
-        "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
-        "tolerations": (job_lib.Toleration(key="nvidia.com/gpu", operator="Exists",
-                                           effect="NoSchedule"),),
-    }, _scheduling),
-    Case("run policy", {"timeout_minutes": 10, "backoff_limit": 2, "clean_pod_policy": "All",
-                        "ttl_seconds_after_finished": 60}, _run_policy),
+    Case("plain env", options(env={"NCCL_DEBUG": "INFO"}), _plain_env),
+    Case("elastic policy", {"num_workers": 3, **options(elastic_policy={
+        "min_nodes": 2, "max_nodes": 4, "max_restarts": 5})}, _elastic),
+    Case("pvc", options(pvc="train-cache"), _pvc),
+    Case("scheduling", options(
+        service_account="trainer", priority_class="high",
+        node_selector={"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        tolerations=[{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}],
+    ), _scheduling),
+    Case("run policy", {"timeout_minutes": 10, **options(
+        backoff_limit=2, clean_pod_policy="All", ttl_seconds_after_finished=60)}, _run_policy),
     Case("s3 uris need no minio defaults", {}, _no_minio_defaults),
     Case("user store settings win over minio defaults",
-         {"env": {"AWS_ENDPOINT_URL": "http://minio.storage:9000"},
-          "secret_env": {"AWS_ACCESS_KEY_ID": "mine:id", "AWS_SECRET_ACCESS_KEY": "mine:key"}},
+         options(env={"AWS_ENDPOINT_URL": "http://minio.storage:9000"},
+                 secret_env={"AWS_ACCESS_KEY_ID": "mine:id", "AWS_SECRET_ACCESS_KEY": "mine:key"}),
          _user_endpoint_wins, io={"model_uri": "minio://mlpipeline/model"}),
-    Case("explicit job name", {"job_name": "my-run"}, _job_name),
+    Case("explicit job name", options(job_name="my-run"), _job_name),
     Case("merge", {"merge": True}, _merge),
 ]
 
@@ -245,15 +253,15 @@ def test_job_name_is_stable_per_step_and_distinct_across_runs():
     assert first == again
     assert len({first, other_run, other_task}) == 3
     assert re.fullmatch(r"[a-z]([-a-z0-9]*[a-z0-9])?", first)
-    assert len(first) <= job_lib.MAX_JOB_NAME_LENGTH
+    assert len(first) <= MAX_JOB_NAME_LENGTH
 
 
 def test_secrets_never_appear_in_the_manifest():
     token = "hf_SuperSecretValue123"
     with pytest.raises(InputError) as caught:
-        job_lib.LaunchConfig(task="causal-lm", secret_env={"HF_TOKEN": token})
+        build(options(secret_env={"HF_TOKEN": token}))
     assert token not in str(caught.value)
-    manifest = build({"secret_env": {"HF_TOKEN": "hf-secret:token"}})
+    manifest = build(options(secret_env={"HF_TOKEN": "hf-secret:token"}))
     assert "valueFrom" in env(manifest)["HF_TOKEN"] and "value" not in env(manifest)["HF_TOKEN"]
 
 
@@ -268,7 +276,7 @@ def component_args(**overrides):
     args = dict(
         task="causal-lm", training_parameters={}, lora_config={}, num_workers=2,
         num_procs_per_worker="2", resources_per_worker={"gpu": 1}, image="", timeout_minutes=60,
-        kubernetes_options={},
+        kubernetes_options={}, backend="kubernetes",
     )
     args.update(overrides)
     return args
@@ -321,7 +329,7 @@ BAD = [
         {"kubernetes_options": {"secret_env": {"HF_TOKEN": "hf_abc123"}}},
         ["`kubernetes_options.secret_env.HF_TOKEN` must be 'secret-name:key'"]),
     Bad("reserved env", {"kubernetes_options": {"env": {"WORLD_SIZE": "8"}}},
-        ["`kubernetes_options.env.WORLD_SIZE` is set by the Training Operator / torchrun"]),
+        ["`kubernetes_options.env.WORLD_SIZE` is set by the training operator / torchrun"]),
     Bad("env number", {"kubernetes_options": {"env": {"NCCL_TIMEOUT": 5}}},
         ["`kubernetes_options.env.NCCL_TIMEOUT` must be a string, got 5"]),
     Bad("elastic bounds", {"kubernetes_options": {"elastic_policy": {"min_nodes": 3,
@@ -345,13 +353,81 @@ BAD = [
         ["`kubernetes_options.tolerations[].operator` must be Equal or Exists, got 'Maybe'"]),
     Bad("job name", {"kubernetes_options": {"job_name": "x" * 60}},
         ["`kubernetes_options.job_name` must start with a letter"]),
+    Bad("namespace of 70 characters", {"kubernetes_options": {"namespace": "a" * 70}},
+        ["`kubernetes_options.namespace` must be a DNS-1123 label", "at most 63 characters"]),
+    Bad("toleration seconds text",
+        {"kubernetes_options": {"tolerations": [{"key": "k", "operator": "Exists",
+                                                 "effect": "NoExecute",
+                                                 "toleration_seconds": "abc"}]}},
+        ["`kubernetes_options.tolerations[].toleration_seconds` must be a whole number of "
+         "seconds, got 'abc'"]),
+    Bad("credential as plain env",
+        {"kubernetes_options": {"env": {"AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI"}}},
+        ["`kubernetes_options.env.AWS_SECRET_ACCESS_KEY` looks like a credential",
+         "`secret_env`"]),
+    Bad("token as plain env", {"kubernetes_options": {"env": {"HF_TOKEN": "hf_abc"}}},
+        ["`kubernetes_options.env.HF_TOKEN` looks like a credential"]),
+    Bad("runtime with a PyTorchJob", {"kubernetes_options": {"runtime": "torch-distributed"}},
+        ["`kubernetes_options` runtime cannot be used with backend 'kubernetes'"]),
+    Bad("unknown backend", {"backend": "slurm"},
+        ["`backend` must be one of auto, kubernetes, trainjob, local, got 'slurm'"]),
+    Bad("credentials in a uri", {"uris": {"model": "s3://AKIA:wJalr@bucket/model"}},
+        ["`model` URI holds credentials"]),
+    Bad("signed url", {"uris": {"model": "https://host/m?X-Amz-Signature=abc"}},
+        ["`model` URI holds credentials"]),
 ]
+
+
+@pytest.mark.parametrize("options, refused", [
+    ({"namespace": "team-a", "queue_name": "q"}, "namespace, queue_name"),
+    ({"secret_env": {"HF_TOKEN": "hf:token"}, "pvc": "cache"}, "pvc, secret_env"),
+], ids=["placement", "secrets and claim"])
+def test_the_local_backend_refuses_kubernetes_only_options(options, refused):
+    with pytest.raises(InputError) as caught:
+        launch.plan(**component_args(kubernetes_options={**options, "env": {"A": "1"}},
+                                     backend="local"))
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"`kubernetes_options` {refused} cannot be used with backend 'local'")
+
+
+@pytest.mark.parametrize("kind, refused", [
+    ("trainjob", "backoff_limit, elastic_policy, priority_class"),
+    ("kubernetes", "runtime"),
+], ids=["trainjob", "pytorchjob"])
+def test_each_kubernetes_kind_refuses_what_it_cannot_honour(kind, refused):
+    options = {"runtime": "torch-distributed", "priority_class": "high", "backoff_limit": 2,
+               "elastic_policy": {"min_nodes": 1, "max_nodes": 2}}
+    with pytest.raises(InputError) as caught:
+        launch.plan(**component_args(kubernetes_options=options, backend=kind))
+    (problem,) = caught.value.problems
+    assert problem.startswith(f"`kubernetes_options` {refused} cannot be used with backend")
+
+
+def test_secret_values_are_never_echoed():
+    secret = "wJalrXUtnFEMI-K7MDENG"
+    with pytest.raises(InputError) as caught:
+        launch.plan(**component_args(
+            kubernetes_options={"env": {"DB_PASSWORD": secret}},
+            uris={"adapter": f"s3://AKIA:{secret}@bucket/out"}))
+    assert len(caught.value.problems) == 2
+    assert secret not in str(caught.value)
+
+
+@pytest.mark.parametrize("procs, resources, expected", [
+    ("auto", {"gpu": 4}, 4), ("auto", {}, 1), ("3", {"gpu": 8}, 3),
+], ids=["auto from gpus", "auto without gpus", "explicit"])
+def test_auto_processes_resolve_from_the_gpus_requested(procs, resources, expected):
+    plan = launch.plan(**component_args(num_procs_per_worker=procs,
+                                        resources_per_worker=resources))
+    assert plan.spec.procs_per_node() == expected
+    assert plan.spec.procs_per_node(host_gpus=2) == (expected if resources or procs != "auto"
+                                                      else 2)
 
 
 @pytest.mark.parametrize("bad", BAD, ids=[bad.name for bad in BAD])
 def test_bad_input_is_reported_with_parameter_and_value(bad):
     with pytest.raises(InputError) as caught:
-        job_lib.from_component(**component_args(**bad.options))
+        launch.plan(**component_args(**bad.options))
     message = str(caught.value)
     for expected in bad.messages:
         assert expected in message
@@ -360,7 +436,7 @@ def test_bad_input_is_reported_with_parameter_and_value(bad):
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(InputError) as caught:
-        job_lib.from_component(**component_args(
+        launch.plan(**component_args(
             num_workers=0, num_procs_per_worker="two",
             resources_per_worker={"memory": "ten gigs", "gpu": 0.5},
             training_parameters={"lerning_rate": 1}, lora_config={"r": 0}, image="Not An Image",

@@ -12,6 +12,7 @@ import time
 import pytest
 import yaml
 from kftune.components.train_lora.step import job as job_lib
+from kftune.components.train_lora.step import launch
 from kftune.components.train_lora.step.backends import deleting_on_exit
 from kftune.components.train_lora.step.backends.kubernetes import PyTorchJobBackend
 from kftune.components.train_lora.step.cli import launch_main
@@ -22,13 +23,16 @@ NAME = "kftune-clm-0123456789ab"
 
 
 def make_manifest(name=NAME, num_workers=2, output_uri="s3://bucket/run-1/train/adapter",
-                  elastic_policy=None):
-    config = job_lib.LaunchConfig(
-        task="causal-lm", num_workers=num_workers, image="registry.local/kftune/trainer:1",
-        elastic_policy=elastic_policy,
+                  elastic_policy=None, kind="kubernetes"):
+    plan = launch.plan(
+        task="causal-lm", training_parameters={}, lora_config={}, num_workers=num_workers,
+        num_procs_per_worker=1, resources_per_worker={}, backend=kind,
+        image="registry.local/kftune/trainer:1",
+        kubernetes_options={"elastic_policy": elastic_policy} if elastic_policy else {},
     )
     io = job_lib.PodIO("s3://bucket/model", "s3://bucket/data", output_uri)
-    return job_lib.to_dict(job_lib.build_pytorchjob(config, io, job_name=name, namespace=NAMESPACE))
+    job = job_lib.JobRequest(plan.spec, plan.options, io, name=name, namespace=NAMESPACE)
+    return launch.build_job(job, kind)
 
 
 @pytest.fixture
@@ -209,12 +213,14 @@ def test_a_retry_after_the_job_succeeded_collects_without_training_again(fake, m
     first_attempt.submit()
     first_attempt.wait(timeout_seconds=20)  # then the step's pod died before publishing
 
+    watches_before = len([path for _, path in fake.requests if "watch=" in path])
     retry = make_backend(fake, make_manifest(), master_lines)
     retry.submit()
-    started = time.monotonic()
     retry.wait(timeout_seconds=20)
 
-    assert time.monotonic() - started < 2
+    # The retry read the job once, saw it Succeeded and returned: no watch, nothing created.
+    watches_after = len([path for _, path in fake.requests if "watch=" in path])
+    assert watches_after == watches_before
     assert fake.created == [NAME] and fake.deleted == []
 
 
@@ -342,12 +348,13 @@ def write_kubeconfig(path, server):
     return path
 
 
-@pytest.mark.parametrize("scenario, status, expected", [
-    (succeed, 0, ""),
-    (fail, 1, "failed: PyTorchJobFailed"),
+@pytest.mark.parametrize("scenario, status, error, logged", [
+    (succeed, 0, None, "succeeded"),
+    (fail, 1, "failed: PyTorchJobFailed", "is Failed"),
 ], ids=["succeeds", "fails"])
 def test_kftune_launch_submits_with_the_kubeconfig_and_follows_the_job(
-        fake, tmp_path, monkeypatch, capsys, scenario, status, expected):
+        fake, tmp_path, monkeypatch, capsys, caplog, scenario, status, error, logged):
+    caplog.set_level("INFO")
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", fake.url)))
     fake.on_create = scenario
@@ -356,7 +363,13 @@ def test_kftune_launch_submits_with_the_kubeconfig_and_follows_the_job(
                         "s3://b/m", "--dataset-uri", "s3://b/d", "--output-uri", "s3://b/o"])
 
     assert code == status
-    assert expected in capsys.readouterr().err
+    err = capsys.readouterr().err
+    if error is None:
+        assert "kftune launch:" not in err  # no error line
+    else:
+        (line,) = [line for line in err.splitlines() if line.startswith("kftune launch:")]
+        assert error in line
+    assert f"PyTorchJob {NAMESPACE}/{fake.created[0]} {logged}" in caplog.text
     assert len(fake.created) == 1
 
 
@@ -373,9 +386,24 @@ def test_an_elastic_job_streams_worker_zero(fake, master_lines):
         fake.set_condition(NAMESPACE, name, "Succeeded")
 
     fake.on_create = elastic_success
-    manifest = make_manifest(elastic_policy=job_lib.ElasticPolicy(1, 3, 2))
+    manifest = make_manifest(elastic_policy={"min_nodes": 1, "max_nodes": 3, "max_restarts": 2})
     backend = make_backend(fake, manifest, master_lines)
     backend.submit()
     backend.wait(timeout_seconds=20)
 
     assert master_lines == ["rendezvous complete: 2 nodes"]
+
+
+def test_watches_that_end_at_once_are_renewed_with_backoff_not_in_a_tight_loop(fake, master_lines):
+    fake.on_create = run_forever
+    fake.end_watches_at_once = True
+    backend = make_backend(fake, make_manifest(), master_lines, poll_seconds=0.05,
+                           max_backoff_seconds=0.2)
+    backend.submit()
+
+    with pytest.raises(TimeoutError):
+        backend.wait(timeout_seconds=2)
+
+    # Backoff 0.05, 0.1, 0.2, 0.2, ... over 2 s allows about 12 watches; without it, thousands.
+    watches = [path for _, path in fake.requests if "watch=" in path]
+    assert 3 <= len(watches) <= 15, len(watches)

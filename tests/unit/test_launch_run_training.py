@@ -148,11 +148,12 @@ def test_missing_input_artifacts_are_reported(tmp_path):
 
 def test_unknown_backend(tmp_path):
     args = training_args(tmp_path, "pipeline", backend="slurm")
-    with pytest.raises(InputError, match="`backend` must be one of auto, kubernetes, local"):
+    with pytest.raises(InputError,
+                       match="`backend` must be one of auto, kubernetes, trainjob, local"):
         run_training(**args)
 
 
-@pytest.mark.parametrize("host, expected", [("10.0.0.1", "kubernetes"), (None, "local")],
+@pytest.mark.parametrize("host, expected", [("10.0.0.1", "cluster"), (None, "local")],
                          ids=["in a cluster", "elsewhere"])
 def test_auto_backend_is_kubernetes_only_inside_a_cluster(host, expected, monkeypatch):
     if host is None:

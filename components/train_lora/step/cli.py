@@ -1,4 +1,4 @@
-r"""`kftune launch`: the PyTorchJob of a training run, printed for `kubectl apply` or submitted.
+r"""`kftune launch`: the PyTorchJob or TrainJob of a training run, printed or submitted.
 
 The flags are named after the reference's `TrainingClient.train(...)` parameters::
 
@@ -10,8 +10,11 @@ The flags are named after the reference's `TrainingClient.train(...)` parameters
         --training-parameters '{"learning_rate": 2e-5}' \
         --lora-config '{"r": 8, "lora_alpha": 8, "lora_dropout": 0.1}' | kubectl apply -f -
 
-Without `--dry-run` the job is created with the current kubeconfig and followed to its end (the
-master's log streams to stderr). Bad input prints one line and exits with status 2.
+`--backend trainjob` makes it a Kubeflow Trainer v2 TrainJob (on `--runtime`, default
+`torch-distributed`) instead of a Training Operator v1 PyTorchJob; `--backend auto` asks the
+cluster which it serves. Without `--dry-run` the job is created with the current kubeconfig and
+followed to its end (node 0's log streams to stderr). Bad input prints one line and exits with
+status 2.
 """
 
 from __future__ import annotations
@@ -39,15 +42,23 @@ class _Parser(argparse.ArgumentParser):
 def _parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="kftune launch",
-        description="Print (--dry-run) or run the PyTorchJob of a LoRA fine-tuning run.",
+        description="Print (--dry-run) or run the PyTorchJob or TrainJob of a LoRA fine-tuning "
+        "run.",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the YAML, create nothing")
+    parser.add_argument("--backend", default="kubernetes",
+                        choices=("kubernetes", "trainjob", "auto"),
+                        help="kubernetes: a PyTorchJob (Training Operator v1); trainjob: a "
+                        "TrainJob (Kubeflow Trainer v2); auto: whichever the cluster serves "
+                        "(TrainJob first)")
+    parser.add_argument("--runtime", default="",
+                        help="the TrainJob's ClusterTrainingRuntime; default torch-distributed")
     parser.add_argument("--task", default="causal-lm", help="causal-lm or sequence-classification")
     parser.add_argument("--model-uri", required=True, help="the Model artifact (s3://, gs://, ...)")
     parser.add_argument("--dataset-uri", required=True, help="the Dataset artifact")
     parser.add_argument("--output-uri", required=True, help="where node rank 0 uploads the adapter")
     parser.add_argument("--name", "--job-name", dest="job_name", default="",
-                        help="PyTorchJob name; default: derived from --output-uri")
+                        help="job name; default: derived from --output-uri")
     parser.add_argument("--namespace", default="default")
     parser.add_argument("--num-workers", type=int, default=1, help="pods: Master 1 + Worker n-1")
     parser.add_argument("--num-procs-per-worker", default="1", help="processes per pod, or auto")
@@ -68,9 +79,10 @@ def _parser() -> argparse.ArgumentParser:
                         help="environment from a Secret key (as secretKeyRef)")
     parser.add_argument("--elastic-policy", default="{}",
                         help='JSON {"min_nodes", "max_nodes", "max_restarts"}')
-    parser.add_argument("--clean-pod-policy", default="Running", help="None, Running or All")
+    parser.add_argument("--clean-pod-policy", default=None, help="None, Running (default) or All")
     parser.add_argument("--backoff-limit", type=int, default=None)
-    parser.add_argument("--ttl-seconds-after-finished", type=int, default=3600)
+    parser.add_argument("--ttl-seconds-after-finished", type=int, default=None,
+                        help="PyTorchJob only; default 3600")
     parser.add_argument("--pvc", default="", help="an existing claim to stage inputs on")
     return parser
 
@@ -94,18 +106,8 @@ def _pairs(flag: str, items: Sequence[str], problems: list[str]) -> dict[str, st
     return pairs
 
 
-def build_from_args(args: argparse.Namespace) -> Any:
-    """The PyTorchJob model for parsed flags.
-
-    Raises:
-        InputError: listing every bad flag.
-    """
-    from . import job as job_lib
-
-    problems: list[str] = []
-    resources = _json("--resources-per-worker", args.resources_per_worker, problems)
-    training_parameters = _json("--training-parameters", args.training_parameters, problems)
-    lora_config = _json("--lora-config", args.lora_config, problems)
+def _options(args: argparse.Namespace, problems: list[str]) -> dict[str, Any]:
+    """The `kubernetes_options` the flags set (flags left at their default are not given)."""
     options: dict[str, Any] = {
         "namespace": args.namespace,
         "service_account": args.service_account,
@@ -121,63 +123,84 @@ def build_from_args(args: argparse.Namespace) -> Any:
         "ttl_seconds_after_finished": args.ttl_seconds_after_finished,
         "pvc": args.pvc or None,
         "job_name": args.job_name,
+        "runtime": args.runtime,
     }
-    config = job_lib.from_component(
+    # An option the user did not set is not "given": a backend that lacks it does not refuse it.
+    return {key: value for key, value in options.items() if value not in (None, "", {}, [])}
+
+
+def build_from_args(args: argparse.Namespace, api_client: Any = None) -> tuple[dict, str]:
+    """The job manifest for parsed flags, and its kind (`kubernetes` or `trainjob`).
+
+    Raises:
+        InputError: listing every bad flag.
+    """
+    from . import job as job_lib
+    from . import launch
+
+    problems: list[str] = []
+    resources = _json("--resources-per-worker", args.resources_per_worker, problems)
+    training_parameters = _json("--training-parameters", args.training_parameters, problems)
+    lora_config = _json("--lora-config", args.lora_config, problems)
+    options = _options(args, problems)
+    io = job_lib.PodIO(
+        model_uri=args.model_uri, data_uri=args.dataset_uri, output_uri=args.output_uri
+    )
+    plan = launch.plan(
         task=args.task,
         training_parameters=training_parameters if training_parameters is not None else {},
         lora_config=lora_config if lora_config is not None else {},
         num_workers=args.num_workers,
         num_procs_per_worker=args.num_procs_per_worker,
         resources_per_worker=resources if resources is not None else {},
+        backend="cluster" if args.backend == "auto" else args.backend,
         image=args.image,
         timeout_minutes=args.timeout_minutes,
         kubernetes_options=options,
-        extra_problems=problems,
+        merge=args.merge,
+        uris={"--model-uri": io.model_uri, "--dataset-uri": io.data_uri,
+              "--output-uri": io.output_uri},
+        extra_problems=tuple(problems),
     )
-    config = _with_merge(config, args.merge)
-    io = job_lib.PodIO(
-        model_uri=args.model_uri, data_uri=args.dataset_uri, output_uri=args.output_uri
-    )
-    name = config.job_name or job_lib.derive_job_name(args.output_uri, config.task)
-    return job_lib.build_pytorchjob(config, io, job_name=name, namespace=config.namespace)
+    kind = plan.backend
+    if kind == "cluster":
+        kind = launch.resolve_kind(plan, api_client or launch.default_api_client())
+    request = job_lib.request(plan.spec, plan.options, io, namespace=args.namespace)
+    return launch.build_job(request, kind), kind
 
 
-def _with_merge(config: Any, merge: bool) -> Any:
-    import dataclasses
-
-    return dataclasses.replace(config, merge=True) if merge else config
-
-
-def launch_main(argv: Sequence[str]) -> int:
+def launch_main(argv: Sequence[str], api_client: Any = None) -> int:
     """`kftune launch [flags]`; returns the exit status (0 ok, 1 training failed, 2 bad input)."""
-    from . import job as job_lib
-
     try:
         args = _parser().parse_args(list(argv))
-        job = build_from_args(args)
+        manifest, kind = build_from_args(args, api_client)
     except _UsageError as error:
         print(f"kftune launch: error: {error}", file=sys.stderr)
         return 2
     except InputError as error:
         print(f"kftune launch: error: {'; '.join(error.problems)}", file=sys.stderr)
         return 2
+    except RuntimeError as error:  # discovery could not pick a kind
+        print(f"kftune launch: {error}", file=sys.stderr)
+        return 1
     if args.dry_run:
-        sys.stdout.write(job_lib.to_yaml(job))
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
         return 0
-    return _submit(job_lib.to_dict(job), args.timeout_minutes)
+    return _submit(manifest, kind, args.timeout_minutes, api_client)
 
 
-def _submit(manifest: dict[str, Any], timeout_minutes: int) -> int:
-    from .backends.base import deleting_on_exit
-    from .backends.kubernetes import PyTorchJobBackend
-    from .launch import default_api_client
+def _submit(manifest: dict[str, Any], kind: str, timeout_minutes: int, api_client: Any) -> int:
+    from . import launch
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    backend = PyTorchJobBackend(default_api_client(), manifest)
     try:
-        with deleting_on_exit(backend):
-            backend.submit()
-            backend.wait(timeout_seconds=timeout_minutes * 60)
+        client = api_client or launch.default_api_client()
+        launch.run_job(manifest, kind, client, timeout_minutes * 60)
+    except InputError as error:
+        print(f"kftune launch: error: {'; '.join(error.problems)}", file=sys.stderr)
+        return 2
     except (RuntimeError, TimeoutError) as error:
         print(f"kftune launch: {error}", file=sys.stderr)
         return 1

@@ -1,12 +1,14 @@
 """The train_lora step: check everything, run the trainer on a backend, publish the adapter.
 
-`run_training` is what the component calls. It
+`run_training` is what the component calls. It goes one way, top to bottom:
 
-1. builds and checks the `LaunchConfig` (every bad input reported at once) and the input
-   artifacts' manifests — before anything is created on a cluster or a process is started;
-2. picks the backend: `kubernetes` (a PyTorchJob) or `local` (torchrun "nodes" on this host);
-   `auto` is kubernetes inside a cluster (`KUBERNETES_SERVICE_HOST` is set) and local elsewhere,
-   so a step on a cluster never trains inside its own small pod by accident;
+1. `plan`: the backend-neutral `spec.TrainingSpec`, the typed `options.KubernetesOptions` and the
+   backend, every bad input reported at once (the input artifacts' manifests too, and options the
+   chosen backend cannot honour) — before anything is created on a cluster or a process started;
+2. the backend: `local` (torchrun "nodes" on this host), `kubernetes` (a Training Operator v1
+   PyTorchJob) or `trainjob` (a Kubeflow Trainer v2 TrainJob). `auto` is local outside a cluster
+   (`KUBERNETES_SERVICE_HOST` unset), so a step never trains inside its own small pod by accident;
+   inside one, API discovery picks the kind the cluster serves (`backends.discovery`);
 3. runs and waits (SIGTERM deletes the job: KFP cancels that way);
 4. publishes the adapter into the step's output directory atomically and logs the final metrics
    into the KFP `Metrics` artifact.
@@ -15,16 +17,20 @@ What moves where:
 
 - local: the trainer reads the input artifact directories in place; it writes checkpoints and
   `final/` into a work directory beside the output; `final/` is copied into the output directory.
-- kubernetes: every pod stages the model and the data from the artifact store (`minio://`,
-  `s3://`, `gs://`) to its node-local disk once (with `pvc`: once per job, onto the claim), trains,
-  and node rank 0 uploads `final/` to the step's output artifact URI (see `pod.py`). This step
-  then downloads that adapter (small: LoRA weights, tokenizer, metrics) into its output directory,
-  from which KFP records it. The model itself never passes through this step's pod beyond the copy
-  KFP makes of every input artifact.
+- kubernetes / trainjob: every pod stages the model and the data from the artifact store
+  (`minio://`, `s3://`, `gs://`) to its node-local disk once (with `pvc`: once per job, onto the
+  claim), trains, and node rank 0 uploads `final/` to the step's output artifact URI (see
+  `pod/entrypoint.py`). This step then downloads that adapter (small: LoRA weights, tokenizer,
+  metrics) into its output directory, from which KFP records it.
+
+`build_job` and `run_job` are the same path for callers with a spec in hand (`kftune launch`, the
+Python API): a `job.JobRequest` in, a manifest out; a manifest and its kind in, a finished job out.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -32,18 +38,21 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 from ...common.artifacts import atomic_directory, read_manifest
-from ...common.errors import InputError
+from ...common.errors import InputError, Problems
 from . import job as job_lib
 from .backends.base import Backend, deleting_on_exit
+from .options import KubernetesOptions, check_elastic_range, parse_kubernetes_options
+from .spec import TrainingSpec, from_parameters
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("auto", "kubernetes", "local")
+BACKENDS = ("auto", "kubernetes", "trainjob", "local")
+KUBERNETES_BACKENDS = ("kubernetes", "trainjob")
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -55,10 +64,120 @@ class MetricsSink(Protocol):
 
 
 def choose_backend(backend: str) -> str:
-    """`auto` -> `kubernetes` inside a cluster, `local` elsewhere; others are returned as given."""
+    """`auto` -> `cluster` inside a cluster (discovery then picks the kind), `local` elsewhere.
+
+    The other backends are returned as given.
+    """
     if backend != "auto":
         return backend
-    return "kubernetes" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+    return "cluster" if os.environ.get("KUBERNETES_SERVICE_HOST") else "local"
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """What `run_training` runs: checked settings and the backend (`cluster`: ask discovery)."""
+
+    spec: TrainingSpec
+    """The backend-neutral training settings."""
+    options: KubernetesOptions
+    """The Kubernetes-only settings."""
+    backend: str
+    """`local`, `kubernetes`, `trainjob`, or `cluster` (auto inside a cluster)."""
+
+
+def plan(
+    *,
+    task: str,
+    training_parameters: Mapping[str, Any],
+    lora_config: Mapping[str, Any],
+    num_workers: int,
+    num_procs_per_worker: int | str,
+    resources_per_worker: Mapping[str, Any],
+    backend: str,
+    image: str = "",
+    timeout_minutes: int = 1440,
+    kubernetes_options: Mapping[str, Any] | None = None,
+    merge: bool = False,
+    uris: Mapping[str, str] | None = None,
+    extra_problems: tuple[str, ...] = (),
+) -> Plan:
+    """Checks every setting once and returns the `Plan`.
+
+    Args:
+        task: `causal-lm` or `sequence-classification`.
+        training_parameters: TrainingArguments fields (+ kftune extras).
+        lora_config: LoraConfig fields.
+        num_workers: nodes.
+        num_procs_per_worker: processes per node: a number or `auto`.
+        resources_per_worker: requests = limits per node.
+        backend: `auto`, `kubernetes`, `trainjob` or `local` (`cluster`: discovery decides).
+        image: trainer image; empty for kftune's.
+        timeout_minutes: longest the training may take.
+        kubernetes_options: see `options.KUBERNETES_OPTION_KEYS`; only `env` reaches local nodes.
+        merge: also write merged full weights.
+        uris: the artifact URIs the pods read and write, by parameter name (Kubernetes only).
+        extra_problems: problems the caller found, reported with these.
+
+    Raises:
+        InputError: listing every bad input.
+    """
+    problems = Problems()
+    problems.extend(extra_problems)
+    if backend not in BACKENDS and backend != "cluster":
+        problems.add(f"`backend` must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    options, option_problems = parse_kubernetes_options(kubernetes_options)
+    problems.extend(option_problems)
+    raw_env = (kubernetes_options or {}).get("env") if isinstance(
+        kubernetes_options, Mapping) else None
+    spec, spec_problems = from_parameters(
+        task=task, training_parameters=training_parameters, lora_config=lora_config,
+        num_workers=num_workers, num_procs_per_worker=num_procs_per_worker,
+        resources_per_worker=resources_per_worker, image=image,
+        timeout_minutes=timeout_minutes, env=raw_env, merge=merge,
+    )
+    problems.extend(spec_problems)
+    problems.extend(check_elastic_range(options, num_workers))
+    target = choose_backend(backend)
+    if target == "local":
+        problems.extend(options.refused_by("local"))
+    elif target in KUBERNETES_BACKENDS or target == "cluster":
+        problems.extend(options.refused_by(target) if target != "cluster" else [])
+        problems.extend(check_pod_uris(uris or {}, options))
+    problems.raise_if_any()
+    assert spec is not None  # from_parameters returns a spec whenever it found no problem
+    return Plan(spec=spec, options=options, backend=target)
+
+
+def check_pod_uris(uris: Mapping[str, str], options: KubernetesOptions) -> list[str]:
+    """The pods reach object stores, and `pvc://<claim>/...` when that claim is mounted.
+
+    A URI holding credentials (user-info, a signed query) would be stored in the job's arguments
+    and annotations for anyone who reads the job: refused, without echoing it.
+    """
+    from ...common.uris import display_uri
+
+    claim = options.pvc.claim_name if options.pvc is not None else ""
+    problems = []
+    for name, uri in uris.items():
+        scheme = uri.split("://", 1)[0] if "://" in uri else ""
+        if display_uri(uri) != uri:
+            problems.append(
+                f"`{name}` URI holds credentials (user-info or a query string), which would be "
+                "stored in the job's arguments (the URI is not shown); give the pods "
+                "credentials through `kubernetes_options.secret_env` instead"
+            )
+            continue
+        if scheme in ("minio", "s3", "gs"):
+            continue
+        if claim and uri.startswith(f"pvc://{claim}/"):
+            continue
+        problems.append(
+            f"`{name}` must live in an object store (minio://, s3://, gs://) or on the mounted "
+            f"`kubernetes_options.pvc` claim (pvc://<claim>/...) for the Kubernetes backends, "
+            f"got URI {display_uri(uri)!r}; run the pipeline with a remote pipeline root, or use "
+            "backend='local'"
+        )
+    return problems
 
 
 def run_training(
@@ -99,11 +218,11 @@ def run_training(
         num_workers: pods / local nodes.
         num_procs_per_worker: processes per node: a number or `auto`.
         resources_per_worker: requests = limits per pod.
-        backend: `auto`, `kubernetes` or `local`.
+        backend: `auto`, `kubernetes` (PyTorchJob), `trainjob` (TrainJob) or `local`.
         image: trainer image; empty for kftune's.
         timeout_minutes: longest the training may take.
-        kubernetes_options: the other PyTorchJob settings (see `job.KUBERNETES_OPTION_KEYS`);
-            its `env` also reaches the local backend's nodes.
+        kubernetes_options: the other job settings (see `options.KUBERNETES_OPTION_KEYS`); only
+            its `env` reaches the local backend's nodes, the others are refused there.
         api_client: a `kubernetes.client.ApiClient`; None to use the in-cluster configuration.
 
     Returns:
@@ -116,36 +235,28 @@ def run_training(
     """
     # KFP carries dict parameters as protobuf Structs, whose numbers are all doubles: {"r": 8}
     # arrives as {"r": 8.0}. Whole numbers are turned back into ints before checking them.
-    training_parameters = whole_numbers_as_ints(training_parameters)
-    lora_config = whole_numbers_as_ints(lora_config)
-    resources_per_worker = whole_numbers_as_ints(resources_per_worker)
-    kubernetes_options = whole_numbers_as_ints(kubernetes_options)
-    problems: list[str] = []
-    if backend not in BACKENDS:
-        problems.append(f"`backend` must be one of {', '.join(BACKENDS)}, got {backend!r}")
-    chosen = choose_backend(backend)
-    problems += _check_inputs(model_dir, data_dir, task)
-    if chosen == "kubernetes":
-        problems += _check_reachable_from_pods(
-            {"model": model_uri, "train_data": data_uri, "adapter": adapter_uri},
-            (kubernetes_options or {}).get("pvc"),
-        )
-    config = job_lib.from_component(
+    chosen = plan(
         task=task,
-        training_parameters=training_parameters,
-        lora_config=lora_config,
+        training_parameters=whole_numbers_as_ints(training_parameters),
+        lora_config=whole_numbers_as_ints(lora_config),
         num_workers=num_workers,
         num_procs_per_worker=num_procs_per_worker,
-        resources_per_worker=resources_per_worker,
+        resources_per_worker=whole_numbers_as_ints(resources_per_worker),
+        backend=backend,
         image=image,
         timeout_minutes=timeout_minutes,
-        kubernetes_options=kubernetes_options,
-        extra_problems=problems,
+        kubernetes_options=whole_numbers_as_ints(kubernetes_options),
+        uris=(
+            None if choose_backend(backend) == "local"
+            else {"model": model_uri, "train_data": data_uri, "adapter": adapter_uri}
+        ),
+        extra_problems=tuple(_check_inputs(model_dir, data_dir, task)),
     )
-    if chosen == "kubernetes":
-        result = _run_kubernetes(config, model_uri, data_uri, adapter_dir, adapter_uri, api_client)
+    if chosen.backend == "local":
+        result = _run_local(chosen.spec, model_dir, data_dir, adapter_dir)
     else:
-        result = _run_local(config, model_dir, data_dir, adapter_dir)
+        io = job_lib.PodIO(model_uri=model_uri, data_uri=data_uri, output_uri=adapter_uri)
+        result = _run_kubernetes(chosen, io, adapter_dir, api_client)
     _log_metrics(metrics, result)
     return result
 
@@ -183,24 +294,6 @@ def _check_inputs(model_dir: str, data_dir: str, task: str) -> list[str]:
     return problems
 
 
-def _check_reachable_from_pods(uris: Mapping[str, str], pvc: Any) -> list[str]:
-    """The pods reach object stores, and `pvc://<claim>/...` when that claim is mounted."""
-    claim = pvc.get("claim_name") if isinstance(pvc, Mapping) else pvc
-    problems = []
-    for name, uri in uris.items():
-        scheme = uri.split("://", 1)[0] if "://" in uri else ""
-        if scheme in ("minio", "s3", "gs"):
-            continue
-        if claim and uri.startswith(f"pvc://{claim}/"):
-            continue
-        problems.append(
-            f"`{name}` must live in an object store (minio://, s3://, gs://) or on the mounted "
-            f"`kubernetes_options.pvc` claim (pvc://<claim>/...) for the kubernetes backend, got "
-            f"URI {uri!r}; run the pipeline with a remote pipeline root, or use backend='local'"
-        )
-    return problems
-
-
 # -- local -----------------------------------------------------------------------------------------
 
 
@@ -217,44 +310,49 @@ def trainer_command(config_path: str | os.PathLike) -> list[str]:
     ]
 
 
+def _local_procs(spec: TrainingSpec) -> int:
+    """`auto` on this host: the GPUs `resources_per_worker` asks for, else those it has."""
+    if spec.num_procs_per_worker != "auto" or spec.resources.gpus:
+        return spec.procs_per_node()
+    from .backends.local import resolve_num_procs
+
+    return spec.procs_per_node(host_gpus=resolve_num_procs("auto"))
+
+
 def _run_local(
-    config: job_lib.LaunchConfig, model_dir: str, data_dir: str, adapter_dir: str
+    spec: TrainingSpec, model_dir: str, data_dir: str, adapter_dir: str
 ) -> dict[str, Any]:
+    from .backends.local import LocalBackend
+
     adapter_path = Path(adapter_dir)
     adapter_path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".kftune-train-", dir=adapter_path.parent))
     try:
         output_dir = work / "output"
         config_path = work / "config.json"
-        config_path.write_text(
-            json.dumps(
-                config.trainer_config(
-                    model_dir=str(Path(model_dir).resolve()),
-                    data_dir=str(Path(data_dir).resolve()),
-                    output_dir=str(output_dir),
-                ),
-                indent=2,
-            )
+        trainer_config = spec.trainer_config(
+            model_dir=str(Path(model_dir).resolve()),
+            data_dir=str(Path(data_dir).resolve()),
+            output_dir=str(output_dir),
         )
-        from .backends.local import LocalBackend
-
+        config_path.write_text(json.dumps(trainer_config, indent=2))
         backend = LocalBackend(
             trainer_command(config_path),
-            num_workers=config.num_workers,
-            num_procs_per_worker=config.num_procs_per_worker,
-            env=dict(config.env),
+            num_workers=spec.num_workers,
+            num_procs_per_worker=_local_procs(spec),
+            env=dict(spec.env),
             cwd=str(work),
         )
-        _run(backend, config)
+        _run(backend, spec.timeout_seconds)
         return publish_adapter(output_dir / "final", adapter_path)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _run(backend: Backend, config: job_lib.LaunchConfig) -> None:
+def _run(backend: Backend, timeout_seconds: float) -> None:
     with deleting_on_exit(backend):
         backend.submit()
-        backend.wait(timeout_seconds=config.timeout_seconds)
+        backend.wait(timeout_seconds=timeout_seconds)
 
 
 def publish_adapter(final_dir: Path, adapter_dir: Path) -> dict[str, Any]:
@@ -293,9 +391,10 @@ def _log_metrics(metrics: MetricsSink | None, result: Mapping[str, Any]) -> None
 # -- kubernetes ------------------------------------------------------------------------------------
 
 
-def _namespace(config: job_lib.LaunchConfig) -> str:
-    if config.namespace:
-        return config.namespace
+def step_namespace(options: KubernetesOptions) -> str:
+    """The job's namespace: the option, else this pod's own namespace, else `default`."""
+    if options.namespace:
+        return options.namespace
     try:
         return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
     except OSError:
@@ -303,58 +402,117 @@ def _namespace(config: job_lib.LaunchConfig) -> str:
 
 
 def default_api_client() -> Any:
-    """A client for this pod's cluster (its service account), else for `$KUBECONFIG`."""
+    """A client for this pod's cluster (its service account), else for `$KUBECONFIG`.
+
+    Raises:
+        InputError: when there is neither (no cluster to talk to).
+    """
     from kubernetes import client, config
 
     configuration = client.Configuration()
     try:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
-        # The library reads $KUBECONFIG once, at import: pass it explicitly.
-        config.load_kube_config(
-            config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
-        )
+        try:
+            # The library reads $KUBECONFIG once, at import: pass it explicitly.
+            config.load_kube_config(
+                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
+            )
+        except (config.ConfigException, OSError) as error:
+            raise InputError([
+                "no Kubernetes cluster to talk to: not inside a cluster and no usable "
+                f"kubeconfig ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
+                "; set KUBECONFIG, or use backend 'local'"
+            ]) from None
     return client.ApiClient(configuration)
 
 
-def build_manifest(
-    config: job_lib.LaunchConfig, model_uri: str, data_uri: str, adapter_uri: str
-) -> dict[str, Any]:
-    """The PyTorchJob for this step as a dict, named after the step's output URI."""
-    io = job_lib.PodIO(model_uri=model_uri, data_uri=data_uri, output_uri=adapter_uri)
-    name = config.job_name or job_lib.derive_job_name(adapter_uri, config.task)
-    return job_lib.to_dict(
-        job_lib.build_pytorchjob(config, io, job_name=name, namespace=_namespace(config))
-    )
+def build_job(job: job_lib.JobRequest, kind: str) -> dict[str, Any]:
+    """The manifest of `job` as a `kind` (`kubernetes`: PyTorchJob, `trainjob`: TrainJob) dict."""
+    if kind == "trainjob":
+        from .trainjob import build_trainjob
+
+        return job_lib.to_dict(build_trainjob(job))
+    return job_lib.to_dict(job_lib.build_pytorchjob(job))
+
+
+def run_job(manifest: dict[str, Any], kind: str, api_client: Any, timeout_seconds: float) -> None:
+    """Creates (or re-attaches to) the job and follows it to its end; SIGTERM deletes it.
+
+    Raises:
+        RuntimeError: when the job fails (reason and log tail) or the server refuses it.
+        TimeoutError: when it runs past `timeout_seconds` (it is deleted).
+    """
+    from .backends.kubernetes import PyTorchJobBackend, TrainJobBackend
+
+    backend_class = TrainJobBackend if kind == "trainjob" else PyTorchJobBackend
+    _run(backend_class(api_client, manifest), timeout_seconds)
+
+
+def resolve_kind(chosen: Plan, api_client: Any) -> str:
+    """`kubernetes` or `trainjob`: the plan's, or for `auto` what the cluster serves.
+
+    Raises:
+        InputError: when the cluster serves neither kind, the runtime does not exist, or the
+            options do not suit the kind discovery picked.
+    """
+    from .backends import discovery
+
+    if chosen.backend == "cluster":
+        kind = discovery.pick_backend(
+            api_client, runtime=chosen.options.runtime,
+            runtime_given="runtime" in chosen.options.given,
+        )
+        refused = chosen.options.refused_by(kind)
+        if refused:
+            raise InputError(refused)
+        return kind
+    if chosen.backend == "trainjob":
+        discovery.check_runtime(api_client, chosen.options.runtime)
+    return chosen.backend
 
 
 def _run_kubernetes(
-    config: job_lib.LaunchConfig,
-    model_uri: str,
-    data_uri: str,
-    adapter_dir: str,
-    adapter_uri: str,
-    api_client: Any,
+    chosen: Plan, io: job_lib.PodIO, adapter_dir: str, api_client: Any
 ) -> dict[str, Any]:
-    from ...common.transfer import download_directory
-    from .backends.kubernetes import PyTorchJobBackend
+    api_client = api_client or default_api_client()
+    kind = resolve_kind(chosen, api_client)
+    job = job_lib.request(chosen.spec, chosen.options, io,
+                          namespace=step_namespace(chosen.options))
+    run_job(build_job(job, kind), kind, api_client, chosen.spec.timeout_seconds)
+    return _collect_adapter(io.output_uri, Path(adapter_dir))
 
-    manifest = build_manifest(config, model_uri, data_uri, adapter_uri)
-    backend = PyTorchJobBackend(api_client or default_api_client(), manifest)
-    _run(backend, config)
+
+@contextlib.contextmanager
+def _kfp_minio_endpoint(uri: str) -> Iterator[None]:
+    """For `minio://` with no endpoint configured: KFP's own MinIO, as the pods reach it.
+
+    Set only while the adapter is collected, and restored after: the step's environment is not
+    changed for anything else.
+    """
     endpoint_vars = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL")
-    if adapter_uri.startswith("minio://") and not any(map(os.environ.get, endpoint_vars)):
-        # KFP's own MinIO, as the pods reach it (its keys come from the step's Secret env).
-        os.environ["AWS_ENDPOINT_URL"] = job_lib.KFP_MINIO_ENDPOINT
-    adapter_path = Path(adapter_dir)
+    if not uri.startswith("minio://") or any(map(os.environ.get, endpoint_vars)):
+        yield
+        return
+    os.environ["AWS_ENDPOINT_URL"] = job_lib.KFP_MINIO_ENDPOINT
+    try:
+        yield
+    finally:
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+
+
+def _collect_adapter(adapter_uri: str, adapter_path: Path) -> dict[str, Any]:
+    from ...common.transfer import download_directory
+
     adapter_path.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=".kftune-collect-", dir=adapter_path.parent))
     try:
         try:
-            final = download_directory(adapter_uri, work / "final", parameter="adapter")
+            with _kfp_minio_endpoint(adapter_uri):
+                final = download_directory(adapter_uri, work / "final", parameter="adapter")
         except InputError as error:  # not the user's input: the job did not deliver
             raise RuntimeError(
-                f"{backend.title} succeeded but its adapter could not be collected: {error}"
+                f"the training job succeeded but its adapter could not be collected: {error}"
             ) from error
         return publish_adapter(final, adapter_path)
     finally:

@@ -1,26 +1,32 @@
-"""The Kubernetes backend: one Training Operator v1 PyTorchJob, created, watched and cleaned up.
+"""The Kubernetes backends: one PyTorchJob or TrainJob, created, watched and cleaned up.
 
-`PyTorchJobBackend` takes a `kubernetes.client.ApiClient` (in the cluster: the step's service
-account; in tests: a client of a local API server double) and the job manifest from
-`job.build_pytorchjob`. It
+`KubernetesJobBackend` takes a `kubernetes.client.ApiClient` (in the cluster: the step's service
+account; in tests: a client of a local API server double), the job manifest (`job.build_pytorchjob`
+or `trainjob.build_trainjob`) and its `JobKind` (`PYTORCHJOB`: Training Operator v1, `TRAINJOB`:
+Kubeflow Trainer v2). It
 
 - creates the job; when the name is taken (409) by the same spec — a retried pipeline step — it
   re-attaches to it (a job that already failed is deleted and created again, so the retry trains);
 - waits on the job's conditions through a watch that reconnects (from the last seen
-  resourceVersion, after a fresh read) when the connection drops or the server errs;
-- streams the master pod's log into this process's log while the job runs;
-- on `Failed` raises `RuntimeError` with the operator's reason and the last lines of the failing
+  resourceVersion, after a fresh read) when the connection drops, the server errs, or the watch
+  ends at once without events (proxies do that): with backoff, never in a tight loop;
+- says a job suspended by Kueue while it waits for quota is waiting, with the reason;
+- streams node 0's log (the master pod, or worker 0 of an elastic job, or the TrainJob's node 0)
+  into this process's log while the job runs;
+- on failure raises `RuntimeError` with the operator's reason and the last lines of the failing
   pod's log; on timeout deletes the job and raises `TimeoutError`.
 
-API errors that a retry can fix (5xx, 429, dropped connections) are retried with exponential
-backoff; the others fail at once with the server's message.
+API errors that a retry can fix (5xx, 429, dropped connections) are retried through
+`common.retry` with exponential backoff; the others fail at once with the server's message.
 
-The step's service account needs, in the job's namespace: `pytorchjobs.kubeflow.org`: create,
-get, list, watch, delete; `pods`: get, list; `pods/log`: get.
+The step's service account needs, in the job's namespace: `pytorchjobs.kubeflow.org` (or
+`trainjobs.trainer.kubeflow.org`): create, get, list, watch, delete; `pods`: get, list;
+`pods/log`: get.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import threading
@@ -28,21 +34,99 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from ....common import retry
 from .. import job as job_lib
 from .base import Backend
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-TERMINAL = ("Succeeded", "Failed")
 
 
-class PyTorchJobBackend(Backend):
-    """A PyTorchJob on the cluster `api_client` talks to.
+@dataclasses.dataclass(frozen=True)
+class JobKind:
+    """What differs between the PyTorchJob and the TrainJob to a backend that follows one."""
+
+    kind: str
+    """`PyTorchJob` or `TrainJob`."""
+    group: str
+    """API group."""
+    version: str
+    """API version."""
+    plural: str
+    """Resource name in URLs."""
+    container: str
+    """The training container of every pod."""
+    succeeded: str
+    """The condition type of success (`Succeeded`, `Complete`)."""
+    job_label: str
+    """The label naming the job on its pods."""
+    main_pod_labels: Callable[[dict[str, Any]], dict[str, str]]
+    """Labels (besides `job_label`) of the pod whose log is streamed, from the manifest."""
+    installed_hint: str
+    """What to check when the kind is not served."""
+
+    @property
+    def resource(self) -> str:
+        """`pytorchjobs.kubeflow.org`, as RBAC names it."""
+        return f"{self.plural}.{self.group}"
+
+
+def _pytorchjob_main_pod(manifest: dict[str, Any]) -> dict[str, str]:
+    specs = manifest.get("spec", {}).get("pytorchReplicaSpecs", {})
+    # The master, or worker 0 of an elastic (Worker-only) job.
+    replica = "master" if "Master" in specs else "worker"
+    return {job_lib.REPLICA_TYPE_LABEL: replica, job_lib.REPLICA_INDEX_LABEL: "0"}
+
+
+PYTORCHJOB = JobKind(
+    kind=job_lib.KIND,
+    group=job_lib.API_GROUP,
+    version=job_lib.API_VERSION,
+    plural=job_lib.PLURAL,
+    container=job_lib.CONTAINER_NAME,
+    succeeded="Succeeded",
+    job_label=job_lib.JOB_NAME_LABEL,
+    main_pod_labels=_pytorchjob_main_pod,
+    installed_hint="is the Kubeflow Training Operator installed, and the namespace right?",
+)
+
+
+def _trainjob_main_pod(manifest: dict[str, Any]) -> dict[str, str]:
+    from .. import trainjob
+
+    return dict(trainjob.NODE_ZERO_LABELS)
+
+
+def _trainjob_kind() -> JobKind:
+    from .. import trainjob
+
+    return JobKind(
+        kind=trainjob.KIND,
+        group=trainjob.API_GROUP,
+        version=trainjob.API_VERSION,
+        plural=trainjob.PLURAL,
+        container=trainjob.CONTAINER_NAME,
+        succeeded="Complete",
+        job_label=trainjob.JOBSET_NAME_LABEL,
+        main_pod_labels=_trainjob_main_pod,
+        installed_hint="is Kubeflow Trainer v2 installed, and the namespace right?",
+    )
+
+
+TRAINJOB = _trainjob_kind()
+# Conditions under which a job waits rather than runs: Kueue suspends a job until its quota frees.
+WAITING = ("Suspended",)
+
+
+class KubernetesJobBackend(Backend):
+    """A PyTorchJob or TrainJob on the cluster `api_client` talks to.
 
     Args:
         api_client: a configured `kubernetes.client.ApiClient`.
-        manifest: the PyTorchJob as a dict (`job.to_dict(job.build_pytorchjob(...))`).
+        manifest: the job as a dict (`job.to_dict(...)` of `build_pytorchjob` or
+            `build_trainjob`).
+        kind: `PYTORCHJOB` or `TRAINJOB`.
         log_tail_lines: log lines of the failing pod quoted in a failure.
         poll_seconds: first wait between retries; doubles up to `max_backoff_seconds`.
         max_backoff_seconds: longest wait between retries.
@@ -55,6 +139,7 @@ class PyTorchJobBackend(Backend):
         self,
         api_client: Any,
         manifest: dict[str, Any],
+        kind: JobKind = PYTORCHJOB,
         *,
         log_tail_lines: int = 50,
         poll_seconds: float = 1.0,
@@ -75,17 +160,19 @@ class PyTorchJobBackend(Backend):
         self._max_backoff_seconds = max_backoff_seconds
         self._api_attempts = api_attempts
         self._watch_seconds = watch_seconds
-        specs = manifest.get("spec", {}).get("pytorchReplicaSpecs", {})
-        # The pod whose log is streamed: the master, or worker 0 of an elastic (Worker-only) job.
-        self._main_replica = "master" if "Master" in specs else "worker"
-        prefix = f"[{self._main_replica}-0]"
+        self.kind = kind
+        self._main_selector = ",".join(
+            f"{key}={value}"
+            for key, value in {kind.job_label: self.name, **kind.main_pod_labels(manifest)}.items()
+        )
+        prefix = "[node-0]"
         self._log_line = log_line or (lambda line: logger.info("%s %s", prefix, line))
         self._last_state = ""
 
     @property
     def title(self) -> str:
         """`PyTorchJob <namespace>/<name>`, as the messages name the job."""
-        return f"PyTorchJob {self.namespace}/{self.name}"
+        return f"{self.kind.kind} {self.namespace}/{self.name}"
 
     # -- Backend ---------------------------------------------------------------------------------
 
@@ -105,10 +192,10 @@ class PyTorchJobBackend(Backend):
             self._reattach()
             return self.name
         logger.info(
-            "created %s; follow it with: kubectl -n %s logs -f %s",
+            "created %s; follow it with: kubectl -n %s logs -f -l %s",
             self.title,
             self.namespace,
-            self._master_pod,
+            self._main_selector,
         )
         return self.name
 
@@ -154,7 +241,7 @@ class PyTorchJobBackend(Backend):
             lambda: self._core.read_namespaced_pod_log(
                 self._master_pod,
                 self.namespace,
-                container=job_lib.CONTAINER_NAME,
+                container=self.kind.container,
                 tail_lines=tail_lines,
             ),
             "read the master's log",
@@ -168,10 +255,10 @@ class PyTorchJobBackend(Backend):
         try:
             self._call(
                 lambda: self._custom.delete_namespaced_custom_object(
-                    job_lib.API_GROUP,
-                    job_lib.API_VERSION,
+                    self.kind.group,
+                    self.kind.version,
                     self.namespace,
-                    job_lib.PLURAL,
+                    self.kind.plural,
                     self.name,
                     body=client.V1DeleteOptions(propagation_policy="Background"),
                 ),
@@ -187,7 +274,7 @@ class PyTorchJobBackend(Backend):
 
     def _create(self) -> Any:
         return self._custom.create_namespaced_custom_object(
-            job_lib.API_GROUP, job_lib.API_VERSION, self.namespace, job_lib.PLURAL, self.manifest
+            self.kind.group, self.kind.version, self.namespace, self.kind.plural, self.manifest
         )
 
     def _get(self) -> dict[str, Any] | None:
@@ -196,10 +283,10 @@ class PyTorchJobBackend(Backend):
         try:
             return self._call(
                 lambda: self._custom.get_namespaced_custom_object(
-                    job_lib.API_GROUP,
-                    job_lib.API_VERSION,
+                    self.kind.group,
+                    self.kind.version,
                     self.namespace,
-                    job_lib.PLURAL,
+                    self.kind.plural,
                     self.name,
                 ),
                 "read",
@@ -223,7 +310,7 @@ class PyTorchJobBackend(Backend):
                 f"{self.title} already exists and runs something else (spec hash {found!r}, this "
                 f"step's is {wanted!r}); delete it or set `kubernetes_options.job_name`"
             )
-        state = _terminal_condition(existing)
+        state = _terminal_condition(existing, self.kind)
         if state is not None and state[0] == "Failed":
             logger.warning(
                 "%s exists from an earlier attempt and failed (%s); deleting it to train again",
@@ -252,9 +339,9 @@ class PyTorchJobBackend(Backend):
 
     def _wait_for_terminal(self, deadline: float) -> tuple[str, dict[str, Any]] | None:
         """Returns (Succeeded|Failed, job), or None when the deadline passed."""
-        from kubernetes import watch
-
-        backoff = self._poll_seconds
+        # Between watches: the wait grows while watches end (or fail) without news, so a proxy
+        # that closes every watch at once costs a few requests a minute, not thousands a second.
+        backoff = retry.Backoff(self._poll_seconds, self._max_backoff_seconds)
         while True:
             job = self._get()
             if job is None:
@@ -262,64 +349,74 @@ class PyTorchJobBackend(Backend):
             outcome = self._observe(job)
             if outcome is not None:
                 return outcome
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if time.monotonic() >= deadline:
                 return None
-            resource_version = job.get("metadata", {}).get("resourceVersion")
-            stream = watch.Watch()
             try:
-                for event in stream.stream(
-                    self._custom.list_namespaced_custom_object,
-                    job_lib.API_GROUP,
-                    job_lib.API_VERSION,
-                    self.namespace,
-                    job_lib.PLURAL,
-                    field_selector=f"metadata.name={self.name}",
-                    resource_version=resource_version,
-                    timeout_seconds=max(1, min(math.ceil(remaining), self._watch_seconds)),
-                    _request_timeout=self._watch_seconds + 30,
-                ):
-                    if event["type"] == "DELETED":
-                        raise RuntimeError(
-                            f"{self.title} was deleted while this step waited on it"
-                        )
-                    if event["type"] == "ERROR":
-                        # 410 Gone (resourceVersion too old) and friends: read again, re-watch.
-                        break
-                    outcome = self._observe(event["object"])
-                    if outcome is not None:
-                        return outcome
-                    if time.monotonic() > deadline:
-                        return None
-                    backoff = self._poll_seconds
+                outcome, news = self._watch_once(job, deadline)
             except RuntimeError:
                 raise
             except Exception as error:  # noqa: BLE001 — any transport error: reconnect
-                logger.warning(
-                    "watch on %s dropped (%s); reconnecting in %.1f s",
-                    self.title,
-                    _short(error),
-                    backoff,
-                )
-                time.sleep(min(backoff, max(0.0, deadline - time.monotonic())))
-                backoff = min(backoff * 2, self._max_backoff_seconds)
-            finally:
-                stream.stop()
+                logger.warning("watch on %s dropped (%s); reconnecting", self.title, _short(error))
+                outcome, news = None, False
+            if outcome is not None:
+                return outcome
+            if time.monotonic() >= deadline:
+                return None
+            if news:
+                backoff.reset()
+            else:
+                backoff.sleep(limit=deadline - time.monotonic())
+
+    def _watch_once(
+        self, job: dict[str, Any], deadline: float
+    ) -> tuple[tuple[str, dict[str, Any]] | None, bool]:
+        """One watch from the job's resourceVersion: (outcome or None, whether events came)."""
+        from kubernetes import watch
+
+        remaining = deadline - time.monotonic()
+        stream = watch.Watch()
+        news = False
+        try:
+            for event in stream.stream(
+                self._custom.list_namespaced_custom_object,
+                self.kind.group,
+                self.kind.version,
+                self.namespace,
+                self.kind.plural,
+                field_selector=f"metadata.name={self.name}",
+                resource_version=job.get("metadata", {}).get("resourceVersion"),
+                timeout_seconds=max(1, min(math.ceil(remaining), self._watch_seconds)),
+                _request_timeout=self._watch_seconds + 30,
+            ):
+                if event["type"] == "DELETED":
+                    raise RuntimeError(f"{self.title} was deleted while this step waited on it")
+                if event["type"] == "ERROR":
+                    # 410 Gone (resourceVersion too old) and friends: read again, re-watch.
+                    return None, news
+                news = True
+                outcome = self._observe(event["object"])
+                if outcome is not None or time.monotonic() > deadline:
+                    return outcome, news
+        finally:
+            stream.stop()
+        return None, news
 
     def _observe(self, job: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
         state = _current_state(job)
         if state and state != self._last_state:
             condition = _latest_condition(job, state)
-            logger.info(
-                "%s is %s%s",
-                self.title,
-                state,
+            detail = (
                 f" ({condition.get('reason')}: {condition.get('message')})"
                 if condition.get("reason")
-                else "",
+                else ""
             )
+            if state in WAITING:
+                # Kueue suspends a job until its queue has quota: a wait, not a failure.
+                logger.info("%s is waiting (%s)%s", self.title, state, detail)
+            else:
+                logger.info("%s is %s%s", self.title, state, detail)
             self._last_state = state
-        terminal = _terminal_condition(job)
+        terminal = _terminal_condition(job, self.kind)
         if terminal is None:
             return None
         return terminal[0], job
@@ -328,7 +425,12 @@ class PyTorchJobBackend(Backend):
 
     @property
     def _master_pod(self) -> str:
-        return f"{self.name}-{self._main_replica}-0"
+        """Node 0's pod: found by its labels (a TrainJob's pods have generated names)."""
+        pods = self._core.list_namespaced_pod(self.namespace, label_selector=self._main_selector)
+        names = sorted(pod.metadata.name for pod in pods.items)
+        if not names:
+            raise LookupError(f"no pod of {self.title} matches {self._main_selector} yet")
+        return names[0]
 
     def _follow_master_log(self, stop: threading.Event) -> None:
         """Copies the master's log into ours until the container ends or `stop` is set.
@@ -343,10 +445,11 @@ class PyTorchJobBackend(Backend):
         pause = min(0.1, self._poll_seconds)
         while not stop.is_set():
             try:
+                pod_name = self._master_pod
                 response = self._core.read_namespaced_pod_log(
-                    self._master_pod,
+                    pod_name,
                     self.namespace,
-                    container=job_lib.CONTAINER_NAME,
+                    container=self.kind.container,
                     follow=True,
                     timestamps=True,
                     _preload_content=False,
@@ -370,17 +473,23 @@ class PyTorchJobBackend(Backend):
                 pass
             finally:
                 response.release_conn()
-            if self._master_finished():
+            if self._master_finished(pod_name):
                 return
             stop.wait(pause)
             pause = min(pause * 2, self._poll_seconds)
 
-    def _master_finished(self) -> bool:
+    def _master_finished(self, pod_name: str) -> bool:
         try:
-            pod = self._core.read_namespaced_pod(self._master_pod, self.namespace)
+            pod = self._core.read_namespaced_pod(pod_name, self.namespace)
         except Exception:  # noqa: BLE001 — gone or unreachable: nothing more to stream
             return True
         return pod.status is not None and pod.status.phase in ("Succeeded", "Failed")
+
+    def _safe_master_pod(self) -> str:
+        try:
+            return self._master_pod
+        except Exception as error:  # noqa: BLE001 — a message without the pod beats none
+            return f"(node 0: {_short(error)})"
 
     def _safe_logs(self, tail_lines: int) -> str:
         try:
@@ -398,7 +507,7 @@ class PyTorchJobBackend(Backend):
                 lambda: self._core.read_namespaced_pod_log(
                     pod_name,
                     self.namespace,
-                    container=job_lib.CONTAINER_NAME,
+                    container=self.kind.container,
                     tail_lines=self._log_tail_lines,
                     previous=previous,
                 ),
@@ -416,17 +525,17 @@ class PyTorchJobBackend(Backend):
         try:
             pods = self._call(
                 lambda: self._core.list_namespaced_pod(
-                    self.namespace, label_selector=f"{job_lib.JOB_NAME_LABEL}={self.name}"
+                    self.namespace, label_selector=f"{self.kind.job_label}={self.name}"
                 ),
                 "list pods",
             ).items
         except Exception:  # noqa: BLE001
-            return self._master_pod, False
+            return self._safe_master_pod(), False
         failures = []
         for pod in pods:
             statuses = (pod.status.container_statuses or []) if pod.status else []
             for status in statuses:
-                if status.name != job_lib.CONTAINER_NAME:
+                if status.name != self.kind.container:
                     continue
                 # A failure in `last_state` belongs to a container that has been restarted since.
                 for previous, state in ((False, status.state), (True, status.last_state)):
@@ -435,42 +544,37 @@ class PyTorchJobBackend(Backend):
                         finished = str(terminated.finished_at or "")
                         failures.append((finished, pod.metadata.name, previous))
         if not failures:
-            return self._master_pod, False
+            return self._safe_master_pod(), False
         _, name, previous = min(failures)
         return name, previous
 
     # -- API calls -------------------------------------------------------------------------------
 
     def _call(self, function: Callable[[], T], what: str) -> T:
-        """Calls the API, retrying server errors and dropped connections with backoff.
+        """Calls the API through `common.retry`: server errors and dropped connections retried.
 
         Raises:
             ApiException: a client error (4xx other than 429), for the caller to interpret.
             RuntimeError: when retryable errors persist through every attempt.
         """
-        from kubernetes.client.exceptions import ApiException
-
-        backoff = self._poll_seconds
-        for attempt in range(1, self._api_attempts + 1):
-            try:
-                return function()
-            except ApiException as error:
-                if error.status is not None and error.status < 500 and error.status != 429:
-                    raise
-                problem = f"HTTP {error.status} {error.reason}"
-            except Exception as error:  # noqa: BLE001 — connection refused/reset, timeouts
-                problem = _short(error)
-            if attempt == self._api_attempts:
-                raise RuntimeError(
-                    f"could not {what} {self.title}: the Kubernetes API kept failing "
-                    f"({problem}) after {attempt} attempts"
-                )
-            logger.warning(
-                "could not %s %s (%s); retrying in %.1f s", what, self.title, problem, backoff
+        try:
+            return retry.call_with_retries(
+                function,
+                what=f"{what} {self.title}",
+                retry_if=_retryable,
+                total_attempts=self._api_attempts,
+                backoff=retry.Backoff(self._poll_seconds, self._max_backoff_seconds),
             )
-            time.sleep(backoff)
-            backoff = min(backoff * 2, self._max_backoff_seconds)
-        raise AssertionError("unreachable")
+        except Exception as error:
+            if not _retryable(error):
+                raise
+            problem = (
+                f"HTTP {error.status} {error.reason}" if hasattr(error, "status") else _short(error)
+            )
+            raise RuntimeError(
+                f"could not {what} {self.title}: the Kubernetes API kept failing ({problem}) "
+                f"after {self._api_attempts} attempts"
+            ) from error
 
     def _rejected(self, error: Any, what: str = "create") -> str:
         import json
@@ -482,20 +586,35 @@ class PyTorchJobBackend(Backend):
             pass
         hint = ""
         if error.status == 404 and what == "create":
-            hint = " (is the Kubeflow Training Operator installed, and the namespace right?)"
+            hint = f" ({self.kind.installed_hint})"
         elif error.status == 403 and "admission webhook" not in str(message):
-            hint = " (give the step's service account rights on pytorchjobs.kubeflow.org)"
+            hint = f" (give the step's service account rights on {self.kind.resource})"
         return f"could not {what} {self.title}: HTTP {error.status}: {message}{hint}"
+
+
+def _retryable(error: BaseException) -> bool:
+    """5xx and 429 answers, and transport errors (refused, reset, timed out), are worth a retry."""
+    from kubernetes.client.exceptions import ApiException
+    from urllib3.exceptions import HTTPError
+
+    if isinstance(error, ApiException):
+        return error.status is None or error.status >= 500 or error.status == 429
+    return isinstance(error, (OSError, HTTPError)) or retry.is_transient(error)
 
 
 def _conditions(job: dict[str, Any]) -> list[dict[str, Any]]:
     return list((job.get("status") or {}).get("conditions") or [])
 
 
-def _terminal_condition(job: dict[str, Any]) -> tuple[str, dict[str, Any]] | None:
+def _terminal_condition(job: dict[str, Any], kind: JobKind) -> tuple[str, dict[str, Any]] | None:
+    """("Succeeded" | "Failed", the condition) once the job has ended, else None."""
     for condition in reversed(_conditions(job)):
-        if condition.get("type") in TERMINAL and condition.get("status") == "True":
-            return condition["type"], condition
+        if condition.get("status") != "True":
+            continue
+        if condition.get("type") == kind.succeeded:
+            return "Succeeded", condition
+        if condition.get("type") == "Failed":
+            return "Failed", condition
     return None
 
 
@@ -523,3 +642,17 @@ def _timestamp_key(stamp: str) -> tuple[str, int] | None:
 def _short(error: BaseException) -> str:
     text = str(error).strip().splitlines()
     return f"{type(error).__name__}: {text[0] if text else ''}"[:300]
+
+
+class PyTorchJobBackend(KubernetesJobBackend):
+    """A Training Operator v1 PyTorchJob (`KubernetesJobBackend` of kind `PYTORCHJOB`)."""
+
+    def __init__(self, api_client: Any, manifest: dict[str, Any], **options: Any) -> None:
+        super().__init__(api_client, manifest, PYTORCHJOB, **options)
+
+
+class TrainJobBackend(KubernetesJobBackend):
+    """A Kubeflow Trainer v2 TrainJob (`KubernetesJobBackend` of kind `TRAINJOB`)."""
+
+    def __init__(self, api_client: Any, manifest: dict[str, Any], **options: Any) -> None:
+        super().__init__(api_client, manifest, TRAINJOB, **options)
