@@ -372,9 +372,9 @@ BAD = [
     Bad("unknown backend", {"backend": "slurm"},
         ["`backend` must be one of auto, kubernetes, trainjob, local, got 'slurm'"]),
     Bad("credentials in a uri", {"uris": {"model": "s3://AKIA:wJalr@bucket/model"}},
-        ["`model` URI holds credentials"]),
+        ["`model`", "carries credentials in the URI"]),
     Bad("signed url", {"uris": {"model": "https://host/m?X-Amz-Signature=abc"}},
-        ["`model` URI holds credentials"]),
+        ["`model`", "carries credentials in the URI"]),
 ]
 
 

@@ -154,18 +154,15 @@ def check_pod_uris(uris: Mapping[str, str], options: KubernetesOptions) -> list[
     A URI holding credentials (user-info, a signed query) would be stored in the job's arguments
     and annotations for anyone who reads the job: refused, without echoing it.
     """
-    from ...common.uris import display_uri
+    from ...common.uris import credential_problems, display_uri
 
     claim = options.pvc.claim_name if options.pvc is not None else ""
     problems = []
     for name, uri in uris.items():
         scheme = uri.split("://", 1)[0] if "://" in uri else ""
-        if display_uri(uri) != uri:
-            problems.append(
-                f"`{name}` URI holds credentials (user-info or a query string), which would be "
-                "stored in the job's arguments (the URI is not shown); give the pods "
-                "credentials through `kubernetes_options.secret_env` instead"
-            )
+        credentials = credential_problems(uri, parameter=name)
+        if credentials:
+            problems += credentials
             continue
         if scheme in ("minio", "s3", "gs"):
             continue

@@ -168,6 +168,7 @@ class KubernetesJobBackend(Backend):
         prefix = "[node-0]"
         self._log_line = log_line or (lambda line: logger.info("%s %s", prefix, line))
         self._last_state = ""
+        self._job_over = threading.Event()
 
     @property
     def title(self) -> str:
@@ -208,6 +209,7 @@ class KubernetesJobBackend(Backend):
         """
         deadline = time.monotonic() + timeout_seconds
         stop_logs = threading.Event()
+        self._job_over = threading.Event()
         log_thread = threading.Thread(
             target=self._follow_master_log, args=(stop_logs,), name="master-log", daemon=True
         )
@@ -220,7 +222,10 @@ class KubernetesJobBackend(Backend):
             # lines. Otherwise the master may still be running; the failure message quotes the
             # failing pod's log instead.
             succeeded = outcome is not None and outcome[0] == "Succeeded"
-            log_thread.join(timeout=5.0 if succeeded else 0.2)
+            self._job_over.set()
+            # Generous: the stream ends by itself once the pod has finished; the bound only guards
+            # against an API server that hangs.
+            log_thread.join(timeout=60.0 if succeeded else 0.2)
             stop_logs.set()
         if outcome is None:
             tail = self._safe_logs(self._log_tail_lines)
@@ -455,6 +460,8 @@ class KubernetesJobBackend(Backend):
                     _preload_content=False,
                 )
             except Exception:  # noqa: BLE001 — not created/started yet, or a transport error
+                if self._job_over.is_set():  # the job ended and its pod is gone (cleaned up)
+                    return
                 stop.wait(pause)
                 pause = min(pause * 2, self._poll_seconds)
                 continue
