@@ -104,7 +104,7 @@ def run(
     """
     from .run import run_pipeline
 
-    arguments, overrides = resolve_arguments((), parameters)
+    arguments, overrides = resolve_arguments((), parameters, on_this_host=True)
     summary = run_pipeline(arguments, overrides, output_dir=output_dir, cache=cache)
     return RunSummary.from_dict(summary)
 

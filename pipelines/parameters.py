@@ -169,6 +169,12 @@ def validate_arguments(arguments: dict[str, Any]) -> list[str]:
         problems.add(
             f"`eval_fraction` must be in [0, 1), got {arguments['eval_fraction']}; e.g. 0.1"
         )
+    if arguments["eval_fraction"] == 0 and not arguments["eval_split"]:
+        problems.add(
+            "`eval_fraction` is 0 and `eval_split` is empty: the evaluate step would have no "
+            "held-out rows (after the whole training); set eval_fraction (e.g. 0.1) or "
+            "eval_split (e.g. test[:500])"
+        )
     if arguments["num_workers"] < 1:
         problems.add(f"`num_workers` must be >= 1, got {arguments['num_workers']}")
     procs = str(arguments["num_procs_per_worker"])
@@ -201,10 +207,25 @@ def parse_arguments(pairs: Sequence[str], flags: dict[str, Any] | None = None) -
     return arguments
 
 
+def on_this_host_problems(arguments: dict[str, Any]) -> list[str]:
+    """What this machine cannot run, for a run here (`kftune run`), not one submitted elsewhere."""
+    from ..components.train_lora.step.inputs import local_process_problems
+    from ..components.train_lora.step.launch import choose_backend
+
+    if arguments["backend"] not in BACKENDS or choose_backend(arguments["backend"]) != "local":
+        return []
+    return local_process_problems(arguments["num_workers"], arguments["num_procs_per_worker"])
+
+
 def resolve_arguments(
-    pairs: Sequence[str], flags: dict[str, Any] | None = None
+    pairs: Sequence[str], flags: dict[str, Any] | None = None, *, on_this_host: bool = False
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(all arguments with defaults filled in, only the overridden ones), validated.
+
+    Args:
+        pairs: `NAME=VALUE` strings, as for `parse_overrides`.
+        flags: parameter name -> raw string from its own flag.
+        on_this_host: the run happens here: also check what this host can run.
 
     Raises:
         InputError: every problem with the overrides, at once.
@@ -215,6 +236,8 @@ def resolve_arguments(
     arguments = {name: default for name, (_, default) in pipeline_parameters().items()}
     arguments.update(overrides)
     problems = validate_arguments(arguments)
+    if on_this_host and not problems:
+        problems = on_this_host_problems(arguments)
     if problems:
         raise InputError(problems)
     return arguments, overrides

@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from ...common.artifacts import atomic_directory, read_manifest
 from ...common.errors import InputError, Problems
+from . import inputs
 from . import job as job_lib
 from .backends.base import Backend, deleting_on_exit
 from .options import KubernetesOptions, check_elastic_range, parse_kubernetes_options
@@ -232,9 +233,18 @@ def run_training(
     """
     # KFP carries dict parameters as protobuf Structs, whose numbers are all doubles: {"r": 8}
     # arrives as {"r": 8.0}. Whole numbers are turned back into ints before checking them.
+    training_parameters = whole_numbers_as_ints(training_parameters)
+    input_problems = _check_inputs(model_dir, data_dir, task)
+    if not input_problems:  # the artifacts are readable: check what they allow
+        training_parameters, fitted = inputs.fit_max_seq_length(training_parameters, model_dir)
+        input_problems += fitted
+        if task == "sequence-classification":
+            input_problems += inputs.class_problems(data_dir)
+    if choose_backend(backend) == "local":
+        input_problems += inputs.local_process_problems(num_workers, num_procs_per_worker)
     chosen = plan(
         task=task,
-        training_parameters=whole_numbers_as_ints(training_parameters),
+        training_parameters=training_parameters,
         lora_config=whole_numbers_as_ints(lora_config),
         num_workers=num_workers,
         num_procs_per_worker=num_procs_per_worker,
@@ -247,7 +257,7 @@ def run_training(
             None if choose_backend(backend) == "local"
             else {"model": model_uri, "train_data": data_uri, "adapter": adapter_uri}
         ),
-        extra_problems=tuple(_check_inputs(model_dir, data_dir, task)),
+        extra_problems=tuple(input_problems),
     )
     if chosen.backend == "local":
         result = _run_local(chosen.spec, model_dir, data_dir, adapter_dir)
