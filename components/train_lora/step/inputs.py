@@ -138,7 +138,7 @@ def local_process_problems(num_workers: Any, num_procs_per_worker: Any) -> list[
     only time-share the cores while the memory use grows with each.
     """
     from .backends.local import resolve_num_procs
-    from .job import parse_num_procs
+    from .spec import parse_num_procs
 
     if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 1:
         return []  # the parameter check reports it
