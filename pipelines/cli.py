@@ -1,6 +1,6 @@
 """The `kftune` command: run the pipeline locally, compile it, submit it to KFP, launch training.
 
-    kftune run [--param NAME=VALUE ...] [--NAME VALUE ...] [--output-dir DIR]
+    kftune run [--check] [--param NAME=VALUE ...] [--NAME VALUE ...] [--output-dir DIR]
     kftune compile [--check] [--output-dir DIR]
     kftune submit --host URL [--experiment NAME] [--schedule CRON] [--namespace NS] [--param ...]
     kftune launch ...            (see `kftune launch --help`)
@@ -53,6 +53,12 @@ def _parser() -> argparse.ArgumentParser:
         "--cache",
         action="store_true",
         help="reuse step outputs of earlier runs with the same inputs (cache beside the run)",
+    )
+    run.add_argument(
+        "--check",
+        action="store_true",
+        help="check every parameter, print the problems or \"all parameters are valid\", and "
+        "start nothing",
     )
     add_parameter_flags(run)
     run.set_defaults(handler=command_run)

@@ -21,6 +21,7 @@ from ..components.download_dataset.component import download_dataset
 from ..components.download_model.component import download_model
 from ..components.evaluate.component import evaluate
 from ..components.train_lora.component import train_lora
+from ..components.train_lora.step.spec import DEFAULT_TIMEOUT_MINUTES
 
 PIPELINE_NAME = "lora-finetune"
 
@@ -123,7 +124,7 @@ def make_pipeline(
         resources_per_worker: dict = {},  # noqa: B006 (KFP pipeline parameter default)
         backend: str = "auto",
         trainer_image: str = "",
-        timeout_minutes: int = 1440,
+        timeout_minutes: int = DEFAULT_TIMEOUT_MINUTES,
         kubernetes_options: dict = {},  # noqa: B006
         eval_batch_size: int = 32,
         eval_max_examples: int = 500,

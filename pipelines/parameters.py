@@ -9,18 +9,16 @@ import argparse
 import difflib
 import json
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ..components.common import uris
 from ..components.common.errors import InputError, Problems
-from ..components.common.tasks import check_task
+from ..components.train_lora.config import shown, training_parameters_help
 
-BACKENDS = ("auto", "local", "kubernetes", "trainjob")
 PARAM_HINT = (
     "`kftune run --help` lists the parameters; set one with --param NAME=VALUE (JSON values)"
 )
-
-
 
 def pipeline_parameters() -> dict[str, tuple[str, Any]]:
     """Pipeline parameter name -> (KFP type name, default), in declaration order."""
@@ -36,8 +34,25 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _read_at_file(name: str, raw: str) -> tuple[str, str | None]:
+    """The text of `@FILE` for a dict or list parameter: (text, problem or None)."""
+    path = Path(raw[1:]).expanduser()
+    try:
+        return path.read_text(), None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        return raw, f"`{name}` names the file {raw[1:]!r}, which cannot be read: {reason}"
+
+
 def _convert(name: str, kind: str, raw: Any) -> tuple[Any, str | None]:
-    """Converts a command-line value to the parameter's type: (value, problem or None)."""
+    """Converts a command-line value to the parameter's type: (value, problem or None).
+
+    A dict or list parameter given as `@FILE` is read from that JSON file.
+    """
+    if isinstance(raw, str) and kind in ("Dict", "List") and raw.startswith("@"):
+        raw, problem = _read_at_file(name, raw)
+        if problem:
+            return raw, problem
     value = raw
     if isinstance(raw, str) and kind != "String":
         try:
@@ -45,11 +60,14 @@ def _convert(name: str, kind: str, raw: Any) -> tuple[Any, str | None]:
         except json.JSONDecodeError:
             if kind == "Dict":
                 return raw, (
-                    f"`{name}` must be a JSON object, got {raw!r}; e.g. {_flag(name)} "
-                    "'{\"key\": 1}' (quoted for the shell)"
+                    f"`{name}` must be a JSON object, got {shown(raw)}; e.g. {_flag(name)} "
+                    "'{\"key\": 1}' (quoted for the shell) or @FILE"
                 )
             if kind == "List":
-                return raw, f"`{name}` must be a JSON array, got {raw!r}; e.g. {_flag(name)} '[]'"
+                return raw, (
+                    f"`{name}` must be a JSON array, got {shown(raw)}; e.g. {_flag(name)} '[]' "
+                    "or @FILE"
+                )
             if kind == "Boolean" and raw.lower() in ("true", "false"):
                 return raw.lower() == "true", None
     expected = {
@@ -65,7 +83,7 @@ def _convert(name: str, kind: str, raw: Any) -> tuple[Any, str | None]:
         readable = {"String": "a string", "Integer": "an integer", "Float": "a number",
                     "Boolean": "true or false", "Dict": "a JSON object",
                     "List": "a JSON array"}[kind]
-        return raw, f"`{name}` must be {readable}, got {raw!r}"
+        return raw, f"`{name}` must be {readable}, got {shown(raw)}"
     if kind == "Float":
         value = float(value)
     return value, None
@@ -136,22 +154,23 @@ def parse_overrides(
     return arguments, problems
 
 
-def _check_uri(name: str, uri: str) -> list[str]:
-    """The download components' own URI check (credentials refused first), run before any step."""
-    return uris.parse_problems(uri, parameter=name)[1]
+def validate_arguments(arguments: dict[str, Any], *, on_this_host: bool = False) -> list[str]:
+    """Problems with a full set of pipeline arguments, found without running any step.
 
+    The train_lora step's parameters go through the step's own check (`launch.plan`), the same
+    one the component runs.
 
-def validate_arguments(arguments: dict[str, Any]) -> list[str]:
-    """Problems with a full set of pipeline arguments, found without running any step."""
-    from ..components.train_lora.config import (
-        validate_lora_config,
-        validate_training_parameters,
-    )
+    Args:
+        arguments: every pipeline argument.
+        on_this_host: the run happens on this machine (`backend=auto` is local), rather than
+            submitted to a cluster (where `auto` is a cluster backend).
+    """
+    from ..components.train_lora.step.launch import plan
 
     problems = Problems()
-    problems.extend(check_task(arguments["task"]))
-    problems.extend(_check_uri("model_uri", arguments["model_uri"]))
-    problems.extend(_check_uri("dataset_uri", arguments["dataset_uri"]))
+    for name in ("model_uri", "dataset_uri"):
+        # The download components' own URI check (credentials refused first).
+        problems.extend(uris.parse_problems(arguments[name], parameter=name)[1])
     for name in ("split", "eval_split"):
         value = arguments[name]
         if name == "eval_split" and not value:
@@ -162,8 +181,8 @@ def validate_arguments(arguments: dict[str, Any]) -> list[str]:
             ReadInstruction.from_spec(value)
         except (ValueError, TypeError, AssertionError):
             problems.add(
-                f"`{name}` must be a split in `datasets` slicing syntax, got {value!r}; e.g. "
-                "train, train[:3000], train[10%:20%]"
+                f"`{name}` must be a split in `datasets` slicing syntax, got {shown(value)}; "
+                "e.g. train, train[:3000], train[10%:20%]"
             )
     if not 0 <= arguments["eval_fraction"] < 1:
         problems.add(
@@ -175,46 +194,67 @@ def validate_arguments(arguments: dict[str, Any]) -> list[str]:
             "held-out rows (after the whole training); set eval_fraction (e.g. 0.1) or "
             "eval_split (e.g. test[:500])"
         )
-    if arguments["num_workers"] < 1:
-        problems.add(f"`num_workers` must be >= 1, got {arguments['num_workers']}")
-    procs = str(arguments["num_procs_per_worker"])
-    if procs != "auto" and not (procs.isdigit() and int(procs) >= 1):
-        problems.add(
-            f"`num_procs_per_worker` must be a number >= 1 or \"auto\", got {procs!r}"
-        )
-    if arguments["backend"] not in BACKENDS:
-        problems.add(
-            f"`backend` must be one of {', '.join(BACKENDS)}; got {arguments['backend']!r}"
-        )
-    for name in ("timeout_minutes", "eval_batch_size", "eval_max_examples"):
+    for name in ("eval_batch_size", "eval_max_examples"):
         if arguments[name] < 1:
             problems.add(f"`{name}` must be >= 1, got {arguments[name]}")
-    problems.extend(validate_training_parameters(arguments["training_parameters"],
-                                                 arguments["task"]))
-    problems.extend(validate_lora_config(arguments["lora_config"]))
+    backend = arguments["backend"]
+    try:
+        plan(
+            task=arguments["task"],
+            training_parameters=arguments["training_parameters"],
+            lora_config=arguments["lora_config"],
+            num_workers=arguments["num_workers"],
+            num_procs_per_worker=arguments["num_procs_per_worker"],
+            resources_per_worker=arguments["resources_per_worker"],
+            # `auto` picks the backend where the step runs: this machine for `kftune run`,
+            # the cluster for a submitted run.
+            backend="cluster" if not on_this_host and backend == "auto" else backend,
+            image=arguments["trainer_image"],
+            timeout_minutes=arguments["timeout_minutes"],
+            kubernetes_options=arguments["kubernetes_options"],
+        )
+    except InputError as error:
+        # The component calls the pipeline's `trainer_image` parameter `image`.
+        problems.extend(
+            "`trainer_image`" + problem.removeprefix("`image`")
+            if problem.startswith("`image`") else problem
+            for problem in error.problems
+        )
     return problems.messages
 
 
-def parse_arguments(pairs: Sequence[str], flags: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The pipeline arguments given on the command line, typed but not yet validated.
+def parse_arguments(
+    pairs: Sequence[str], flags: dict[str, Any] | None = None, *, on_this_host: bool = False
+) -> dict[str, Any]:
+    """The pipeline arguments given on the command line, typed (validated by `resolve_arguments`).
+
+    `on_this_host` as for `validate_arguments`.
 
     Raises:
-        InputError: every unknown name and unparsable value, at once.
+        InputError: when a name is unknown or a value unparsable: those problems and every
+            problem of the other parameters, at once.
     """
     arguments, problems = parse_overrides(pairs, flags)
     if problems:
-        raise InputError(problems)
+        raise InputError([
+            *problems,
+            *validate_arguments({**_defaults(), **arguments}, on_this_host=on_this_host),
+        ])
     return arguments
 
 
 def on_this_host_problems(arguments: dict[str, Any]) -> list[str]:
     """What this machine cannot run, for a run here (`kftune run`), not one submitted elsewhere."""
     from ..components.train_lora.step.inputs import local_process_problems
-    from ..components.train_lora.step.launch import choose_backend
+    from ..components.train_lora.step.launch import BACKENDS, choose_backend
 
     if arguments["backend"] not in BACKENDS or choose_backend(arguments["backend"]) != "local":
         return []
     return local_process_problems(arguments["num_workers"], arguments["num_procs_per_worker"])
+
+
+def _defaults() -> dict[str, Any]:
+    return {name: default for name, (_, default) in pipeline_parameters().items()}
 
 
 def resolve_arguments(
@@ -222,20 +262,21 @@ def resolve_arguments(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(all arguments with defaults filled in, only the overridden ones), validated.
 
+    A parameter that cannot be parsed keeps its default for the other checks, so every problem
+    is reported at once.
+
     Args:
         pairs: `NAME=VALUE` strings, as for `parse_overrides`.
         flags: parameter name -> raw string from its own flag.
-        on_this_host: the run happens here: also check what this host can run.
+        on_this_host: the run happens here (`kftune run`): `backend=auto` is local, and what
+            this host can run is checked too; else it is submitted to a cluster.
 
     Raises:
         InputError: every problem with the overrides, at once.
     """
     overrides, problems = parse_overrides(pairs, flags)
-    if problems:
-        raise InputError(problems)
-    arguments = {name: default for name, (_, default) in pipeline_parameters().items()}
-    arguments.update(overrides)
-    problems = validate_arguments(arguments)
+    arguments = {**_defaults(), **overrides}
+    problems = [*problems, *validate_arguments(arguments, on_this_host=on_this_host)]
     if on_this_host and not problems:
         problems = on_this_host_problems(arguments)
     if problems:
@@ -246,7 +287,8 @@ def resolve_arguments(
 def add_parameter_flags(parser: argparse.ArgumentParser) -> None:
     """Adds `--param` and one flag per pipeline parameter to `parser`."""
     group = parser.add_argument_group(
-        "pipeline parameters", "each also settable as --param NAME=VALUE; dicts/lists as JSON"
+        "pipeline parameters",
+        "each also settable as --param NAME=VALUE; dicts/lists as JSON or @FILE (a JSON file)"
     )
     group.add_argument(
         "--param",
@@ -257,13 +299,16 @@ def add_parameter_flags(parser: argparse.ArgumentParser) -> None:
         help="set a pipeline parameter (JSON value); NAME.KEY=VALUE sets one key of a dict",
     )
     for name, (kind, default) in pipeline_parameters().items():
-        shown = json.dumps(default) if not isinstance(default, str) else repr(default)
+        text = json.dumps(default) if not isinstance(default, str) else repr(default)
+        described = {"training_parameters": f"{training_parameters_help()} "}.get(name, "")
+        from_file = " (or @FILE: a JSON file)" if kind in ("Dict", "List") else ""
         group.add_argument(
             _flag(name),
             dest=f"param__{name}",
             default=None,
             metavar=kind.upper(),
-            help=f"default {shown}",
+            # argparse formats help with %-style: a literal % must be doubled.
+            help=f"{described}default {text}{from_file}".replace("%", "%%"),
         )
 
 

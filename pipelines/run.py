@@ -19,7 +19,7 @@ from typing import Any
 
 from .. import __version__
 from .errors import CliError
-from .parameters import flags_from, parse_arguments
+from .parameters import flags_from, parse_arguments, resolve_arguments
 from .process_tree import RunStopped, stop_on_signal
 
 logger = logging.getLogger("kftune")
@@ -500,7 +500,11 @@ def command_run(args: argparse.Namespace) -> int:
     """`kftune run`: the command-line syntax of `kftune.run(...)`, and the table at the end."""
     from .api import run
 
-    parameters = parse_arguments(args.param, flags_from(args))
+    if args.check:
+        resolve_arguments(args.param, flags_from(args), on_this_host=True)
+        print("all parameters are valid")
+        return 0
+    parameters = parse_arguments(args.param, flags_from(args), on_this_host=True)
     summary = run(output_dir=args.output_dir, cache=args.cache, **parameters)
     print()
     print(summary.table())

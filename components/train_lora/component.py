@@ -4,9 +4,11 @@ from kfp import dsl
 from kfp.dsl import Dataset, Input, Metrics, Model, Output
 
 from ..common.images import RUNTIME_IMAGE
+from .config import training_parameters_help
+
+TRAINING_PARAMETERS_PLACEHOLDER = "(TRAINING_PARAMETERS_HELP)"
 
 
-@dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)
 def train_lora(
     model: Input[Model],
     train_data: Input[Dataset],
@@ -20,7 +22,7 @@ def train_lora(
     resources_per_worker: dict = None,
     backend: str = "auto",
     image: str = "",
-    timeout_minutes: int = 1440,
+    timeout_minutes: int = 1440,  # spec.DEFAULT_TIMEOUT_MINUTES (this source runs on its own)
     kubernetes_options: dict = None,
 ):
     """Fine-tunes `model` with LoRA on `train_data` across `num_workers` x `num_procs_per_worker`.
@@ -32,8 +34,8 @@ def train_lora(
             model.
         metrics: Output. Final train loss, steps, tokens/s and runtime.
         task: `causal-lm` or `sequence-classification`.
-        training_parameters: `transformers.TrainingArguments` fields, e.g. `{"learning_rate": 2e-4,
-            "num_train_epochs": 1, "per_device_train_batch_size": 8}`. Unknown keys are an error.
+        training_parameters: e.g. `{"learning_rate": 2e-4, "num_train_epochs": 1,
+            "per_device_train_batch_size": 8}`. (TRAINING_PARAMETERS_HELP)
         lora_config: `peft.LoraConfig` fields, e.g. `{"r": 8, "lora_alpha": 8,
             "lora_dropout": 0.1}`.
         num_workers: Pods (PyTorchJob Master 1 + Worker n-1, or TrainJob nodes), or local
@@ -79,3 +81,11 @@ def train_lora(
         timeout_minutes=timeout_minutes,
         kubernetes_options=kubernetes_options or {},
     )
+
+
+# The documentation of `training_parameters` comes from the settings' definitions (config.py); it
+# is filled in before KFP reads the docstring into the component's description.
+train_lora.__doc__ = train_lora.__doc__.replace(
+    TRAINING_PARAMETERS_PLACEHOLDER, training_parameters_help()
+)
+train_lora = dsl.component(base_image=RUNTIME_IMAGE, install_kfp_package=False)(train_lora)

@@ -1,79 +1,83 @@
-"""The trainer's configuration: what `CONFIG.json` holds, and the checks run before any pod starts.
+"""The training settings: one definition per key, the checks, and the trainer's config file.
 
-`CONFIG.json` (the file `trainer.py --config` reads) is::
+Every key of `training_parameters` is defined once in this file, with its default, its check and
+its documentation:
+
+- `TrainingSettings`: the keys kftune honours, each a `setting(default, check, doc)` field. The
+  `transformers.TrainingArguments` names keep their meaning there; `kftune=True` marks kftune's
+  own keys (not in `TrainingArguments`). Rules between keys are in `_cross_field_problems`.
+- `ACCEPTED_WITHOUT_EFFECT`: names the reference recipe sets that change nothing here, or switches
+  kftune supports only switched off; each with its check and the reason.
+- `ALL_TRAINING_ARGUMENTS`: every other `TrainingArguments` name, "not supported" rather than
+  "unknown".
+
+LoRA settings are checked by building PEFT's own `LoraConfig` (its cross-field rules apply), after
+the quick per-field checks of `HONOURED_LORA_FIELDS`.
+
+`validate_training_parameters` and `validate_lora_config` are the checks every boundary runs (the
+CLI, the Python API, the train_lora component) before anything starts; after that the values are
+trusted. `CONFIG.json`, the file `trainer.py --config` reads, is written by `TrainConfig.to_file`
+and read by `TrainConfig.from_file` only::
 
     {"task": "causal-lm" | "sequence-classification",
      "model_dir": <Model artifact dir>, "data_dir": <Dataset artifact dir>, "output_dir": <dir>,
-     "training_parameters": {<transformers.TrainingArguments fields> + <kftune extras>},
-     "lora_config": {<peft.LoraConfig fields>}, "merge": false}
+     "training_parameters": {<TrainingSettings keys>}, "lora_config": {<peft.LoraConfig fields>},
+     "merge": false}
 
-`validate_training_parameters` and `validate_lora_config` are pure (no torch, transformers or peft
-import): the light launch step calls them to reject bad input before it creates a job.
-
-Training parameters honoured (the `transformers.TrainingArguments` names and meanings):
-`learning_rate`, `num_train_epochs` (may be fractional), `max_steps` (> 0 overrides epochs),
-`per_device_train_batch_size` (examples per micro-batch per process), `gradient_accumulation_steps`,
-`warmup_steps` (a count, or a fraction of the total steps when < 1), `warmup_ratio`,
-`lr_scheduler_type`, `lr_scheduler_kwargs`, `weight_decay`, `adam_beta1`, `adam_beta2`,
-`adam_epsilon`, `optim` (adamw_torch, adamw_torch_fused, sgd), `max_grad_norm` (0: no clipping),
-`seed`, `data_seed`, `bf16` (bf16 weights and compute on GPU; CPU always trains in fp32),
-`gradient_checkpointing`, `gradient_checkpointing_kwargs`, `logging_steps`, `logging_first_step`,
-`logging_strategy` (steps, no), `save_strategy` (steps, no), `save_steps` (a count, or a fraction of
-the total steps when < 1), `save_total_limit`, `label_smoothing_factor` (sequence classification),
-`ddp_timeout` (seconds), `use_cpu`.
-
-Accepted because the reference recipe sets them, with no effect on kftune: `output_dir` (the adapter
-goes to the component's output), `run_name`, `disable_tqdm`, `log_level`, `log_level_replica`,
-`log_on_each_node` (kftune logs on global rank 0 only), `report_to` ("none"), `do_train`,
-`overwrite_output_dir`, `remove_unused_columns`, `dataloader_num_workers`, `dataloader_pin_memory`
-(micro-batches are built in memory from pre-tokenized rows: there is no loader to configure),
-`ddp_find_unused_parameters`, `ddp_backend` (gloo on CPU, nccl on GPU either way),
-`average_tokens_across_devices` (kftune always normalizes the loss by the target tokens of the whole
-optimizer step across all ranks), `include_num_input_tokens_seen`, `skip_memory_metrics`.
-Switches whose off value is accepted and whose on value is "not supported": evaluation
-(`eval_strategy`, `do_eval`), `push_to_hub`, `fp16`, `torch_compile`, `use_liger_kernel`, `fsdp`,
-`deepspeed`, `auto_find_batch_size`, `load_best_model_at_end`, `dataloader_drop_last` (kftune never
-drops examples), `resume_from_checkpoint` (kftune resumes automatically from `output_dir`).
-Every other `TrainingArguments` field is "not supported"; a name that is no field at all is
-"unknown" and the error suggests the closest name.
-
-kftune extras (not in `TrainingArguments`):
-- `max_seq_length` (int, default 1024): examples are truncated to this many tokens.
-- `packing` (bool, default true; causal-lm only): the examples of a micro-batch are concatenated
-  into one row with no padding; `position_ids` restart at 0 for every example, so attention never
-  crosses example boundaries. false pads each micro-batch to its longest example.
-- `global_batch_size` (int): examples per optimizer step across the whole job. When given,
-  `gradient_accumulation_steps` is derived as global / (per_device x world size), which must be an
-  exact, positive integer; the trainer fails at start otherwise.
-- `shuffle` (bool, default true): shuffle the examples each epoch (with `data_seed` or `seed`).
-- `pad_to_multiple_of` (int): round each micro-batch's row length up to a multiple of this many
-  tokens (padding carries no loss and, when packing, attends only to itself): fewer distinct
-  shapes for the GPU kernels to specialize on. The padding is not counted in
-  `max_tokens_per_micro_batch` or in the tokens/s figures.
-- `max_tokens_per_micro_batch` (int; causal-lm with packing): fill each micro-batch with examples up
-  to this many tokens instead of `per_device_train_batch_size` examples. An optimizer step then
-  holds about world size x accumulation x this many tokens whatever the example lengths: steady
-  memory and step times (e.g. 16384 for an 8B model on one 141 GB GPU). Must be >=
-  `max_seq_length`; not with `global_batch_size` (use `gradient_accumulation_steps`).
+The documentation derived from the definitions: `training_parameters_help()` (the component's
+docstring and `kftune run --help`) and `readme_table()` (README.md; `python -m
+kftune.components.train_lora.config` prints it).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import inspect
 import json
+import math
 import os
+import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..common.errors import Problems
-from ..common.tasks import Task, check_task
+from ..common.tasks import TASKS, Task, check_task
 
 Check = Callable[[str, Any], "str | None"]
 
+# What is checked and reported is bounded: a dict parameter larger than this (as JSON) is refused
+# with one line, and a value shown in a message is cut to SHOWN_CHARACTERS.
+MAX_PARAMETER_BYTES = 64 * 1024
+SHOWN_CHARACTERS = 80
+# At most this many problems are listed per dict parameter.
+MAX_PROBLEMS = 20
 
-# -- value checks: each returns None when the value is fine, else the problem ------------------
+
+def shown(value: Any) -> str:
+    """`repr(value)`, cut to `SHOWN_CHARACTERS` so that a huge value gives a short message."""
+    text = repr(value)
+    if len(text) <= SHOWN_CHARACTERS:
+        return text
+    return f"{text[:SHOWN_CHARACTERS]}... ({len(text)} characters)"
+
+
+def size_problems(value: Any, parameter: str) -> list[str]:
+    """One problem when `value` is larger than `MAX_PARAMETER_BYTES` as JSON, else none."""
+    try:
+        size = len(json.dumps(value, default=str))
+    except (TypeError, ValueError, RecursionError):
+        return []
+    if size <= MAX_PARAMETER_BYTES:
+        return []
+    return [
+        f"`{parameter}` is {size} bytes as JSON, more than the {MAX_PARAMETER_BYTES} bytes "
+        "kftune accepts; it holds settings, not data: pass only the keys you change"
+    ]
+
+
+# -- value checks: each returns None when the value is fine, else the problem ----------------
 
 
 def _is_int(value: Any) -> bool:
@@ -81,14 +85,16 @@ def _is_int(value: Any) -> bool:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool): JSON's Infinity and NaN are no settings."""
+    return (isinstance(value, (int, float)) and not isinstance(value, bool)
+            and math.isfinite(value))
 
 
 def _int_at_least(minimum: int) -> Check:
     def check(name: str, value: Any) -> str | None:
         if _is_int(value) and value >= minimum:
             return None
-        return f"`{name}` must be an integer >= {minimum}, got {value!r}"
+        return f"`{name}` must be an integer >= {minimum}, got {shown(value)}"
 
     return check
 
@@ -103,7 +109,7 @@ def _number_in(
             if above and below:
                 return None
         interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        return f"`{name}` must be a number in {interval}, got {value!r}"
+        return f"`{name}` must be a number in {interval}, got {shown(value)}"
 
     return check
 
@@ -111,19 +117,19 @@ def _number_in(
 def _positive_number(name: str, value: Any) -> str | None:
     if _is_number(value) and value > 0:
         return None
-    return f"`{name}` must be a number > 0, got {value!r}"
+    return f"`{name}` must be a finite number > 0, got {shown(value)}"
 
 
 def _non_negative_number(name: str, value: Any) -> str | None:
     if _is_number(value) and value >= 0:
         return None
-    return f"`{name}` must be a number >= 0, got {value!r}"
+    return f"`{name}` must be a finite number >= 0, got {shown(value)}"
 
 
 def _boolean(name: str, value: Any) -> str | None:
     if isinstance(value, bool):
         return None
-    return f"`{name}` must be true or false, got {value!r}"
+    return f"`{name}` must be true or false, got {shown(value)}"
 
 
 def _one_of(*choices: Any) -> Check:
@@ -131,7 +137,7 @@ def _one_of(*choices: Any) -> Check:
         if any(value == choice and type(value) is type(choice) for choice in choices):
             return None
         listed = ", ".join(repr(choice) for choice in choices)
-        return f"`{name}` must be one of {listed}; got {value!r}"
+        return f"`{name}` must be one of {listed}; got {shown(value)}"
 
     return check
 
@@ -140,24 +146,25 @@ def _count_or_fraction(name: str, value: Any) -> str | None:
     """A step count (int >= 0, or a whole float such as 10.0) or a fraction (0 <= float < 1)."""
     if _is_int(value) and value >= 0:
         return None
-    if isinstance(value, float) and value >= 1 and value.is_integer():
-        return None
-    if isinstance(value, float) and 0 <= value < 1:
+    if _is_number(value) and isinstance(value, float) and (
+        value >= 1 and value.is_integer() or 0 <= value < 1
+    ):
         return None
     return (
         f"`{name}` must be a step count (integer >= 0) or a fraction of the total steps "
-        f"(0 <= x < 1), got {value!r}"
+        f"(0 <= x < 1), got {shown(value)}"
     )
 
 
 def _positive_count_or_fraction(name: str, value: Any) -> str | None:
-    if (_is_int(value) or isinstance(value, float) and value.is_integer()) and value >= 1:
+    whole = _is_int(value) or _is_number(value) and float(value).is_integer()
+    if whole and value >= 1:
         return None
-    if isinstance(value, float) and 0 < value < 1:
+    if _is_number(value) and isinstance(value, float) and 0 < value < 1:
         return None
     return (
         f"`{name}` must be a step count (integer >= 1) or a fraction of the total steps "
-        f"(0 < x < 1), got {value!r}"
+        f"(0 < x < 1), got {shown(value)}"
     )
 
 
@@ -175,21 +182,21 @@ def _any(name: str, value: Any) -> str | None:
 def _string(name: str, value: Any) -> str | None:
     if isinstance(value, str):
         return None
-    return f"`{name}` must be a string, got {value!r}"
+    return f"`{name}` must be a string, got {shown(value)}"
 
 
 def _mapping(name: str, value: Any) -> str | None:
     if isinstance(value, Mapping):
         return None
-    return f"`{name}` must be an object (dict), got {value!r}"
+    return f"`{name}` must be an object (dict), got {shown(value)}"
 
 
 def _report_to(name: str, value: Any) -> str | None:
     if value in (None, "none", "") or value == [] or value == ["none"]:
         return None
     return (
-        f"`{name}` = {value!r} is not supported: kftune reports metrics to the pod log and the "
-        "KFP Metrics artifact; remove it or set it to \"none\""
+        f"`{name}` = {shown(value)} is not supported: kftune reports metrics to the pod log and "
+        "the KFP Metrics artifact; remove it or set it to \"none\""
     )
 
 
@@ -201,7 +208,7 @@ def _off(*off_values: Any, why: str = "") -> Check:
             return None
         hint = f" ({why})" if why else ""
         return (
-            f"`{name}` = {value!r} is not supported by kftune{hint}; remove it or set it to "
+            f"`{name}` = {shown(value)} is not supported by kftune{hint}; remove it or set it to "
             f"{off_values[0]!r}"
         )
 
@@ -222,84 +229,201 @@ SCHEDULERS = (
 )
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")
 
-# Fields of transformers.TrainingArguments that kftune honours, with their value checks.
-HONOURED_TRAINING_PARAMETERS: dict[str, Check] = {
-    "learning_rate": _positive_number,
-    "num_train_epochs": _positive_number,
-    "max_steps": _int_at_least(-1),
-    "per_device_train_batch_size": _int_at_least(1),
-    "gradient_accumulation_steps": _int_at_least(1),
-    "warmup_steps": _count_or_fraction,
-    "warmup_ratio": _number_in(0, 1),
-    "lr_scheduler_type": _one_of(*SCHEDULERS),
-    "lr_scheduler_kwargs": _optional(_mapping),
-    "weight_decay": _non_negative_number,
-    "adam_beta1": _number_in(0, 1, high_open=True),
-    "adam_beta2": _number_in(0, 1, high_open=True),
-    "adam_epsilon": _positive_number,
-    "optim": _one_of(*OPTIMIZERS),
-    "max_grad_norm": _non_negative_number,
-    "seed": _int_at_least(0),
-    "data_seed": _optional(_int_at_least(0)),
-    "bf16": _boolean,
-    "gradient_checkpointing": _boolean,
-    "gradient_checkpointing_kwargs": _optional(_mapping),
-    "logging_steps": _positive_count_or_fraction,
-    "logging_first_step": _boolean,
-    "logging_strategy": _one_of("steps", "no"),
-    "save_strategy": _one_of("steps", "no"),
-    "save_steps": _positive_count_or_fraction,
-    "save_total_limit": _optional(_int_at_least(1)),
-    "label_smoothing_factor": _number_in(0, 1, high_open=True),
-    "ddp_timeout": _int_at_least(1),
-    "use_cpu": _boolean,
+
+# -- the settings kftune honours -----------------------------------------------------------------
+
+
+def setting(default: Any, check: Check, doc: str, *, kftune: bool = False) -> Any:
+    """One training setting: its default, its check (for a value given) and its documentation.
+
+    Args:
+        default: the value when the key is not given.
+        check: `check(name, value)` returns the problem with a given value, or None.
+        doc: one or two sentences for the generated help and README table.
+        kftune: a kftune key (not a `transformers.TrainingArguments` field).
+
+    Returns:
+        A `dataclasses.field` carrying the check and the documentation as metadata.
+    """
+    return dataclasses.field(
+        default=default, metadata={"check": check, "doc": doc, "kftune": kftune}
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSettings:
+    """The training parameters with kftune's defaults filled in: one field per honoured key.
+
+    A key is added here with `setting(default, check, doc)`; the validators, the generated help and
+    the README table pick it up. A rule between keys goes into `_cross_field_problems`.
+    """
+
+    learning_rate: float = setting(2e-4, _positive_number, "Peak learning rate.")
+    num_train_epochs: float = setting(
+        1.0, _positive_number,
+        "Passes over the data (may be fractional); ignored when `max_steps` > 0.")
+    max_steps: int = setting(
+        -1, _int_at_least(-1), "Optimizer steps to run; > 0 overrides `num_train_epochs`.")
+    per_device_train_batch_size: int = setting(
+        8, _int_at_least(1), "Examples per micro-batch per process.")
+    gradient_accumulation_steps: int | None = setting(
+        None, _int_at_least(1),
+        "Micro-batches per optimizer step; unset: derived from `global_batch_size`, else 1.")
+    warmup_steps: float = setting(
+        0, _count_or_fraction, "Warmup steps (a count), or a fraction of the total steps (< 1).")
+    warmup_ratio: float = setting(
+        0.0, _number_in(0, 1), "Warmup as a fraction of the total steps.")
+    lr_scheduler_type: str = setting(
+        "linear", _one_of(*SCHEDULERS), f"A transformers scheduler: {', '.join(SCHEDULERS)}.")
+    lr_scheduler_kwargs: dict[str, Any] | None = setting(
+        None, _optional(_mapping),
+        "Extra arguments of the scheduler function (e.g. `num_cycles` for cosine_with_restarts).")
+    weight_decay: float = setting(0.0, _non_negative_number, "AdamW weight decay.")
+    adam_beta1: float = setting(0.9, _number_in(0, 1, high_open=True), "AdamW beta1.")
+    adam_beta2: float = setting(0.999, _number_in(0, 1, high_open=True), "AdamW beta2.")
+    adam_epsilon: float = setting(1e-8, _positive_number, "AdamW epsilon.")
+    optim: str = setting(
+        "adamw_torch_fused", _one_of(*OPTIMIZERS),
+        "Optimizer: adamw_torch, adamw_torch_fused (fused on GPU), sgd.")
+    max_grad_norm: float = setting(
+        1.0, _non_negative_number, "Gradient clipping norm; 0: no clipping.")
+    seed: int = setting(42, _int_at_least(0), "Seed of the LoRA init and dropout.")
+    data_seed: int | None = setting(
+        None, _optional(_int_at_least(0)), "Seed of the data order; unset: `seed`.")
+    bf16: bool = setting(
+        True, _boolean, "bf16 weights and compute on GPU (CPU always trains in fp32).")
+    gradient_checkpointing: bool = setting(
+        False, _boolean, "Recompute activations in the backward pass.")
+    gradient_checkpointing_kwargs: dict[str, Any] | None = setting(
+        None, _optional(_mapping),
+        "Arguments of `torch.utils.checkpoint.checkpoint` (e.g. `use_reentrant`).")
+    logging_steps: float = setting(
+        10, _positive_count_or_fraction,
+        "Log every N optimizer steps, or a fraction of the total steps (< 1).")
+    logging_first_step: bool = setting(True, _boolean, "Also log the first step.")
+    logging_strategy: str = setting("steps", _one_of("steps", "no"), "steps or no.")
+    save_strategy: str = setting("steps", _one_of("steps", "no"), "steps or no.")
+    save_steps: float = setting(
+        500, _positive_count_or_fraction,
+        "Checkpoint every N optimizer steps, or a fraction of the total steps (< 1).")
+    save_total_limit: int | None = setting(
+        2, _optional(_int_at_least(1)), "Checkpoints kept (the oldest is removed first).")
+    label_smoothing_factor: float = setting(
+        0.0, _number_in(0, 1, high_open=True), "Label smoothing (sequence classification).")
+    ddp_timeout: int = setting(1800, _int_at_least(1), "Collective timeout in seconds.")
+    use_cpu: bool = setting(False, _boolean, "Train on CPU even when a GPU is present.")
+    max_seq_length: int = setting(
+        1024, _int_at_least(1), "Examples are truncated to this many tokens.", kftune=True)
+    packing: bool = setting(
+        True, _boolean,
+        "causal-lm: the examples of a micro-batch are concatenated into one row without padding; "
+        "attention never crosses example boundaries. false pads to the longest example.",
+        kftune=True)
+    global_batch_size: int | None = setting(
+        None, _optional(_int_at_least(1)),
+        "Examples per optimizer step across the job; `gradient_accumulation_steps` becomes "
+        "global / (per_device x world size), which must be a whole number.", kftune=True)
+    shuffle: bool = setting(
+        True, _boolean, "Shuffle the examples every epoch (with `data_seed` or `seed`).",
+        kftune=True)
+    max_tokens_per_micro_batch: int | None = setting(
+        None, _optional(_int_at_least(1)),
+        "causal-lm with packing: fill each micro-batch with examples up to this many tokens "
+        "instead of `per_device_train_batch_size` examples (steady memory and step times); "
+        ">= `max_seq_length`, not with `global_batch_size`.", kftune=True)
+    pad_to_multiple_of: int | None = setting(
+        None, _optional(_int_at_least(1)),
+        "Round each micro-batch's row length up to a multiple of this (fewer shapes for the GPU "
+        "kernels); the padding carries no loss and is not counted in the token figures.",
+        kftune=True)
+
+    @classmethod
+    def from_parameters(cls, training_parameters: Mapping[str, Any]) -> TrainingSettings:
+        """Fills kftune's defaults in for the honoured keys of validated parameters."""
+        names = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in training_parameters.items() if key in names})
+
+    def accumulation_steps(self, world_size: int) -> int:
+        """Micro-batches per optimizer step for `world_size` processes.
+
+        Raises:
+            InputError: when `global_batch_size` is not a multiple of per-device x world size.
+        """
+        if self.global_batch_size is None:
+            return self.gradient_accumulation_steps or 1
+        per_step = self.per_device_train_batch_size * world_size
+        if self.global_batch_size % per_step:
+            problems = Problems()
+            problems.add(
+                f"`training_parameters.global_batch_size` must be a multiple of "
+                f"per_device_train_batch_size x world size = {self.per_device_train_batch_size} x "
+                f"{world_size} = {per_step}, got {self.global_batch_size}; use e.g. "
+                f"{max(per_step, self.global_batch_size // per_step * per_step)}"
+            )
+            problems.raise_if_any()
+        return self.global_batch_size // per_step
+
+    @property
+    def order_seed(self) -> int:
+        """The seed of the data order."""
+        return self.seed if self.data_seed is None else self.data_seed
+
+
+SETTINGS: dict[str, dataclasses.Field] = {
+    field.name: field for field in dataclasses.fields(TrainingSettings)
 }
 
-# Fields the reference recipe commonly sets that have no effect here (see the module docstring).
-ACCEPTED_WITHOUT_EFFECT: dict[str, Check] = {
-    "output_dir": _optional(_string),
-    "run_name": _optional(_string),
-    "disable_tqdm": _optional(_boolean),
-    "log_level": _optional(_string),
-    "log_level_replica": _optional(_string),
-    "log_on_each_node": _boolean,
-    "report_to": _report_to,
-    "do_train": _boolean,
-    "overwrite_output_dir": _boolean,
-    "remove_unused_columns": _boolean,
-    "dataloader_num_workers": _int_at_least(0),
-    "dataloader_pin_memory": _boolean,
-    "ddp_find_unused_parameters": _optional(_boolean),
-    "ddp_backend": _optional(_one_of("nccl", "gloo")),
-    "average_tokens_across_devices": _boolean,
-    "include_num_input_tokens_seen": _any,
-    "skip_memory_metrics": _boolean,
+
+@dataclasses.dataclass(frozen=True)
+class Accepted:
+    """A `TrainingArguments` name accepted with no effect on kftune."""
+
+    check: Check
+    """The values accepted."""
+    why: str
+    """Why it changes nothing (or what to use instead)."""
+
+
+_UNUSED_LOADER = "micro-batches are built in memory from pre-tokenized rows"
+_EVALUATE = "evaluate with the evaluate component"
+_DATA_PARALLEL = "LoRA trains with data parallelism"
+ACCEPTED_WITHOUT_EFFECT: dict[str, Accepted] = {
+    "output_dir": Accepted(_optional(_string), "the adapter goes to the component's output"),
+    "run_name": Accepted(_optional(_string), "not used"),
+    "disable_tqdm": Accepted(_optional(_boolean), "kftune logs lines, not progress bars"),
+    "log_level": Accepted(_optional(_string), "not used"),
+    "log_level_replica": Accepted(_optional(_string), "not used"),
+    "log_on_each_node": Accepted(_boolean, "kftune logs on global rank 0 only"),
+    "report_to": Accepted(_report_to, "\"none\": metrics go to the log and the KFP Metrics"),
+    "do_train": Accepted(_boolean, "the component always trains"),
+    "overwrite_output_dir": Accepted(_boolean, "not used"),
+    "remove_unused_columns": Accepted(_boolean, "not used"),
+    "dataloader_num_workers": Accepted(_int_at_least(0), _UNUSED_LOADER),
+    "dataloader_pin_memory": Accepted(_boolean, _UNUSED_LOADER),
+    "ddp_find_unused_parameters": Accepted(_optional(_boolean), "not used"),
+    "ddp_backend": Accepted(_optional(_one_of("nccl", "gloo")), "gloo on CPU, nccl on GPU"),
+    "average_tokens_across_devices": Accepted(
+        _boolean, "the loss is always normalized by the target tokens of the whole step"),
+    "include_num_input_tokens_seen": Accepted(_any, "tokens are always counted"),
+    "skip_memory_metrics": Accepted(_boolean, "not used"),
     # Switches kftune only supports switched off.
-    "eval_strategy": _off("no", why="evaluate with the evaluate component"),
-    "evaluation_strategy": _off("no", why="evaluate with the evaluate component"),
-    "do_eval": _off(False, why="evaluate with the evaluate component"),
-    "push_to_hub": _off(False, why="the adapter is the component's output artifact"),
-    "fp16": _off(False, why="use bf16"),
-    "torch_compile": _off(False),
-    "use_liger_kernel": _off(False),
-    "fsdp": _off("", None, [], why="LoRA trains with data parallelism"),
-    "deepspeed": _off(None, why="LoRA trains with data parallelism"),
-    "auto_find_batch_size": _off(False),
-    "load_best_model_at_end": _off(False),
-    "dataloader_drop_last": _off(False, why="kftune trains on every example"),
-    "resume_from_checkpoint": _off(
-        None, why="kftune resumes automatically from the last checkpoint in its output location"
-    ),
-}
-
-# kftune's own training parameters.
-KFTUNE_EXTRAS: dict[str, Check] = {
-    "max_seq_length": _int_at_least(1),
-    "packing": _boolean,
-    "global_batch_size": _optional(_int_at_least(1)),
-    "shuffle": _boolean,
-    "max_tokens_per_micro_batch": _optional(_int_at_least(1)),
-    "pad_to_multiple_of": _optional(_int_at_least(1)),
+    "eval_strategy": Accepted(_off("no", why=_EVALUATE), "only \"no\""),
+    "evaluation_strategy": Accepted(_off("no", why=_EVALUATE), "only \"no\""),
+    "do_eval": Accepted(_off(False, why=_EVALUATE), "only false"),
+    "push_to_hub": Accepted(
+        _off(False, why="the adapter is the component's output artifact"), "only false"),
+    "fp16": Accepted(_off(False, why="use bf16"), "only false"),
+    "torch_compile": Accepted(_off(False), "only false"),
+    "use_liger_kernel": Accepted(_off(False), "only false"),
+    "fsdp": Accepted(_off("", None, [], why=_DATA_PARALLEL), "only off"),
+    "deepspeed": Accepted(_off(None, why=_DATA_PARALLEL), "only null"),
+    "auto_find_batch_size": Accepted(_off(False), "only false"),
+    "load_best_model_at_end": Accepted(_off(False), "only false"),
+    "dataloader_drop_last": Accepted(
+        _off(False, why="kftune trains on every example"), "only false"),
+    "resume_from_checkpoint": Accepted(
+        _off(None, why="kftune resumes automatically from the last checkpoint in its output "
+             "location"), "only null"),
 }
 
 # Every init field of transformers.TrainingArguments (5.x) plus names older releases had: these
@@ -338,7 +462,14 @@ ALL_TRAINING_ARGUMENTS: frozenset[str] = frozenset(
     """.split()
 )
 
-# -- LoRA ---------------------------------------------------------------------------------------
+
+def _training_checks() -> dict[str, Check]:
+    checks: dict[str, Check] = {name: field.metadata["check"] for name, field in SETTINGS.items()}
+    checks.update({name: accepted.check for name, accepted in ACCEPTED_WITHOUT_EFFECT.items()})
+    return checks
+
+
+# -- LoRA -------------------------------------------------------------------------------------
 
 
 def _target_modules(name: str, value: Any) -> str | None:
@@ -350,14 +481,14 @@ def _target_modules(name: str, value: Any) -> str | None:
         return None
     return (
         f"`{name}` must be a module name pattern (string), a non-empty list of module names, or "
-        f"\"all-linear\"; got {value!r}"
+        f"\"all-linear\"; got {shown(value)}"
     )
 
 
 def _string_list(name: str, value: Any) -> str | None:
     if value is None or (isinstance(value, list) and all(isinstance(item, str) for item in value)):
         return None
-    return f"`{name}` must be a list of module names, got {value!r}"
+    return f"`{name}` must be a list of module names, got {shown(value)}"
 
 
 def _layers(name: str, value: Any) -> str | None:
@@ -365,7 +496,7 @@ def _layers(name: str, value: Any) -> str | None:
         return None
     if isinstance(value, list) and all(_is_int(item) and item >= 0 for item in value):
         return None
-    return f"`{name}` must be a layer index or a list of layer indices (>= 0), got {value!r}"
+    return f"`{name}` must be a layer index or a list of layer indices (>= 0), got {shown(value)}"
 
 
 def _init_lora_weights(name: str, value: Any) -> str | None:
@@ -373,7 +504,7 @@ def _init_lora_weights(name: str, value: Any) -> str | None:
         return None
     return (
         f"`{name}` must be true, false, \"gaussian\", \"pissa\", \"olora\" or \"orthogonal\"; "
-        f"got {value!r}"
+        f"got {shown(value)}"
     )
 
 
@@ -396,7 +527,7 @@ HONOURED_LORA_FIELDS: dict[str, Check] = {
     "rank_pattern": _optional(_mapping),
     "alpha_pattern": _optional(_mapping),
     "lora_bias": _boolean,
-    # kftune sets the task type from `task`; a value given must match it (checked at train start).
+    # kftune sets the task type from `task`; a value given must match it.
     "task_type": _optional(_one_of(*LORA_TASK_TYPES.values())),
     "inference_mode": _off(False, why="training needs trainable adapters"),
 }
@@ -412,6 +543,9 @@ ALL_LORA_FIELDS: frozenset[str] = frozenset(
 )
 
 
+# -- the validators -------------------------------------------------------------------------------
+
+
 def _check_table(
     values: Mapping[str, Any],
     parameter: str,
@@ -420,9 +554,12 @@ def _check_table(
     owner: str,
 ) -> list[str]:
     if not isinstance(values, Mapping):
-        return [f"`{parameter}` must be an object (dict) of {owner} fields, got {values!r}"]
+        return [f"`{parameter}` must be an object (dict) of {owner} fields, got {shown(values)}"]
     problems: list[str] = []
     for key, value in values.items():
+        if len(problems) == MAX_PROBLEMS:
+            problems.append(f"`{parameter}` has more problems; fix the ones above first")
+            break
         check = accepted.get(key)
         if check is not None:
             problem = check(f"{parameter}.{key}", value)
@@ -434,10 +571,11 @@ def _check_table(
                 f"(supported: {', '.join(sorted(accepted))})"
             )
         else:
-            close = difflib.get_close_matches(str(key), sorted(set(accepted) | existing), n=1)
+            name = str(key)[:SHOWN_CHARACTERS]
+            close = difflib.get_close_matches(name, sorted(set(accepted) | existing), n=1)
             hint = f"did you mean `{close[0]}`?" if close else "remove it"
             problems.append(
-                f"`{parameter}.{key}` is not a {owner} field: unknown key {key!r}; {hint}"
+                f"`{parameter}.{name}` is not a {owner} field: unknown key {shown(key)}; {hint}"
             )
     return problems
 
@@ -448,18 +586,38 @@ def validate_training_parameters(
     """Returns the problems with `training_parameters` for `task` (empty when they are fine).
 
     With `task` None (or not a string: the caller reports that), only the checks that hold for
-    every task run. Pure: imports neither torch nor transformers.
+    every task run. Imports neither torch nor transformers, except to check a non-empty
+    `lr_scheduler_kwargs` / `gradient_checkpointing_kwargs` against what they are passed to.
     """
-    accepted = {**HONOURED_TRAINING_PARAMETERS, **ACCEPTED_WITHOUT_EFFECT, **KFTUNE_EXTRAS}
-    problems = _check_table(
-        training_parameters,
-        "training_parameters",
-        accepted,
-        ALL_TRAINING_ARGUMENTS,
-        "transformers.TrainingArguments",
-    )
-    if problems or not isinstance(training_parameters, Mapping):
+    problems = size_problems(training_parameters, "training_parameters")
+    if problems:
         return problems
+    problems = _check_table(training_parameters, "training_parameters", _training_checks(),
+                            ALL_TRAINING_ARGUMENTS, "transformers.TrainingArguments")
+    if not isinstance(training_parameters, Mapping):
+        return problems
+    problems.extend(_nested_kwargs_problems(training_parameters))
+    if problems:
+        return problems
+    return _cross_field_problems(training_parameters, task if isinstance(task, str) else None)
+
+
+def _nested_kwargs_problems(training_parameters: Mapping[str, Any]) -> list[str]:
+    """The keys of the dicts kftune passes on as keyword arguments, against their callee."""
+    problems = []
+    scheduler = training_parameters.get("lr_scheduler_type", TrainingSettings.lr_scheduler_type)
+    scheduler_kwargs = training_parameters.get("lr_scheduler_kwargs")
+    if isinstance(scheduler_kwargs, Mapping) and scheduler_kwargs and scheduler in SCHEDULERS:
+        problems.extend(_scheduler_kwargs_problems(scheduler, scheduler_kwargs))
+    checkpointing_kwargs = training_parameters.get("gradient_checkpointing_kwargs")
+    if isinstance(checkpointing_kwargs, Mapping) and checkpointing_kwargs:
+        problems.extend(_checkpointing_kwargs_problems(checkpointing_kwargs))
+    return problems
+
+
+def _cross_field_problems(training_parameters: Mapping[str, Any], task: str | None) -> list[str]:
+    """The rules between training parameters (each value on its own is fine)."""
+    problems = []
     if "warmup_ratio" in training_parameters and training_parameters.get("warmup_steps"):
         problems.append(
             "`training_parameters.warmup_steps` and `training_parameters.warmup_ratio` are both "
@@ -475,8 +633,7 @@ def validate_training_parameters(
             "`training_parameters.gradient_accumulation_steps` are both set; set only one "
             "(global_batch_size derives the accumulation steps from the world size)"
         )
-    problems.extend(_token_budget_problems(training_parameters,
-                                           task if isinstance(task, str) else None))
+    problems.extend(_token_budget_problems(training_parameters, task))
     return problems
 
 
@@ -510,128 +667,113 @@ def _token_budget_problems(training_parameters: Mapping[str, Any], task: str | N
     return problems
 
 
-def validate_lora_config(lora_config: Mapping[str, Any]) -> list[str]:
-    """Returns the problems with `lora_config` (empty when it is fine).
-
-    Pure: imports neither torch nor peft.
-    """
-    return _check_table(lora_config, "lora_config", HONOURED_LORA_FIELDS, ALL_LORA_FIELDS,
-                        "peft.LoraConfig")
-
-
-# -- the resolved settings ------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainingSettings:
-    """The training parameters with kftune's defaults filled in (see the module docstring)."""
-
-    learning_rate: float = 2e-4
-    """Peak learning rate."""
-    num_train_epochs: float = 1.0
-    """Passes over the data (may be fractional); ignored when `max_steps` > 0."""
-    max_steps: int = -1
-    """Optimizer steps to run; > 0 overrides `num_train_epochs`."""
-    per_device_train_batch_size: int = 8
-    """Examples per micro-batch per process."""
-    gradient_accumulation_steps: int | None = None
-    """Micro-batches per optimizer step; None: derived from `global_batch_size`, else 1."""
-    global_batch_size: int | None = None
-    """Examples per optimizer step across the job (kftune extra)."""
-    warmup_steps: float = 0
-    """Warmup steps (int) or fraction of total steps (float < 1)."""
-    warmup_ratio: float = 0.0
-    """Warmup as a fraction of the total steps."""
-    lr_scheduler_type: str = "linear"
-    """A transformers scheduler name."""
-    lr_scheduler_kwargs: dict[str, Any] | None = None
-    """Extra scheduler arguments."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    adam_beta1: float = 0.9
-    """AdamW beta1."""
-    adam_beta2: float = 0.999
-    """AdamW beta2."""
-    adam_epsilon: float = 1e-8
-    """AdamW epsilon."""
-    optim: str = "adamw_torch_fused"
-    """Optimizer: adamw_torch, adamw_torch_fused (fused on GPU), sgd."""
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm; 0 disables."""
-    seed: int = 42
-    """Seed for the LoRA init and dropout."""
-    data_seed: int | None = None
-    """Seed for the data order; None: `seed`."""
-    bf16: bool = True
-    """bf16 weights and compute on GPU (CPU trains in fp32)."""
-    gradient_checkpointing: bool = False
-    """Recompute activations in the backward pass."""
-    gradient_checkpointing_kwargs: dict[str, Any] | None = None
-    """Passed to `gradient_checkpointing_enable`."""
-    logging_steps: float = 10
-    """Log every N optimizer steps (or a fraction of the total)."""
-    logging_first_step: bool = True
-    """Also log the first step."""
-    logging_strategy: str = "steps"
-    """steps or no."""
-    save_strategy: str = "steps"
-    """steps or no."""
-    save_steps: float = 500
-    """Checkpoint every N optimizer steps (or a fraction of the total)."""
-    save_total_limit: int | None = 2
-    """Checkpoints to keep (oldest removed first)."""
-    label_smoothing_factor: float = 0.0
-    """Label smoothing for sequence classification."""
-    ddp_timeout: int = 1800
-    """Collective timeout in seconds."""
-    use_cpu: bool = False
-    """Train on CPU even when a GPU is present."""
-    max_seq_length: int = 1024
-    """Examples are truncated to this many tokens (kftune extra)."""
-    packing: bool = True
-    """Padding-free packing of causal-lm micro-batches (kftune extra)."""
-    shuffle: bool = True
-    """Shuffle the examples every epoch (kftune extra)."""
-    max_tokens_per_micro_batch: int | None = None
-    """Fill micro-batches by tokens instead of examples (kftune extra)."""
-    pad_to_multiple_of: int | None = None
-    """Round causal-lm row lengths up to a multiple of this (kftune extra)."""
-
-    @classmethod
-    def from_parameters(cls, training_parameters: Mapping[str, Any]) -> TrainingSettings:
-        """Fills kftune's defaults in for the honoured keys of validated parameters."""
-        names = {field.name for field in dataclasses.fields(cls)}
-        return cls(**{key: value for key, value in training_parameters.items() if key in names})
-
-    def accumulation_steps(self, world_size: int) -> int:
-        """Micro-batches per optimizer step for `world_size` processes.
-
-        Raises:
-            InputError: when `global_batch_size` is not a multiple of per-device x world size.
-        """
-        if self.global_batch_size is None:
-            return self.gradient_accumulation_steps or 1
-        per_step = self.per_device_train_batch_size * world_size
-        if self.global_batch_size % per_step:
-            problems = Problems()
-            problems.add(
-                f"`training_parameters.global_batch_size` must be a multiple of "
-                f"per_device_train_batch_size x world size = {self.per_device_train_batch_size} x "
-                f"{world_size} = {per_step}, got {self.global_batch_size}; use e.g. "
-                f"{max(per_step, self.global_batch_size // per_step * per_step)}"
+def _unexpected_keys(parameter: str, given: Mapping[str, Any], accepted: list[str],
+                     callee: str) -> list[str]:
+    problems = []
+    for key in given:
+        if key not in accepted:
+            takes = ", ".join(accepted) if accepted else "no extra arguments"
+            problems.append(
+                f"`training_parameters.{parameter}.{str(key)[:SHOWN_CHARACTERS]}` is not an "
+                f"argument of {callee}; it takes {takes}"
             )
-            problems.raise_if_any()
-        return self.global_batch_size // per_step
+    return problems
 
-    @property
-    def order_seed(self) -> int:
-        """The seed of the data order."""
-        return self.seed if self.data_seed is None else self.data_seed
+
+def _scheduler_kwargs_problems(scheduler: str, kwargs: Mapping[str, Any]) -> list[str]:
+    """`lr_scheduler_kwargs` against the parameters of the function transformers would call."""
+    try:
+        from transformers.optimization import TYPE_TO_SCHEDULER_FUNCTION, SchedulerType
+    except ImportError:  # a step without transformers: the trainer reports a bad key
+        return []
+    function = TYPE_TO_SCHEDULER_FUNCTION[SchedulerType(scheduler)]
+    # `get_scheduler` passes the optimizer and the step counts itself, and only the optimizer to
+    # the constant schedule (which drops the kwargs).
+    passed = {"optimizer", "num_warmup_steps", "num_training_steps"}
+    accepted = [] if scheduler == "constant" else [
+        name for name, parameter in inspect.signature(function).parameters.items()
+        if name not in passed and parameter.kind is not inspect.Parameter.VAR_KEYWORD
+    ]
+    callee = f"the {scheduler} scheduler (transformers.{function.__name__})"
+    return _unexpected_keys("lr_scheduler_kwargs", kwargs, accepted, callee)
+
+
+def _checkpointing_kwargs_problems(kwargs: Mapping[str, Any]) -> list[str]:
+    """`gradient_checkpointing_kwargs` against the keyword arguments of torch's `checkpoint`."""
+    try:
+        from torch.utils.checkpoint import checkpoint
+    except ImportError:  # a step without torch: the trainer reports a bad key
+        return []
+    # transformers binds these to `torch.utils.checkpoint.checkpoint`, whose own **kwargs would
+    # reach the decoder layer's forward (a TypeError mid-step); `preserve_rng_state` is the one
+    # it reads from them.
+    accepted = [
+        name for name, parameter in inspect.signature(checkpoint).parameters.items()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    accepted.append("preserve_rng_state")
+    return _unexpected_keys("gradient_checkpointing_kwargs", kwargs, accepted,
+                            "torch.utils.checkpoint.checkpoint")
+
+
+def validate_lora_config(lora_config: Mapping[str, Any], task: Any = None) -> list[str]:
+    """Returns the problems with `lora_config` for `task` (empty when it is fine).
+
+    The fields are checked one by one, then PEFT's own `LoraConfig` is built from them, so that
+    PEFT's rules between fields apply (this imports peft, and with it torch).
+    """
+    problems = size_problems(lora_config, "lora_config")
+    if problems:
+        return problems
+    problems = _check_table(lora_config, "lora_config", HONOURED_LORA_FIELDS, ALL_LORA_FIELDS,
+                            "peft.LoraConfig")
+    if problems or not isinstance(lora_config, Mapping):
+        return problems
+    task_type = lora_config.get("task_type")
+    if task_type and task in LORA_TASK_TYPES and task_type != LORA_TASK_TYPES[task]:
+        problems.append(
+            f"`lora_config.task_type` must be {LORA_TASK_TYPES[task]!r} for task "
+            f"{task!r}, got {task_type!r}; remove it (kftune sets it from `task`)"
+        )
+    problems.extend(peft_problems(lora_config, task))
+    return problems
+
+
+def peft_problems(lora_config: Mapping[str, Any], task: Any = None) -> list[str]:
+    """The problem PEFT finds when it builds `LoraConfig(**lora_config)`, as one message."""
+    try:
+        from peft import LoraConfig
+    except ImportError:  # a step without peft: the trainer builds it, inside its error handling
+        return []
+    try:
+        build_lora_config(LoraConfig, lora_config, task)
+    except (ValueError, TypeError) as error:
+        return [lora_config_problem(lora_config, error)]
+    return []
+
+
+def build_lora_config(lora_config_class: Any, lora_config: Mapping[str, Any], task: Any) -> Any:
+    """`LoraConfig` of `lora_config`, its task type set from `task` (as the trainer builds it)."""
+    fields = {key: value for key, value in lora_config.items() if key != "task_type"}
+    return lora_config_class(task_type=LORA_TASK_TYPES.get(task), **fields)
+
+
+def lora_config_problem(lora_config: Mapping[str, Any], error: Exception) -> str:
+    """One line for a `lora_config` PEFT refused."""
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return f"`lora_config` = {shown(dict(lora_config))} is refused by peft.LoraConfig: {reason}"
+
+
+# -- the trainer's config file --------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Everything one training run needs: the content of `CONFIG.json`."""
+    """Everything one training run needs: the content of `CONFIG.json`.
+
+    Its values were checked where they entered (`validate_training_parameters`,
+    `validate_lora_config`); the trainer trusts them.
+    """
 
     task: Task
     """`causal-lm` or `sequence-classification`."""
@@ -642,43 +784,30 @@ class TrainConfig:
     output_dir: str
     """Where checkpoints/ and final/ (the adapter artifact) are written."""
     training_parameters: dict[str, Any] = dataclasses.field(default_factory=dict)
-    """transformers.TrainingArguments fields + kftune extras."""
+    """The `TrainingSettings` keys given (defaults fill in the rest)."""
     lora_config: dict[str, Any] = dataclasses.field(default_factory=dict)
     """peft.LoraConfig fields."""
     merge: bool = False
     """Also write the base model with the adapter merged in to final/merged/."""
-
-    def __post_init__(self) -> None:
-        problems = Problems()
-        problems.extend(check_task(self.task))
-        for name in ("model_dir", "data_dir", "output_dir"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                problems.add(f"`{name}` must be a non-empty path, got {value!r}")
-        problems.extend(validate_training_parameters(self.training_parameters, self.task))
-        problems.extend(validate_lora_config(self.lora_config))
-        task_type = (self.lora_config or {}).get("task_type") if isinstance(
-            self.lora_config, Mapping) else None
-        if task_type and self.task in LORA_TASK_TYPES and task_type != LORA_TASK_TYPES[self.task]:
-            problems.add(
-                f"`lora_config.task_type` must be {LORA_TASK_TYPES[self.task]!r} for task "
-                f"{self.task!r}, got {task_type!r}; remove it (kftune sets it from `task`)"
-            )
-        if not isinstance(self.merge, bool):
-            problems.add(f"`merge` must be true or false, got {self.merge!r}")
-        problems.raise_if_any()
 
     @property
     def settings(self) -> TrainingSettings:
         """The training parameters with defaults filled in."""
         return TrainingSettings.from_parameters(self.training_parameters)
 
+    def to_file(self, path: str | os.PathLike) -> Path:
+        """Writes this config as `CONFIG.json` at `path`; returns the path."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
+        return path
+
     @classmethod
-    def from_json(cls, path: str | os.PathLike) -> TrainConfig:
-        """Reads a `CONFIG.json`.
+    def from_file(cls, path: str | os.PathLike) -> TrainConfig:
+        """Reads a `CONFIG.json` written by `to_file`.
 
         Raises:
-            InputError: when the file is missing, not JSON, or holds bad values.
+            InputError: when the file is missing, not JSON, or not shaped like one.
         """
         problems = Problems()
         try:
@@ -695,9 +824,57 @@ class TrainConfig:
         for key in ("task", "model_dir", "data_dir", "output_dir"):
             if key not in payload:
                 problems.add(f"`--config` is missing {key!r}")
+        problems.extend(_shape_problems(payload))
         problems.raise_if_any()
         return cls(**payload)
 
-    def to_json(self) -> str:
-        """The `CONFIG.json` text for this config."""
-        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+
+def _shape_problems(payload: Mapping[str, Any]) -> list[str]:
+    """What a `CONFIG.json` not written by `to_file` may get wrong; the values were checked."""
+    problems = check_task(payload.get("task", TASKS[0]))
+    for name in ("model_dir", "data_dir", "output_dir"):
+        value = payload.get(name, "-")
+        if not isinstance(value, str) or not value:
+            problems.append(f"`{name}` must be a non-empty path, got {shown(value)}")
+    for name in ("training_parameters", "lora_config"):
+        if not isinstance(payload.get(name, {}), dict):
+            problems.append(f"`{name}` must be an object (dict), got {shown(payload[name])}")
+    if not isinstance(payload.get("merge", False), bool):
+        problems.append(f"`merge` must be true or false, got {shown(payload['merge'])}")
+    return problems
+
+
+# -- documentation derived from the definitions ------------------------------------------------
+
+
+def _default(field: dataclasses.Field) -> str:
+    return "unset" if field.default is None else json.dumps(field.default)
+
+
+def training_parameters_help() -> str:
+    """The text documenting `training_parameters`: the component docstring and the CLI help."""
+    honoured = [name for name, field in SETTINGS.items() if not field.metadata["kftune"]]
+    extras = [
+        f"`{name}` (default {_default(field)}): {field.metadata['doc']}"
+        for name, field in SETTINGS.items() if field.metadata["kftune"]
+    ]
+    return (
+        "`transformers.TrainingArguments` fields plus kftune keys. Honoured: "
+        f"{', '.join(honoured)}. Accepted with no effect: "
+        f"{', '.join(ACCEPTED_WITHOUT_EFFECT)}. Any other key is an error that names it. kftune "
+        f"keys: {' '.join(extras)}"
+    )
+
+
+def readme_table() -> str:
+    """The README's Markdown table of every honoured key: default, kftune or not, meaning."""
+    rows = ["| key | default | meaning |", "| --- | --- | --- |"]
+    for name, field in SETTINGS.items():
+        origin = " (kftune)" if field.metadata["kftune"] else ""
+        default = "unset" if field.default is None else f"`{_default(field)}`"
+        rows.append(f"| `{name}`{origin} | {default} | {field.metadata['doc']} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    sys.stdout.write(readme_table())

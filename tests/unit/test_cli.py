@@ -88,7 +88,7 @@ BAD_RUN_CASES = [
          expected_error="`task` must be one of causal-lm, sequence-classification; got "
                         "'translation'"),
     Case("backend", ["--backend", "slurm"],
-         expected_error="`backend` must be one of auto, local, kubernetes, trainjob; got 'slurm'"),
+         expected_error="`backend` must be one of auto, kubernetes, trainjob, local, got 'slurm'"),
     Case("scheme", ["--model-uri", "ftp://host/model"],
          expected_error="`model_uri` has an unknown scheme 'ftp://' in 'ftp://host/model'"),
     Case("split", ["--split", "train[:x]"],
@@ -100,7 +100,8 @@ BAD_RUN_CASES = [
          expected_error="`training_parameters.max_tokens_per_micro_batch` applies to task "
                         "causal-lm only, got it (4096) with task 'sequence-classification'"),
     Case("procs", ["--num-procs-per-worker", "many"],
-         expected_error="`num_procs_per_worker` must be a number >= 1 or \"auto\", got 'many'"),
+         expected_error="`num_procs_per_worker` must be a positive whole number or 'auto', "
+                        "got 'many'"),
 ]
 
 
@@ -116,6 +117,118 @@ def test_bad_parameters_fail_before_any_step_runs(
     assert "hint:" in captured.err
     assert "Traceback" not in captured.err
     assert not output_dir.exists()  # nothing ran, nothing was written
+
+
+# Checks that once let bad values through to a later step: `kftune run --check` reports each.
+CHECK_CASES = [
+    Case("gpus_typo", ["--resources-per-worker", '{"gpus": 1}'],
+         expected_error="`resources_per_worker` has an unknown key 'gpus'; use gpu, cpu, memory"),
+    Case("kubernetes_options_typo", ["--kubernetes-options", '{"namespac": "team"}'],
+         expected_error="`kubernetes_options` has an unknown key 'namespac'"),
+    Case("trainer_image", ["--trainer-image", "Not An Image!"],
+         expected_error="`trainer_image` must be a container image reference like "
+                        "'registry.example.com/team/trainer:1.0', got 'Not An Image!'"),
+    Case("s3_without_bucket", ["--model-uri", "s3:///key"],
+         expected_error="`model_uri` 's3:///key' is malformed: no bucket"),
+    Case("hf_three_parts", ["--dataset-uri", "hf://a/b/c"],
+         expected_error="`dataset_uri` 'hf://a/b/c' is malformed: write hf://<org>/<name>"),
+    Case("pvc_claim_name", ["--model-uri", "pvc://My_Claim/x"],
+         expected_error="`model_uri` 'pvc://My_Claim/x' has an invalid claim name 'My_Claim'"),
+    Case("lora_cross_field",
+         ["--lora-config", '{"target_modules": "all-linear", "layers_to_transform": [0]}'],
+         expected_error="`lora_config` = {'target_modules': 'all-linear', 'layers_to_transform': "
+                        "[0]} is refused by peft.LoraConfig: `layers_to_transform` cannot be used "
+                        "when `target_modules` is a str."),
+    Case("learning_rate_infinity", ["--param", "training_parameters.learning_rate=Infinity"],
+         expected_error="`training_parameters.learning_rate` must be a finite number > 0, got inf"),
+    Case("weight_decay_nan", ["--param", "training_parameters.weight_decay=NaN"],
+         expected_error="`training_parameters.weight_decay` must be a finite number >= 0, "
+                        "got nan"),
+    Case("scheduler_kwargs",
+         ["--param", "training_parameters.lr_scheduler_type=cosine",
+          "--param", 'training_parameters.lr_scheduler_kwargs={"num_cyclez": 2}'],
+         expected_error="`training_parameters.lr_scheduler_kwargs.num_cyclez` is not an argument "
+                        "of the cosine scheduler (transformers.get_cosine_schedule_with_warmup); "
+                        "it takes num_cycles, last_epoch"),
+    Case("checkpointing_kwargs",
+         ["--param", 'training_parameters.gradient_checkpointing_kwargs={"reentrant": false}'],
+         expected_error="`training_parameters.gradient_checkpointing_kwargs.reentrant` is not an "
+                        "argument of torch.utils.checkpoint.checkpoint; it takes use_reentrant"),
+]
+
+
+@pytest.mark.parametrize("case", CHECK_CASES, ids=[case.name for case in CHECK_CASES])
+def test_check_reports_what_a_later_step_would_fail_on(
+    case: Case, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output_dir = tmp_path / "run"
+    code = cli.main(["run", "--check", "--output-dir", str(output_dir), *case.input])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert case.expected_error in err
+    assert "Traceback" not in err
+    assert not output_dir.exists()
+
+
+def test_check_of_valid_parameters_starts_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    output_dir = tmp_path / "run"
+    arguments = ["--param", 'training_parameters.lr_scheduler_kwargs={"num_cycles": 1}',
+                 "--param", "training_parameters.lr_scheduler_type=cosine_with_restarts",
+                 "--param", 'training_parameters.gradient_checkpointing_kwargs='
+                            '{"use_reentrant": false}']
+    code = cli.main(["run", "--check", "--output-dir", str(output_dir), *arguments])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert captured.out == "all parameters are valid\n"
+    assert not output_dir.exists()
+
+
+def test_unknown_param_does_not_stop_the_other_checks(capsys: pytest.CaptureFixture[str]) -> None:
+    code = cli.main(["run", "--check", "--param", "nope=1", "--num-workers", "0",
+                     "--trainer-image", "Not An Image!", "--model-uri", "s3:///key"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "4 problems" in err
+    for fragment in ("unknown pipeline parameter `nope`", "`num_workers` must be >= 1",
+                     "`trainer_image` must be", "`model_uri` 's3:///key' is malformed"):
+        assert fragment in err
+
+
+def test_dict_parameters_from_files(tmp_path: Path) -> None:
+    training = tmp_path / "training.json"
+    training.write_text(json.dumps({"max_steps": 3, "learning_rate": 1e-3}))
+    lora = tmp_path / "lora.json"
+    lora.write_text(json.dumps({"r": 4}))
+    overrides, problems = parameters.parse_overrides(
+        [f"lora_config=@{lora}"], {"training_parameters": f"@{training}"}
+    )
+    assert problems == []
+    assert overrides == {"training_parameters": {"max_steps": 3, "learning_rate": 1e-3},
+                         "lora_config": {"r": 4}}
+
+
+def test_dict_parameter_from_a_missing_file(tmp_path: Path) -> None:
+    _, problems = parameters.parse_overrides([f"lora_config=@{tmp_path / 'none.json'}"])
+    assert problems == [
+        f"`lora_config` names the file {str(tmp_path / 'none.json')!r}, which cannot be read: "
+        "No such file or directory"
+    ]
+
+
+def test_huge_training_parameters_give_one_short_message(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    huge = tmp_path / "huge.json"
+    huge.write_text(json.dumps({f"key_{index}": "x" * 100 for index in range(100_000)}))
+    assert huge.stat().st_size > 10_000_000
+    code = cli.main(["run", "--check", "--training-parameters", f"@{huge}"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (f"`training_parameters` is {huge.stat().st_size} bytes as JSON, more than the 65536 "
+            "bytes kftune accepts") in err
+    assert len(err) < 1000
 
 
 def test_several_bad_parameters_reported_together(capsys: pytest.CaptureFixture[str]) -> None:

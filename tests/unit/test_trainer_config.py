@@ -1,4 +1,5 @@
-"""The trainer's config checks: pure, table-driven, messages asserted."""
+"""The training settings: their checks (table-driven, messages asserted), the config file, and
+the documentation derived from them."""
 
 from __future__ import annotations
 
@@ -6,15 +7,23 @@ import dataclasses
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from kftune.components.common.errors import InputError
+from kftune.components.train_lora.component import train_lora
 from kftune.components.train_lora.config import (
+    SETTINGS,
     TrainConfig,
     TrainingSettings,
+    readme_table,
+    training_parameters_help,
     validate_lora_config,
     validate_training_parameters,
 )
+from kftune.components.train_lora.step.launch import plan
+from kftune.components.train_lora.step.spec import DEFAULT_TIMEOUT_MINUTES
+from kftune.pipelines import parameters
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +66,7 @@ TRAINING_CASES = [
     Case("fp16 on", {"fp16": True}, ("`training_parameters.fp16` = True", "use bf16")),
     Case("push to hub", {"push_to_hub": True}, ("`training_parameters.push_to_hub`",)),
     Case("negative learning rate", {"learning_rate": -1.0},
-         ("`training_parameters.learning_rate` must be a number > 0, got -1.0",)),
+         ("`training_parameters.learning_rate` must be a finite number > 0, got -1.0",)),
     Case("zero batch size", {"per_device_train_batch_size": 0},
          ("`training_parameters.per_device_train_batch_size` must be an integer >= 1, got 0",)),
     Case("bool is not an int", {"gradient_accumulation_steps": True},
@@ -90,6 +99,32 @@ TRAINING_CASES = [
     Case("token budget not a number", {"max_tokens_per_micro_batch": "16k"},
          ("`training_parameters.max_tokens_per_micro_batch` must be an integer >= 1, got '16k'",)),
     Case("report to wandb", {"report_to": "wandb"}, ("`training_parameters.report_to`",)),
+    Case("infinite learning rate", {"learning_rate": float("inf")},
+         ("`training_parameters.learning_rate` must be a finite number > 0, got inf",)),
+    Case("NaN beta", {"adam_beta1": float("nan")},
+         ("`training_parameters.adam_beta1` must be a number in [0, 1), got nan",)),
+    Case("infinite save steps", {"save_steps": float("inf")},
+         ("`training_parameters.save_steps` must be a step count",)),
+    Case("scheduler kwargs the scheduler takes",
+         {"lr_scheduler_type": "cosine_with_restarts", "lr_scheduler_kwargs": {"num_cycles": 2}}),
+    Case("scheduler kwarg of another scheduler",
+         {"lr_scheduler_kwargs": {"num_cycles": 2}},
+         ("`training_parameters.lr_scheduler_kwargs.num_cycles` is not an argument of the linear "
+          "scheduler (transformers.get_linear_schedule_with_warmup); it takes last_epoch",)),
+    Case("constant scheduler drops its kwargs",
+         {"lr_scheduler_type": "constant", "lr_scheduler_kwargs": {"last_epoch": 3}},
+         ("`training_parameters.lr_scheduler_kwargs.last_epoch` is not an argument of the "
+          "constant scheduler", "it takes no extra arguments")),
+    Case("checkpointing kwargs torch takes",
+         {"gradient_checkpointing_kwargs": {"use_reentrant": False, "preserve_rng_state": True}}),
+    Case("checkpointing kwarg torch does not take",
+         {"gradient_checkpointing_kwargs": {"use_reentrant": False, "reentrant": True}},
+         ("`training_parameters.gradient_checkpointing_kwargs.reentrant` is not an argument of "
+          "torch.utils.checkpoint.checkpoint",)),
+    Case("nested kwargs reported beside other problems",
+         {"learning_rate": 0, "lr_scheduler_kwargs": {"power": 2}},
+         ("`training_parameters.learning_rate`",
+          "`training_parameters.lr_scheduler_kwargs.power`")),
     Case("several problems at once", {"learning_rate": 0, "max_seq_length": 0, "foo": 1},
          ("learning_rate", "max_seq_length", "'foo'")),
 ]
@@ -134,6 +169,16 @@ LORA_CASES = [
     Case("unsupported field", {"loftq_config": {}},
          ("`lora_config.loftq_config` is a peft.LoraConfig field that kftune does not support",)),
     Case("bad task type", {"task_type": "TOKEN_CLS"}, ("`lora_config.task_type` must be one of",)),
+    Case("peft cross-field rule", {"target_modules": "all-linear", "layers_to_transform": [0]},
+         ("`lora_config` = {'target_modules': 'all-linear', 'layers_to_transform': [0]} is "
+          "refused by peft.LoraConfig: `layers_to_transform` cannot be used when `target_modules` "
+          "is a str.",)),
+    Case("peft rule between dora and lora_bias", {"use_dora": True, "lora_bias": True},
+         ("is refused by peft.LoraConfig: The argument lora_bias=True is not supported for DoRA",)),
+    Case("layers_pattern alone", {"layers_pattern": "layers"},
+         ("is refused by peft.LoraConfig: When `layers_pattern` is specified, "
+          "`layers_to_transform` must also be specified",)),
+
 ]
 
 
@@ -142,12 +187,13 @@ def test_validate_lora_config(case: Case) -> None:
     assert_problems(validate_lora_config(case.value), case)
 
 
-def test_validators_do_not_import_torch() -> None:
+def test_training_parameter_checks_do_not_import_torch() -> None:
+    # The light step checks plain training parameters without torch; only the nested kwargs
+    # dicts (checked against their callee's signature) and lora_config (built with peft) need it.
     code = (
         "import sys\n"
         "from kftune.components.train_lora import config\n"
-        "config.validate_training_parameters({'learning_rate': 1e-4})\n"
-        "config.validate_lora_config({'r': 4})\n"
+        "assert config.validate_training_parameters({'learning_rate': 1e-4}) == []\n"
         "heavy = [m for m in ('torch', 'transformers', 'peft') if m in sys.modules]\n"
         "assert not heavy, heavy\n"
     )
@@ -159,37 +205,51 @@ def _config(**overrides) -> dict:
             **overrides}
 
 
-def test_train_config_reports_every_problem() -> None:
+def test_the_step_check_reports_every_problem() -> None:
     with pytest.raises(InputError) as caught:
-        TrainConfig(**_config(task="translation", training_parameters={"learning_rat": 1},
-                              lora_config={"r": -1}, model_dir=""))
+        plan(task="translation", training_parameters={"learning_rat": 1},
+             lora_config={"r": -1}, num_workers=1, num_procs_per_worker="1",
+             resources_per_worker={}, backend="local", image="", timeout_minutes=10,
+             kubernetes_options={})
     message = str(caught.value)
     assert "`task` must be one of causal-lm, sequence-classification; got 'translation'" in message
-    assert "`model_dir` must be a non-empty path, got ''" in message
     assert "did you mean `learning_rate`" in message
     assert "`lora_config.r` must be an integer >= 1, got -1" in message
 
 
 def test_task_type_must_match_task() -> None:
-    with pytest.raises(InputError, match="`lora_config.task_type` must be 'CAUSAL_LM'"):
-        TrainConfig(**_config(lora_config={"task_type": "SEQ_CLS"}))
+    (problem,) = validate_lora_config({"task_type": "SEQ_CLS"}, "causal-lm")
+    assert problem.startswith("`lora_config.task_type` must be 'CAUSAL_LM'")
 
 
-def test_config_json_round_trip(tmp_path) -> None:
+def test_config_file_round_trip(tmp_path) -> None:
     config = TrainConfig(**_config(training_parameters={"learning_rate": 1e-3},
                                    lora_config={"r": 4}, merge=True))
-    path = tmp_path / "config.json"
-    path.write_text(config.to_json())
-    assert TrainConfig.from_json(path) == config
+    path = config.to_file(tmp_path / "config.json")
+    assert TrainConfig.from_file(path) == config
 
 
-def test_config_json_unknown_and_missing_keys(tmp_path) -> None:
+def test_config_file_unknown_and_missing_keys(tmp_path) -> None:
     path = tmp_path / "config.json"
     path.write_text(json.dumps({"task": "causal-lm", "model_dir": "/m", "extra": 1}))
     with pytest.raises(InputError) as caught:
-        TrainConfig.from_json(path)
+        TrainConfig.from_file(path)
     assert "unknown key 'extra'" in str(caught.value)
     assert "missing 'data_dir'" in str(caught.value)
+
+
+def test_config_file_of_the_wrong_shape(tmp_path) -> None:
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(_config(task="translation", model_dir="", lora_config=[],
+                                       merge="yes")))
+    with pytest.raises(InputError) as caught:
+        TrainConfig.from_file(path)
+    assert caught.value.problems == [
+        "`task` must be one of causal-lm, sequence-classification; got 'translation'",
+        "`model_dir` must be a non-empty path, got ''",
+        "`lora_config` must be an object (dict), got []",
+        "`merge` must be true or false, got 'yes'",
+    ]
 
 
 @pytest.mark.parametrize(
@@ -209,3 +269,48 @@ def test_global_batch_that_does_not_fit_world_size() -> None:
         settings.accumulation_steps(4)
     assert ("`training_parameters.global_batch_size` must be a multiple of "
             "per_device_train_batch_size x world size = 4 x 4 = 16, got 30") in str(caught.value)
+
+
+def test_a_huge_dict_is_refused_with_one_short_line() -> None:
+    huge = {f"key_{index}": "x" * 100 for index in range(100_000)}
+    for problems in (validate_training_parameters(huge), validate_lora_config(huge)):
+        (problem,) = problems
+        assert "bytes as JSON, more than the 65536 bytes kftune accepts" in problem
+        assert len(problem) < 200
+
+
+def test_many_bad_keys_are_listed_up_to_a_bound() -> None:
+    problems = validate_training_parameters({f"unknown_{index}": 1 for index in range(500)})
+    assert len(problems) == 21
+    assert problems[-1] == ("`training_parameters` has more problems; fix the ones above first")
+
+
+def test_a_long_value_is_cut_in_the_message() -> None:
+    (problem,) = validate_training_parameters({"optim": "x" * 5000})
+    assert problem.endswith("got '" + "x" * 79 + "... (5002 characters)")
+
+
+def test_readme_table_is_generated_from_the_settings() -> None:
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    start = readme.index("<!-- training-parameters:start -->\n") + len(
+        "<!-- training-parameters:start -->\n")
+    end = readme.index("<!-- training-parameters:end -->")
+    assert readme[start:end] == readme_table(), (
+        "README.md's table is stale: paste `python -m kftune.components.train_lora.config`"
+    )
+    for name in SETTINGS:
+        assert f"| `{name}`" in readme
+
+
+def test_component_documents_every_kftune_key() -> None:
+    description = train_lora.component_spec.inputs["training_parameters"].description
+    assert training_parameters_help() in " ".join(description.split())
+    for name, field in SETTINGS.items():
+        assert name in description
+        if field.metadata["kftune"]:
+            assert f"`{name}` (default" in description
+
+
+def test_timeout_default_is_one_value() -> None:
+    assert train_lora.component_spec.inputs["timeout_minutes"].default == DEFAULT_TIMEOUT_MINUTES
+    assert parameters.pipeline_parameters()["timeout_minutes"][1] == DEFAULT_TIMEOUT_MINUTES

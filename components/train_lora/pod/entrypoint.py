@@ -40,6 +40,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ...common.transfer import download_directory, upload_directory
+from ..config import TrainConfig
 
 logger = logging.getLogger("kftune.pod")
 
@@ -134,22 +135,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.model_uri, args.data_uri, base / "inputs", wait_for_other_node=False
         )
     output_dir = base / "output"
-    config_path = Path(args.work_dir) / "config.json"
-    config_path.parent.mkdir(parents=True, exist_ok=True)
-    config_path.write_text(
-        json.dumps(
-            {
-                "task": args.task,
-                "model_dir": str(model_dir),
-                "data_dir": str(data_dir),
-                "output_dir": str(output_dir),
-                "training_parameters": json.loads(args.training_parameters),
-                "lora_config": json.loads(args.lora_config),
-                "merge": args.merge,
-            },
-            indent=2,
-        )
-    )
+    config_path = TrainConfig(
+        task=args.task,
+        model_dir=str(model_dir),
+        data_dir=str(data_dir),
+        output_dir=str(output_dir),
+        training_parameters=json.loads(args.training_parameters),
+        lora_config=json.loads(args.lora_config),
+        merge=args.merge,
+    ).to_file(Path(args.work_dir) / "config.json")
     status = run_trainer(config_path)
     if status != 0:
         logger.error("the trainer exited with status %d", status)

@@ -43,7 +43,7 @@ import torch.distributed as dist
 
 from ...common.artifacts import atomic_directory, read_manifest, write_manifest
 from ...common.errors import InputError, Problems
-from ..config import LORA_TASK_TYPES, TrainConfig, TrainingSettings
+from ..config import TrainConfig, TrainingSettings, build_lora_config, lora_config_problem
 from . import checkpoint, data, kernels
 
 LOG = logging.getLogger("kftune.trainer")
@@ -203,7 +203,11 @@ def wrap_with_lora(model: torch.nn.Module, cfg: TrainConfig) -> torch.nn.Module:
                 f"linear layers are {available}; pick from those or leave target_modules unset"
             )
     problems.raise_if_any()
-    lora = LoraConfig(task_type=LORA_TASK_TYPES[cfg.task], **fields)
+    try:
+        lora = build_lora_config(LoraConfig, fields, cfg.task)
+    except (ValueError, TypeError) as error:
+        problems.add(lora_config_problem(cfg.lora_config, error))
+        problems.raise_if_any()
     try:
         return get_peft_model(model, lora)
     except ValueError as error:
@@ -859,7 +863,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="path of CONFIG.json (see config.py)")
     args = parser.parse_args(argv)
     try:
-        train(TrainConfig.from_json(args.config))
+        train(TrainConfig.from_file(args.config))
     except InputError as error:
         print(f"kftune trainer: bad input: {error}", file=sys.stderr, flush=True)
         return 2

@@ -24,10 +24,13 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from ...common.errors import InputError
 from ...common.images import TRAINER_IMAGE
+from ..config import shown
+from .spec import DEFAULT_TIMEOUT_MINUTES
 
 
 class _UsageError(Exception):
@@ -64,11 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--num-procs-per-worker", default="1", help="processes per pod, or auto")
     parser.add_argument("--resources-per-worker", default="{}",
                         help='JSON, e.g. \'{"gpu": 2, "cpu": 5, "memory": "10G"}\'')
-    parser.add_argument("--training-parameters", default="{}", help="JSON TrainingArguments fields")
-    parser.add_argument("--lora-config", default="{}", help="JSON LoraConfig fields")
+    parser.add_argument("--training-parameters", default="{}",
+                        help="JSON TrainingArguments fields (+ kftune keys), or @FILE")
+    parser.add_argument("--lora-config", default="{}", help="JSON LoraConfig fields, or @FILE")
     parser.add_argument("--merge", action="store_true", help="also write merged full weights")
     parser.add_argument("--image", default=TRAINER_IMAGE)
-    parser.add_argument("--timeout-minutes", type=int, default=1440)
+    parser.add_argument("--timeout-minutes", type=int, default=DEFAULT_TIMEOUT_MINUTES)
     parser.add_argument("--service-account", default="")
     parser.add_argument("--node-selector", default="{}", help="JSON label -> value")
     parser.add_argument("--tolerations", default="[]", help="JSON list of tolerations")
@@ -88,10 +92,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _json(flag: str, text: str, problems: list[str]) -> Any:
+    """The JSON value of a flag: its text, or with `@FILE` the content of that file."""
+    if text.startswith("@"):
+        try:
+            text = Path(text[1:]).expanduser().read_text()
+        except (OSError, UnicodeDecodeError) as error:
+            reason = getattr(error, "strerror", None) or str(error)
+            problems.append(f"`{flag}` names the file {text[1:]!r}, which cannot be read: {reason}")
+            return None
     try:
         return json.loads(text)
     except json.JSONDecodeError as error:
-        problems.append(f"`{flag}` must be JSON, got {text!r} ({error.msg})")
+        problems.append(f"`{flag}` must be JSON, got {shown(text)} ({error.msg})")
         return None
 
 

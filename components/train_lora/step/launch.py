@@ -48,7 +48,7 @@ from . import inputs
 from . import job as job_lib
 from .backends.base import Backend, deleting_on_exit
 from .options import KubernetesOptions, check_elastic_range, parse_kubernetes_options
-from .spec import TrainingSpec, from_parameters
+from .spec import DEFAULT_TIMEOUT_MINUTES, TrainingSpec, from_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -96,13 +96,17 @@ def plan(
     resources_per_worker: Mapping[str, Any],
     backend: str,
     image: str = "",
-    timeout_minutes: int = 1440,
+    timeout_minutes: int = DEFAULT_TIMEOUT_MINUTES,
     kubernetes_options: Mapping[str, Any] | None = None,
     merge: bool = False,
     uris: Mapping[str, str] | None = None,
     extra_problems: tuple[str, ...] = (),
 ) -> Plan:
-    """Checks every setting once and returns the `Plan`.
+    """Checks every setting once and returns the `Plan`: the one check of train_lora's parameters.
+
+    Every boundary runs it before anything starts: the component (`run_training`), `kftune
+    run/submit` and the Python API (`pipelines.parameters.validate_arguments`); the plan is trusted
+    from then on.
 
     Args:
         task: `causal-lm` or `sequence-classification`.
@@ -336,13 +340,11 @@ def _run_local(
     work = Path(tempfile.mkdtemp(prefix=".kftune-train-", dir=adapter_path.parent))
     try:
         output_dir = work / "output"
-        config_path = work / "config.json"
-        trainer_config = spec.trainer_config(
+        config_path = spec.trainer_config(
             model_dir=str(Path(model_dir).resolve()),
             data_dir=str(Path(data_dir).resolve()),
             output_dir=str(output_dir),
-        )
-        config_path.write_text(json.dumps(trainer_config, indent=2))
+        ).to_file(work / "config.json")
         backend = LocalBackend(
             trainer_command(config_path),
             num_workers=spec.num_workers,

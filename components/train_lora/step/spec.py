@@ -20,6 +20,7 @@ from typing import Any, Literal
 from ...common.errors import Problems
 from ...common.images import TRAINER_IMAGE
 from ...common.tasks import check_task
+from ..config import TrainConfig, validate_lora_config, validate_training_parameters
 
 RESOURCE_KEYS = ("gpu", "cpu", "memory", "ephemeral-storage")
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -246,17 +247,17 @@ class TrainingSpec:
             return int(self.num_procs_per_worker)
         return max(1, self.resources.gpus or host_gpus)
 
-    def trainer_config(self, *, model_dir: str, data_dir: str, output_dir: str) -> dict[str, Any]:
-        """The trainer's `--config` JSON for the given directories."""
-        return {
-            "task": self.task,
-            "model_dir": model_dir,
-            "data_dir": data_dir,
-            "output_dir": output_dir,
-            "training_parameters": dict(self.training_parameters),
-            "lora_config": dict(self.lora_config),
-            "merge": self.merge,
-        }
+    def trainer_config(self, *, model_dir: str, data_dir: str, output_dir: str) -> TrainConfig:
+        """The trainer's config (`TrainConfig.to_file` writes its `--config` file)."""
+        return TrainConfig(
+            task=self.task,  # type: ignore[arg-type]  # a Task: checked in __post_init__
+            model_dir=model_dir,
+            data_dir=data_dir,
+            output_dir=output_dir,
+            training_parameters=dict(self.training_parameters),
+            lora_config=dict(self.lora_config),
+            merge=self.merge,
+        )
 
 
 def _check_trainer_input(training_parameters: Any, lora_config: Any, task: Any) -> list[str]:
@@ -270,11 +271,8 @@ def _check_trainer_input(training_parameters: Any, lora_config: Any, task: Any) 
         problems.append(f"`lora_config` must be a dict of LoraConfig fields, got {lora_config!r}")
     if problems:
         return problems
-    # Pure checks (no torch import), owned by the trainer: the same rules the pods apply.
-    from ..config import validate_lora_config, validate_training_parameters
-
     return [*validate_training_parameters(dict(training_parameters), task),
-            *validate_lora_config(dict(lora_config))]
+            *validate_lora_config(dict(lora_config), task)]
 
 
 def from_parameters(
