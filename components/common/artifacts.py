@@ -14,7 +14,17 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
+
+# The rows of a Dataset artifact, beside its manifest.json.
+DATA_FILE = "data.parquet"
+
+
+class MetricsSink(Protocol):
+    """Where scalar metrics go: KFP's `Metrics` artifact fits (anything with `log_metric`)."""
+
+    def log_metric(self, metric: str, value: float) -> None:
+        """Records one scalar metric."""
 
 MANIFEST_NAME = "manifest.json"
 FORMAT_VERSION = 1

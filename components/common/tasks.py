@@ -4,6 +4,8 @@ from typing import Literal, get_args
 
 Task = Literal["causal-lm", "sequence-classification"]
 TASKS: tuple[str, ...] = get_args(Task)
+# The label of a position that carries no loss (what torch's cross_entropy skips by default).
+IGNORE_INDEX = -100
 
 
 def check_task(task: str, *, parameter: str = "task") -> list[str]:

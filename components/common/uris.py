@@ -266,6 +266,30 @@ def parse_problems(uri: str, *, parameter: str = "uri") -> tuple[Location | None
     return parser(uri, scheme, rest, shown, parameter)
 
 
+def revision_problems(location: Location | None, revision: Any) -> list[str]:
+    """The problems with a `revision` given beside a parsed `uri` (a Hub revision, hf:// only)."""
+    if not isinstance(revision, str):
+        return [f"`revision` must be a string, got {revision!r}"]
+    if location is None or not revision:
+        return []
+    if location.scheme != "hf":
+        return [
+            f"`revision` applies to hf:// URIs only, got {revision!r} for `uri` "
+            f"{location.display!r}; leave it empty"
+        ]
+    if location.revision and location.revision != revision:
+        return [
+            f"`revision` {revision!r} contradicts the @{location.revision} in `uri` "
+            f"{location.display!r}; give the revision in one place"
+        ]
+    return []
+
+
+def hub_revision(uri: str, revision: str) -> str:
+    """The Hub revision asked for: `revision`, else the @revision in `uri` (empty for neither)."""
+    return revision or parse_uri(uri).revision
+
+
 def parse_uri(uri: str, *, parameter: str = "uri") -> Location:
     """Parses `uri` (see the module docstring for the forms).
 

@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any
 
 from ..common import uris
-from ..common.artifacts import atomic_directory, write_manifest
+from ..common.artifacts import DATA_FILE, atomic_directory, write_manifest
 from ..common.errors import InputError, Problems
 
 logger = logging.getLogger(__name__)
 
 ROLES = ("text", "label", "prompt", "completion", "messages")
-DATA_FILE = "data.parquet"
 _STRING_ROLES = ("text", "prompt", "completion")
 _BUILDERS = {
     ".jsonl": "json",
@@ -77,20 +76,7 @@ class DatasetSource:
         problems.extend(_split_problems(self.split, "split"))
         if self.eval_split:
             problems.extend(_split_problems(self.eval_split, "eval_split"))
-        if not isinstance(self.revision, str):
-            problems.add(f"`revision` must be a string, got {self.revision!r}")
-        elif location is not None:
-            if location.scheme == "hf":
-                if location.revision and self.revision and location.revision != self.revision:
-                    problems.add(
-                        f"`revision` {self.revision!r} contradicts the @{location.revision} in "
-                        f"`uri` {location.display!r}; give the revision in one place"
-                    )
-            elif self.revision:
-                problems.add(
-                    f"`revision` applies to hf:// URIs only, got {self.revision!r} for `uri` "
-                    f"{location.display!r}; leave it empty"
-                )
+        problems.extend(uris.revision_problems(location, self.revision))
         if not isinstance(self.subset, str):
             problems.add(f"`subset` must be a string, got {self.subset!r}")
         problems.extend(_mapping_problems(self.column_mapping))
@@ -113,7 +99,7 @@ class DatasetSource:
     @property
     def hub_revision(self) -> str:
         """The Hub revision asked for (from `revision` or the URI's @revision)."""
-        return self.revision or self.location.revision
+        return uris.hub_revision(self.uri, self.revision)
 
 
 def _split_problems(expression: Any, parameter: str) -> list[str]:

@@ -86,19 +86,7 @@ class ModelSource:
                 f"`uri` {location.display!r}: a model is a directory, which {location.scheme}:// "
                 f"cannot list; use hf://, s3://, gs://, file:// or a path, pvc:// or pkg://"
             )
-        if not isinstance(self.revision, str):
-            problems.add(f"`revision` must be a string, got {self.revision!r}")
-        elif location is not None and self.revision:
-            if location.scheme != "hf":
-                problems.add(
-                    f"`revision` applies to hf:// URIs only, got {self.revision!r} for `uri` "
-                    f"{location.display!r}; leave it empty"
-                )
-            elif location.revision and location.revision != self.revision:
-                problems.add(
-                    f"`revision` {self.revision!r} contradicts the @{location.revision} in `uri` "
-                    f"{location.display!r}; give the revision in one place"
-                )
+        problems.extend(uris.revision_problems(location, self.revision))
         problems.extend(check_task(self.task))
         if not isinstance(self.trust_remote_code, bool):
             problems.add(
@@ -114,7 +102,7 @@ class ModelSource:
     @property
     def hub_revision(self) -> str:
         """The Hub revision asked for (from `revision` or the URI's @revision)."""
-        return self.revision or self.location.revision
+        return uris.hub_revision(self.uri, self.revision)
 
 
 def _matches(relative: str, patterns: list[str]) -> bool:

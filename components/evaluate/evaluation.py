@@ -27,25 +27,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..common.artifacts import read_manifest
+from ..common.artifacts import DATA_FILE, MetricsSink, read_manifest
 from ..common.errors import InputError, Problems
-from ..common.tasks import check_task
+from ..common.tasks import IGNORE_INDEX, check_task
 from ..train_lora.pod.data import check_columns, tokenize_rows
 
 logger = logging.getLogger(__name__)
 
-DATA_FILE = "data.parquet"
 DEFAULT_MAX_LENGTH = 256
 GENERATION_SAMPLES = 3
 SAMPLE_SEED = 0
 GENERATION_MAX_NEW_TOKENS = 48
-
-
-class MetricsSink(Protocol):
-    """What the evaluation writes scalar metrics to (KFP's `Metrics` artifact fits)."""
-
-    def log_metric(self, metric: str, value: float) -> None:
-        """Records one scalar metric."""
 
 
 class ConfusionMatrixSink(Protocol):
@@ -359,7 +351,7 @@ def _lm_loss(
             batch = examples[start : start + config.batch_size]
             width = max(len(ids) for ids, _ in batch)
             input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), -100, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
             attention = torch.zeros((len(batch), width), dtype=torch.long)
             for row, (ids, row_labels) in enumerate(batch):
                 input_ids[row, : len(ids)] = torch.tensor(ids)
@@ -369,10 +361,11 @@ def _lm_loss(
             logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
             flat_labels = labels.reshape(-1)
             loss = torch.nn.functional.cross_entropy(
-                logits.reshape(-1, logits.size(-1)), flat_labels, ignore_index=-100, reduction="sum"
+                logits.reshape(-1, logits.size(-1)), flat_labels, ignore_index=IGNORE_INDEX,
+                reduction="sum",
             )
             total_loss += float(loss)
-            total_tokens += int((flat_labels != -100).sum())
+            total_tokens += int((flat_labels != IGNORE_INDEX).sum())
     return (total_loss / total_tokens if total_tokens else float("nan")), total_tokens
 
 

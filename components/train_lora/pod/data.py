@@ -32,11 +32,9 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...common.artifacts import read_manifest
+from ...common.artifacts import DATA_FILE, read_manifest
 from ...common.errors import Problems
-
-IGNORE_INDEX = -100
-DATA_FILE = "data.parquet"
+from ...common.tasks import IGNORE_INDEX
 
 
 @dataclasses.dataclass(frozen=True)

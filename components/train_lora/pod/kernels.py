@@ -57,7 +57,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F  # noqa: N812
 
-IGNORE_INDEX = -100
+from ...common.tasks import IGNORE_INDEX
+
 VARLEN_ATTENTION = "kftune_varlen"
 # Logit elements per loss-head chunk: 2**28 (1 GiB fp32) = 2048 tokens of a 128k vocabulary.
 _CHUNK_ELEMENTS = 2**28

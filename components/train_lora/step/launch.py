@@ -40,9 +40,9 @@ import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from ...common.artifacts import atomic_directory, read_manifest
+from ...common.artifacts import MetricsSink, atomic_directory, read_manifest
 from ...common.errors import InputError, Problems
 from . import inputs
 from . import job as job_lib
@@ -55,13 +55,6 @@ logger = logging.getLogger(__name__)
 BACKENDS = ("auto", "kubernetes", "trainjob", "local")
 KUBERNETES_BACKENDS = ("kubernetes", "trainjob")
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-
-class MetricsSink(Protocol):
-    """What `run_training` needs of a KFP `Metrics` artifact."""
-
-    def log_metric(self, metric: str, value: float) -> None:
-        """Records one scalar."""
 
 
 def choose_backend(backend: str) -> str:
