@@ -1,11 +1,18 @@
 """A Kubernetes API server double on 127.0.0.1, for the real `kubernetes` client.
 
-It speaks the real HTTP API for the endpoints kftune's PyTorchJob backend uses — create, get,
-delete, list and watch `pytorchjobs.kubeflow.org/v1`; list pods; read a pod and its log (with
-`follow`, `tailLines`, `timestamps`, `previous`) — and rejects what a real server rejects: 409 for a
-taken name, 404 for a missing object, 422 for an invalid name, 400 for a namespace mismatch, and
-403 for what the Training Operator's validating webhook denies (a name that is no DNS-1035 label,
-no `pytorch` container, a Master with replicas != 1, ...).
+It speaks the real HTTP API for the endpoints kftune's Kubernetes backends use — discovery of
+`kubeflow.org/v1` and `trainer.kubeflow.org/v1alpha1`; create, get, delete, list and watch
+`pytorchjobs.kubeflow.org/v1` and `trainjobs.trainer.kubeflow.org/v1alpha1`; list and get
+`clustertrainingruntimes`; list pods; read a pod and its log (with `follow`, `tailLines`,
+`timestamps`, `previous`) — and rejects what a real server rejects: 409 for a taken name, 404 for
+a missing object or an unserved kind, 400 for a namespace mismatch, 422 for an invalid name or an
+object its CRD's structural schema refuses (the vendored CRDs of `tests/crds/`), and 403 for what
+the operators' validating webhooks deny: the rules of training-operator v1.9's
+`pytorchjob_webhook.go` and of trainer v2.3's TrainJob webhook (runtime must exist, no reserved
+PET_* env, runtime patches only for replicated jobs and containers the runtime has). Unknown
+fields are pruned as a structural schema prunes them, and recorded in `pruned`: leaving the
+context with anything pruned fails the test (a field the real server would silently drop), unless
+`allow_pruning` is set.
 Objects carry a `resourceVersion`; a watch sends the events after the version it is given, ends
 after `timeoutSeconds`, and can be dropped on purpose (`drop_watches`). `fail_next` makes the next
 matching requests fail with a status (500 by default).
@@ -36,7 +43,20 @@ from typing import Any
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
-_JOBS = re.compile(r"^/apis/kubeflow\.org/v1/namespaces/([^/]+)/pytorchjobs(?:/([^/]+))?$")
+_JOBS = re.compile(
+    r"^/apis/(kubeflow\.org/v1|trainer\.kubeflow\.org/v1alpha1)/namespaces/([^/]+)/"
+    r"(pytorchjobs|trainjobs)(?:/([^/]+))?$"
+)
+_DISCOVERY = re.compile(r"^/apis/(kubeflow\.org/v1|trainer\.kubeflow\.org/v1alpha1)/?$")
+_RUNTIMES = re.compile(
+    r"^/apis/trainer\.kubeflow\.org/v1alpha1/clustertrainingruntimes(?:/([^/]+))?$"
+)
+# What each served kind is: (group/version, kind, CRD file, pod container).
+KINDS = {
+    "pytorchjobs": ("kubeflow.org/v1", "PyTorchJob", "kubeflow.org_pytorchjobs.yaml", "pytorch"),
+    "trainjobs": ("trainer.kubeflow.org/v1alpha1", "TrainJob",
+                  "trainer.kubeflow.org_trainjobs.yaml", "node"),
+}
 _PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?(/log)?$")
 
 
@@ -45,9 +65,26 @@ def _now() -> str:
 
 
 class FakeKubernetes:
-    """The in-memory API server. Use as a context manager; `api_client()` gives a client of it."""
+    """The in-memory API server. Use as a context manager; `api_client()` gives a client of it.
 
-    def __init__(self) -> None:
+    Args:
+        serves: the job kinds it serves (`pytorchjobs`, `trainjobs`); the others answer 404 as on
+            a cluster without that operator.
+        runtimes: the ClusterTrainingRuntimes it holds (default: the vendored torch-distributed).
+        crd_files: another CRD file for a kind (an older operator's), by plural.
+    """
+
+    def __init__(self, serves: tuple[str, ...] = ("pytorchjobs", "trainjobs"),
+                 runtimes: list[dict[str, Any]] | None = None,
+                 crd_files: dict[str, str] | None = None) -> None:
+        self.serves = tuple(serves)
+        self.crd_files = {plural: kind[2] for plural, kind in KINDS.items()} | (crd_files or {})
+        self.runtimes = {r["metadata"]["name"]: r for r in (
+            runtimes if runtimes is not None else [_vendored_runtime()])}
+        self.pruned: list[str] = []
+        self.allow_pruning = False
+        # Set to list the runtimes as a service account without cluster-wide rights does (403).
+        self.forbid_runtime_list = False
         self._cond = threading.Condition()
         self.jobs: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
@@ -86,6 +123,10 @@ class FakeKubernetes:
         assert self._server is not None
         self._server.shutdown()
         self._server.server_close()
+        if self.pruned and not self.allow_pruning and exc[0] is None:
+            raise AssertionError(
+                f"the API server would have dropped these fields: {', '.join(self.pruned)}"
+            )
 
     @property
     def url(self) -> str:
@@ -122,15 +163,25 @@ class FakeKubernetes:
         self._threads.append(thread)
 
     def set_condition(
-        self, namespace: str, name: str, condition_type: str, reason: str = "", message: str = ""
+        self, namespace: str, name: str, condition_type: str, reason: str = "", message: str = "",
+        status: str = "True",
     ) -> None:
-        """Appends a condition (status True; the earlier ones of other types turn False)."""
+        """Appends a condition (status True; the earlier ones of other types turn False).
+
+        With `status="False"` the latest condition of that type turns False instead (Kueue
+        resuming a suspended job).
+        """
         with self._cond:
             job = self.jobs.get((namespace, name))
             if job is None:
                 return
-            status = job.setdefault("status", {})
-            conditions = status.setdefault("conditions", [])
+            conditions = job.setdefault("status", {}).setdefault("conditions", [])
+            if status == "False":
+                for condition in conditions:
+                    if condition["type"] == condition_type:
+                        condition["status"] = "False"
+                self._touch(job, "MODIFIED")
+                return
             for condition in conditions:
                 if condition["type"] != "Created":
                     condition["status"] = "False"
@@ -138,8 +189,8 @@ class FakeKubernetes:
                 {
                     "type": condition_type,
                     "status": "True",
-                    "reason": reason or f"PyTorchJob{condition_type}",
-                    "message": message or f"PyTorchJob {name} is {condition_type.lower()}.",
+                    "reason": reason or f"{job['kind']}{condition_type}",
+                    "message": message or f"{job['kind']} {name} is {condition_type.lower()}.",
                     "lastUpdateTime": _now(),
                     "lastTransitionTime": _now(),
                 }
@@ -149,8 +200,28 @@ class FakeKubernetes:
     def add_pod(
         self, namespace: str, job_name: str, replica_type: str, index: int, phase: str = "Running"
     ) -> str:
-        """Creates the pod the operator would create for one replica and returns its name."""
-        name = f"{job_name}-{replica_type.lower()}-{index}"
+        """Creates the pod the operator would create for one replica and returns its name.
+
+        `replica_type` is a PyTorchJob's `Master`/`Worker`, or `node` for a TrainJob (whose JobSet
+        names pods `<job>-node-0-<index>-<suffix>` and labels them with the JobSet's labels).
+        """
+        if replica_type == "node":
+            name = f"{job_name}-node-0-{index}-{uuid.uuid4().hex[:5]}"
+            labels = {
+                "jobset.sigs.k8s.io/jobset-name": job_name,
+                "jobset.sigs.k8s.io/replicatedjob-name": "node",
+                "jobset.sigs.k8s.io/job-index": "0",
+                "batch.kubernetes.io/job-completion-index": str(index),
+            }
+            container = "node"
+        else:
+            name = f"{job_name}-{replica_type.lower()}-{index}"
+            labels = {
+                "training.kubeflow.org/job-name": job_name,
+                "training.kubeflow.org/replica-type": replica_type.lower(),
+                "training.kubeflow.org/replica-index": str(index),
+            }
+            container = "pytorch"
         with self._cond:
             self.pods[(namespace, name)] = {
                 "apiVersion": "v1",
@@ -160,18 +231,14 @@ class FakeKubernetes:
                     "namespace": namespace,
                     "uid": str(uuid.uuid4()),
                     "resourceVersion": str(self._next_version()),
-                    "labels": {
-                        "training.kubeflow.org/job-name": job_name,
-                        "training.kubeflow.org/replica-type": replica_type.lower(),
-                        "training.kubeflow.org/replica-index": str(index),
-                    },
+                    "labels": labels,
                 },
-                "spec": {"containers": [{"name": "pytorch", "image": "trainer"}]},
+                "spec": {"containers": [{"name": container, "image": "trainer"}]},
                 "status": {
                     "phase": phase,
                     "containerStatuses": [
                         {
-                            "name": "pytorch",
+                            "name": container,
                             "ready": phase == "Running",
                             "restartCount": 0,
                             "image": "trainer",
@@ -266,10 +333,29 @@ def _status(code: int, reason: str, message: str, details: dict[str, Any] | None
 
 
 _DNS1035_LABEL = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+_DOMAIN_PREFIXED_PATH = re.compile(
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)+/[^/]\S*$"
+)
+# torch plugin (trainer v2.3 pkg/constants: TorchRunReservedEnvNames).
+TORCH_RESERVED_ENV = ("PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR",
+                      "PET_MASTER_PORT")
+# training-operator v1.9 pkg/common/util/webhooks.go: supportedJobControllers.
+SUPPORTED_MANAGERS = ("kubeflow.org/training-operator", "kueue.x-k8s.io/multikueue")
 
 
-def _operator_webhook_problems(job: dict[str, Any]) -> list[str]:
-    """The checks of the Training Operator v1 PyTorchJob validating webhook."""
+def _vendored_runtime() -> dict[str, Any]:
+    import yaml
+
+    from support.structural import CRDS
+
+    return yaml.safe_load((CRDS / "torch_distributed_runtime.yaml").read_text())
+
+
+def pytorchjob_webhook_problems(job: dict[str, Any]) -> list[str]:
+    """`validatePyTorchJob` of training-operator v1.9 (`tests/crds/pytorchjob_webhook.go.txt`).
+
+    Rule by rule, in the order the Go code checks them, with its field paths and messages.
+    """
     problems = []
     name = job.get("metadata", {}).get("name", "")
     if len(name) > 63 or not _DNS1035_LABEL.match(name):
@@ -279,15 +365,21 @@ def _operator_webhook_problems(job: dict[str, Any]) -> list[str]:
             "character, and end with an alphanumeric character"
         )
     spec = job.get("spec") or {}
-    elastic = spec.get("elasticPolicy") or {}
-    if elastic.get("nProcPerNode") is not None and spec.get("nprocPerNode") is not None:
-        problems.append("spec.elasticPolicy.nProcPerNode: Forbidden: must not be used with "
-                        "spec.nprocPerNode")
+    manager = (spec.get("runPolicy") or {}).get("managedBy")
+    if manager is not None and manager not in SUPPORTED_MANAGERS:
+        problems.append(f'spec.runPolicy.managedBy: Unsupported value: "{manager}"')
     replica_specs = spec.get("pytorchReplicaSpecs")
-    if not replica_specs:
+    if spec.get("elasticPolicy") is not None:
+        if "Worker" not in (replica_specs or {}):
+            problems.append("spec.pytorchReplicaSpecs[Worker]: Required value: must be configured "
+                            "if elastic policy is used")
+        if (spec["elasticPolicy"].get("nProcPerNode") is not None
+                and spec.get("nprocPerNode") is not None):
+            problems.append("spec.elasticPolicy.nProcPerNode: Forbidden: must not be used with "
+                            "spec.nprocPerNode")
+    if replica_specs is None:
         problems.append("spec.pytorchReplicaSpecs: Required value: must be required")
-        return problems
-    for replica_type, replica in replica_specs.items():
+    for replica_type, replica in (replica_specs or {}).items():
         path = f"spec.pytorchReplicaSpecs[{replica_type}]"
         if replica_type not in ("Master", "Worker"):
             problems.append(f'{path}: Unsupported value: "{replica_type}"')
@@ -297,17 +389,73 @@ def _operator_webhook_problems(job: dict[str, Any]) -> list[str]:
             problems.append(f"{path}.template.spec.containers: Required value: must be specified")
         for index, container in enumerate(containers):
             if not container.get("image"):
-                problems.append(f"{path}.template.spec.containers[{index}].image: Required value")
+                problems.append(f"{path}.template.spec.containers[{index}].image: Required value: "
+                                "must be required")
         if not any(container.get("name") == "pytorch" for container in containers):
             problems.append(f"{path}.template.spec.containers: Required value: must have at "
                             "least one container with name pytorch")
-        if replica_type == "Master" and (replica or {}).get("replicas") != 1:
+        replicas = (replica or {}).get("replicas")
+        if replica_type == "Master" and replicas != 1:
             problems.append(f"{path}.replicas: Forbidden: must be 1")
+        elif replica_type != "Master" and replicas is not None and replicas < 1:
+            problems.append(f"{path}.replicas: Forbidden: must be at least 1")
+    return problems
+
+
+def trainjob_webhook_problems(job: dict[str, Any], runtimes: dict[str, dict]) -> list[str]:
+    """The TrainJob validating webhook of trainer v2.3, as far as kftune's TrainJobs reach it.
+
+    `ClusterTrainingRuntime.ValidateObjects` (the runtime must exist), the torch plugin's
+    `Validate` (no reserved PET_* env in `trainer.env`) and the jobset plugin's runtime patch
+    checks (a domain-prefixed `manager`; patched replicated jobs and containers must exist in the
+    runtime; no env on the `node` container through a patch).
+    """
+    spec = job.get("spec") or {}
+    ref = spec.get("runtimeRef") or {}
+    runtime = runtimes.get(ref.get("name", "")) if ref.get(
+        "kind", "ClusterTrainingRuntime") == "ClusterTrainingRuntime" else None
+    if runtime is None:
+        return [
+            f'spec.RuntimeRef: Invalid value: "{ref.get("name")}": '
+            f'clustertrainingruntimes.trainer.kubeflow.org "{ref.get("name")}" not found: '
+            "specified clusterTrainingRuntime must be created before the TrainJob is created"
+        ]
+    problems = []
+    reserved = sorted({env.get("name") for env in (spec.get("trainer") or {}).get("env") or []}
+                      & set(TORCH_RESERVED_ENV))
+    if reserved:
+        problems.append(f"spec.trainer.env: Invalid value: must not have reserved envs, invalid "
+                        f"envs configured: {reserved}")
+    containers = {
+        replicated["name"]: {c["name"] for c in replicated["template"]["spec"]["template"]["spec"]
+                             .get("containers", [])}
+        for replicated in runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    }
+    for patch in spec.get("runtimePatches") or []:
+        if not _DOMAIN_PREFIXED_PATH.match(patch.get("manager", "")):
+            problems.append(f'spec.runtimePatches.manager: Invalid value: "{patch.get("manager")}"'
+                            ": must be a domain-prefixed path (such as \"acme.io/foo\")")
+        template = (patch.get("trainingRuntimeSpec") or {}).get("template") or {}
+        for replicated in (template.get("spec") or {}).get("replicatedJobs") or []:
+            if replicated["name"] not in containers:
+                problems.append("spec.runtimePatches: Invalid value: must not have replicated job "
+                                "that doesn't exist in the runtime job template")
+                continue
+            pod = (((replicated.get("template") or {}).get("spec") or {}).get("template")
+                   or {}).get("spec") or {}
+            for container in pod.get("containers") or []:
+                if container["name"] not in containers[replicated["name"]]:
+                    problems.append("spec.runtimePatches: Invalid value: must not have container "
+                                    f"that doesn't exist in the runtime job {replicated['name']}")
+                elif container.get("env") and container["name"] == "node":
+                    problems.append("spec.runtimePatches: Invalid value: must not have envs for "
+                                    "the dataset-initializer, model-initializer, node containers")
     return problems
 
 
 class _Handler(BaseHTTPRequestHandler):
     server_double: FakeKubernetes
+    plural = "pytorchjobs"
     # Streamed bodies (watch, follow) are chunked, as the real server sends them: the client
     # reads them chunk by chunk. Every response closes its connection, to keep the server simple.
     protocol_version = "HTTP/1.1"
@@ -364,8 +512,14 @@ class _Handler(BaseHTTPRequestHandler):
             return
         jobs = _JOBS.match(parsed.path)
         pods = _PODS.match(parsed.path)
-        if jobs:
-            namespace, name = jobs.groups()
+        discovery = _DISCOVERY.match(parsed.path)
+        runtimes = _RUNTIMES.match(parsed.path)
+        if discovery and method == "GET":
+            return self._discovery(discovery.group(1))
+        if runtimes and method == "GET" and "trainjobs" in fake.serves:
+            return self._runtimes(runtimes.group(1))
+        if jobs and jobs.group(3) in fake.serves and KINDS[jobs.group(3)][0] == jobs.group(1):
+            _, namespace, self.plural, name = jobs.groups()
             if method == "POST" and name is None:
                 return self._create_job(namespace)
             if method == "GET" and name is None:
@@ -396,13 +550,80 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- pytorchjobs -----------------------------------------------------------------------------
 
+    def _discovery(self, group_version: str) -> None:
+        fake = self.server_double
+        served = [plural for plural in fake.serves if KINDS[plural][0] == group_version]
+        if not served:
+            return self._error(404, "NotFound", "the server could not find the requested resource")
+        resources = [
+            {"name": plural, "singularName": KINDS[plural][1].lower(), "namespaced": True,
+             "kind": KINDS[plural][1],
+             "verbs": ["create", "delete", "get", "list", "patch", "update", "watch"]}
+            for plural in served
+        ]
+        if group_version.startswith("trainer."):
+            resources.append({"name": "clustertrainingruntimes",
+                              "singularName": "clustertrainingruntime", "namespaced": False,
+                              "kind": "ClusterTrainingRuntime", "verbs": ["get", "list"]})
+        self._send(200, {"kind": "APIResourceList", "apiVersion": "v1",
+                         "groupVersion": group_version, "resources": resources})
+
+    def _runtimes(self, name: str | None) -> None:
+        fake = self.server_double
+        if fake.forbid_runtime_list:
+            return self._error(403, "Forbidden", "clustertrainingruntimes.trainer.kubeflow.org is "
+                               "forbidden: cannot list resource at the cluster scope")
+        if name is None:
+            return self._send(200, {"apiVersion": "trainer.kubeflow.org/v1alpha1",
+                                    "kind": "ClusterTrainingRuntimeList", "metadata": {},
+                                    "items": list(fake.runtimes.values())})
+        if name not in fake.runtimes:
+            return self._error(404, "NotFound",
+                               f'clustertrainingruntimes.trainer.kubeflow.org "{name}" not found')
+        self._send(200, fake.runtimes[name])
+
+    @property
+    def _resource(self) -> str:
+        return f"{self.plural}.{KINDS[self.plural][0].split('/')[0]}"
+
+    def _admission_problems(self, body: dict[str, Any]) -> tuple[int, str, dict | None]:
+        """(status, message, the object as stored) after schema, pruning and webhook."""
+        fake = self.server_double
+        group_version, kind, _, _ = KINDS[self.plural]
+        crd = fake.crd_files[self.plural]
+        name = (body.get("metadata") or {}).get("name", "")
+        if body.get("apiVersion") != group_version or body.get("kind") != kind:
+            return 400, "the API version in the data does not match", None
+        if not name or len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
+            return 422, (
+                f'{kind}.{group_version.split("/")[0]} "{name}" is invalid: metadata.name: '
+                f'Invalid value: "{name}": a lowercase RFC 1123 subdomain must consist of lower '
+                "case alphanumeric characters, '-' or '.'"), None
+        from support.structural import admit
+
+        stored, dropped, errors = admit(body, crd, group_version.split("/")[1])
+        if errors:
+            return 422, (f'{kind}.{group_version.split("/")[0]} "{name}" is invalid: '
+                         + "; ".join(errors)), None
+        with fake._cond:
+            fake.pruned += [f"{kind} {name}: {path}" for path in dropped]
+        if self.plural == "pytorchjobs":
+            denied = pytorchjob_webhook_problems(stored)
+            webhook = "validator.pytorchjob.training-operator.kubeflow.org"
+        else:
+            denied = trainjob_webhook_problems(stored, fake.runtimes)
+            webhook = "validator.trainjob.trainer.kubeflow.org"
+        if denied:
+            # What the operators' validating webhooks answer (controller-runtime: 403).
+            return 403, (f'admission webhook "{webhook}" denied the request: '
+                         f"{', '.join(denied)}"), None
+        return 201, "", stored
+
     def _create_job(self, namespace: str) -> None:
         fake = self.server_double
         body = self._body()
         metadata = body.get("metadata") or {}
         name = metadata.get("name", "")
-        if body.get("apiVersion") != "kubeflow.org/v1" or body.get("kind") != "PyTorchJob":
-            return self._error(400, "BadRequest", "the API version in the data does not match")
         if metadata.get("namespace") not in (None, namespace):
             return self._error(
                 400,
@@ -410,39 +631,18 @@ class _Handler(BaseHTTPRequestHandler):
                 "the namespace of the provided object does not match the namespace sent on the "
                 "request",
             )
-        if not name or len(name) > 253 or not _DNS1123_SUBDOMAIN.match(name):
-            return self._send(
-                422,
-                _status(
-                    422,
-                    "Invalid",
-                    f'PyTorchJob.kubeflow.org "{name}" is invalid: metadata.name: Invalid value: '
-                    f'"{name}": a lowercase RFC 1123 subdomain must consist of lower case '
-                    "alphanumeric characters, '-' or '.'",
-                    {"name": name, "group": "kubeflow.org", "kind": "PyTorchJob"},
-                ),
-            )
-        denied = _operator_webhook_problems(body)
-        if denied:
-            # What the Training Operator's validating webhook answers (controller-runtime: 403).
-            return self._error(
-                403,
-                "Forbidden",
-                'admission webhook "validator.pytorchjob.training-operator.kubeflow.org" denied '
-                f"the request: {', '.join(denied)}",
-            )
+        code, message, stored = self._admission_problems(body)
+        if stored is None:
+            reason = {400: "BadRequest", 403: "Forbidden", 422: "Invalid"}[code]
+            return self._send(code, _status(code, reason, message, {"name": name}))
         with fake._cond:
             if (namespace, name) in fake.jobs:
                 return self._send(
                     409,
-                    _status(
-                        409,
-                        "AlreadyExists",
-                        f'pytorchjobs.kubeflow.org "{name}" already exists',
-                        {"name": name, "group": "kubeflow.org", "kind": "pytorchjobs"},
-                    ),
+                    _status(409, "AlreadyExists", f'{self._resource} "{name}" already exists',
+                            {"name": name, "kind": self.plural}),
                 )
-            job = copy.deepcopy(body)
+            job = copy.deepcopy(stored)
             job["metadata"].update(
                 namespace=namespace,
                 uid=str(uuid.uuid4()),
@@ -460,16 +660,17 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _get_job(self, namespace: str, name: str) -> None:
         job = self.server_double.job(namespace, name)
-        if job is None:
-            return self._error(404, "NotFound", f'pytorchjobs.kubeflow.org "{name}" not found')
+        if job is None or job["kind"] != KINDS[self.plural][1]:
+            return self._error(404, "NotFound", f'{self._resource} "{name}" not found')
         self._send(200, job)
 
     def _delete_job(self, namespace: str, name: str) -> None:
         fake = self.server_double
         with fake._cond:
-            job = fake.jobs.pop((namespace, name), None)
-            if job is None:
-                return self._error(404, "NotFound", f'pytorchjobs.kubeflow.org "{name}" not found')
+            job = fake.jobs.get((namespace, name))
+            if job is None or job["kind"] != KINDS[self.plural][1]:
+                return self._error(404, "NotFound", f'{self._resource} "{name}" not found')
+            fake.jobs.pop((namespace, name))
             fake.deleted.append(name)
             fake._touch(job, "DELETED")
             for key in [key for key in fake.pods if key[1].startswith(f"{name}-")]:
@@ -481,9 +682,12 @@ class _Handler(BaseHTTPRequestHandler):
         field = query.get("fieldSelector", "")
         wanted_name = field.split("=", 1)[1] if field.startswith("metadata.name=") else None
 
+        kind = KINDS[self.plural][1]
+
         def check(job: dict) -> bool:
             meta = job["metadata"]
-            return meta["namespace"] == namespace and wanted_name in (None, meta["name"])
+            return (job["kind"] == kind and meta["namespace"] == namespace
+                    and wanted_name in (None, meta["name"]))
 
         return check
 
@@ -496,8 +700,8 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(
             200,
             {
-                "apiVersion": "kubeflow.org/v1",
-                "kind": "PyTorchJobList",
+                "apiVersion": KINDS[self.plural][0],
+                "kind": f"{KINDS[self.plural][1]}List",
                 "metadata": {"resourceVersion": version},
                 "items": items,
             },
@@ -580,7 +784,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(
                     400,
                     "BadRequest",
-                    f'container "pytorch" in pod "{name}" is waiting to start: ContainerCreating',
+                    f'container "{pod["spec"]["containers"][0]["name"]}" in pod "{name}" is '
+                    "waiting to start: ContainerCreating",
                 )
             previous = query.get("previous") in ("true", "True")
             source = fake.previous_logs if previous else fake.logs

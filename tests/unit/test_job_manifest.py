@@ -17,6 +17,7 @@ from kubernetes import client
 from support.fake_kubernetes import FakeKubernetes
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "pytorchjob_reference_bert.yaml"
+TRAINJOB_GOLDEN = Path(__file__).parent.parent / "golden" / "trainjob_reference_bert.yaml"
 RUN_ROOT = "minio://mlpipeline/v2/artifacts/lora-finetune/3f2a9c1e-5b7d-4e8f-9a0b-1c2d3e4f5a6b"
 
 # The reference: TrainingClient().train(num_workers=4, num_procs_per_worker=2,
@@ -464,13 +465,153 @@ def test_cli_errors_are_one_line_and_exit_2(argv, expected, capsys):
     assert len(captured.err.strip().splitlines()) == 1
 
 
-def test_every_manifest_is_admitted_by_the_api_server_and_operator_webhook():
-    manifests = [yaml.safe_load(GOLDEN.read_text())] + [build(c.config, c.io) for c in CASES]
-    with FakeKubernetes() as fake:
+PYTORCHJOB_ONLY = ("elastic policy", "run policy", "scheduling")
+
+
+def test_every_manifest_is_admitted_by_the_api_server_and_the_operators_webhooks():
+    # Schema (vendored CRDs: types, required fields, pruning) and webhook rules (from the
+    # operators' sources; see test_fake_kubernetes_admission.py) decide, not kftune's own rules.
+    manifests = [(yaml.safe_load(GOLDEN.read_text()), "pytorchjobs"),
+                 (yaml.safe_load(TRAINJOB_GOLDEN.read_text()), "trainjobs"),
+                 (build(KITCHEN_SINK, kind="kubernetes"), "pytorchjobs"),
+                 (build(TRAINJOB_KITCHEN_SINK, kind="trainjob"), "trainjobs")]
+    manifests += [(build(c.config, c.io), "pytorchjobs") for c in CASES]
+    manifests += [(build(c.config, c.io, kind="trainjob"), "trainjobs") for c in CASES
+                  if c.name not in PYTORCHJOB_ONLY]
+    with FakeKubernetes() as fake:  # fails on leaving when the server would drop any field
         api = client.CustomObjectsApi(fake.api_client())
-        for manifest in manifests:
-            namespace = manifest["metadata"]["namespace"]
+        for manifest, plural in manifests:
+            group, version = manifest["apiVersion"].split("/")
             manifest["metadata"]["name"] += f"-{len(fake.created)}"
-            api.create_namespaced_custom_object("kubeflow.org", "v1", namespace, "pytorchjobs",
-                                                manifest)
+            api.create_namespaced_custom_object(group, version, manifest["metadata"]["namespace"],
+                                                plural, manifest)
     assert len(fake.created) == len(manifests)
+
+
+REFERENCE_CONTAINER_ENV = {
+    "AWS_ENDPOINT_URL": {"name": "AWS_ENDPOINT_URL", "value": "http://minio-service.kubeflow:9000"},
+    "AWS_ACCESS_KEY_ID": {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {
+        "name": "mlpipeline-minio-artifact", "key": "accesskey"}}},
+    "AWS_SECRET_ACCESS_KEY": {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {
+        "name": "mlpipeline-minio-artifact", "key": "secretkey"}}},
+}
+
+
+def test_reference_example_as_a_trainjob_matches_its_golden_manifest(capsys):
+    assert launch_main([*REFERENCE_ARGV, "--backend", "trainjob"]) == 0
+    printed = capsys.readouterr().out
+    if os.environ.get("KFTUNE_UPDATE_GOLDEN"):
+        TRAINJOB_GOLDEN.write_text(printed)
+    assert printed == TRAINJOB_GOLDEN.read_text(), "regenerate with KFTUNE_UPDATE_GOLDEN=1"
+
+
+def test_the_reference_example_is_the_same_training_on_both_backends():
+    pytorchjob = yaml.safe_load(GOLDEN.read_text())
+    trainjob = yaml.safe_load(TRAINJOB_GOLDEN.read_text())
+    assert trainjob["apiVersion"] == "trainer.kubeflow.org/v1alpha1"
+    assert trainjob["kind"] == "TrainJob"
+    spec = trainjob["spec"]
+    assert spec["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org",
+                                  "kind": "ClusterTrainingRuntime", "name": "torch-distributed"}
+    trainer = spec["trainer"]
+    # 4 workers x 2 processes, 2 GPU / 5 CPU / 10G each: Master 1 + Worker 3 on v1.
+    specs = pytorchjob["spec"]["pytorchReplicaSpecs"]
+    assert trainer["numNodes"] == 4 == specs["Master"]["replicas"] + specs["Worker"]["replicas"]
+    assert trainer["numProcPerNode"] == 2 == int(pytorchjob["spec"]["nprocPerNode"])
+    (container,) = specs["Master"]["template"]["spec"]["containers"]
+    expected = {"nvidia.com/gpu": "2", "cpu": "5", "memory": "10G"}
+    assert trainer["resourcesPerNode"] == {"requests": expected, "limits": expected}
+    assert container["resources"] == trainer["resourcesPerNode"]
+    assert trainer["image"] == container["image"] == "ghcr.io/kftune/trainer:0.1.0"
+    assert trainer["command"] == container["command"]
+    assert trainer["args"] == container["args"]
+    assert {e["name"]: e for e in trainer["env"]} == REFERENCE_CONTAINER_ENV
+    assert {e["name"]: e for e in container["env"]} == REFERENCE_CONTAINER_ENV
+    assert spec["activeDeadlineSeconds"] == pytorchjob["spec"]["runPolicy"][
+        "activeDeadlineSeconds"] == 1440 * 60
+    (patch,) = spec["runtimePatches"]
+    (node,) = patch["trainingRuntimeSpec"]["template"]["spec"]["replicatedJobs"]
+    pod = node["template"]["spec"]["template"]
+    assert node["name"] == "node" and patch["manager"] == "kftune.dev/launcher"
+    assert pod["metadata"] == specs["Master"]["template"]["metadata"]
+    assert pod["spec"]["volumes"] == specs["Master"]["template"]["spec"]["volumes"]
+    assert pod["spec"]["containers"] == [{"name": "node",
+                                          "volumeMounts": container["volumeMounts"]}]
+    assert trainjob["metadata"]["labels"] == pytorchjob["metadata"]["labels"]
+    assert trainjob["metadata"]["annotations"]["kftune.dev/output-uri"] == (
+        pytorchjob["metadata"]["annotations"]["kftune.dev/output-uri"])
+
+
+SHARED_SINK = {
+    "num_workers": 3, "num_procs_per_worker": "auto", "merge": True, "timeout_minutes": 30,
+    "resources_per_worker": {"gpu": 4, "cpu": "16", "memory": "64Gi",
+                             "ephemeral-storage": "100Gi"},
+    "training_parameters": {"learning_rate": 1e-4, "max_steps": 10},
+    "lora_config": {"r": 16, "lora_alpha": 32},
+    "image": "registry.example.com/team/trainer:2.0",
+}
+SHARED_OPTIONS = {
+    "namespace": "team-a", "service_account": "trainer", "job_name": "sink",
+    "node_selector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+    "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},
+                    {"key": "spot", "operator": "Equal", "value": "yes", "effect": "NoExecute",
+                     "toleration_seconds": 60}],
+    "queue_name": "team-queue", "env": {"NCCL_DEBUG": "INFO"},
+    "secret_env": {"HF_TOKEN": "hf-secret:token"},
+    "pvc": {"claim_name": "train-cache", "mount_path": "/cache", "sub_path": "runs"},
+}
+KITCHEN_SINK = {**SHARED_SINK, "kubernetes_options": {
+    **SHARED_OPTIONS, "priority_class": "high", "backoff_limit": 2, "clean_pod_policy": "All",
+    "ttl_seconds_after_finished": 60,
+    "elastic_policy": {"min_nodes": 2, "max_nodes": 4, "max_restarts": 1}}}
+TRAINJOB_KITCHEN_SINK = {**SHARED_SINK, "kubernetes_options": {
+    **SHARED_OPTIONS, "runtime": "torch-distributed"}}
+
+
+def test_kitchen_sink_on_both_backends():
+    pytorchjob = build(KITCHEN_SINK, io={"model_uri": "minio://mlpipeline/model"})
+    trainjob = build(TRAINJOB_KITCHEN_SINK, io={"model_uri": "minio://mlpipeline/model"},
+                     kind="trainjob")
+    (pod,) = {"Worker"} & set(pytorchjob["spec"]["pytorchReplicaSpecs"])  # elastic: Worker-only
+    v1_pod = pytorchjob["spec"]["pytorchReplicaSpecs"][pod]["template"]["spec"]
+    (v1_container,) = v1_pod.pop("containers")
+    patch = trainjob["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]["spec"]
+    v2_pod = patch["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]
+    (v2_mounts,) = v2_pod.pop("containers")
+    trainer = trainjob["spec"]["trainer"]
+    # What both kinds carry, they carry alike.
+    assert v1_pod.pop("priorityClassName") == "high"
+    assert v1_pod == v2_pod == {
+        "serviceAccountName": "trainer",
+        "nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"},
+        "tolerations": [
+            {"effect": "NoSchedule", "key": "nvidia.com/gpu", "operator": "Exists"},
+            {"effect": "NoExecute", "key": "spot", "operator": "Equal", "tolerationSeconds": 60,
+             "value": "yes"}],
+        "volumes": [
+            {"emptyDir": {}, "name": "work"}, {"emptyDir": {"medium": "Memory"}, "name": "dshm"},
+            {"name": "shared", "persistentVolumeClaim": {"claimName": "train-cache"}}],
+    }
+    assert v2_mounts == {"name": "node", "volumeMounts": v1_container["volumeMounts"]}
+    assert {"mountPath": "/cache", "name": "shared", "subPath": "runs"} in v2_mounts[
+        "volumeMounts"]
+    for key in ("image", "command", "args", "env"):
+        assert trainer[key] == v1_container[key], key
+    assert trainer["args"][-3:] == ["--shared-dir", "/cache", "--merge"]
+    assert {e["name"] for e in trainer["env"]} == {
+        "NCCL_DEBUG", "AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "HF_TOKEN"}
+    quantities = {"nvidia.com/gpu": "4", "cpu": "16", "memory": "64Gi",
+                  "ephemeral-storage": "100Gi"}
+    assert trainer["resourcesPerNode"] == {"requests": quantities, "limits": quantities}
+    assert v1_container["resources"] == trainer["resourcesPerNode"]
+    assert trainer["numNodes"] == 3 and trainer["numProcPerNode"] == 4  # auto: one per GPU
+    assert pytorchjob["spec"]["nprocPerNode"] == "4"
+    assert trainjob["spec"]["activeDeadlineSeconds"] == 1800
+    for manifest in (pytorchjob, trainjob):
+        assert manifest["metadata"]["name"] == "sink"
+        assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-queue"
+    # Only the PyTorchJob has these.
+    assert pytorchjob["spec"]["runPolicy"] == {"activeDeadlineSeconds": 1800, "backoffLimit": 2,
+                                               "cleanPodPolicy": "All",
+                                               "ttlSecondsAfterFinished": 60}
+    assert pytorchjob["spec"]["elasticPolicy"]["maxReplicas"] == 4

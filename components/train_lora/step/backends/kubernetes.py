@@ -186,12 +186,13 @@ class KubernetesJobBackend(Backend):
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self._call(self._create, "create")
+            created = self._call(self._create, "create")
         except ApiException as error:
             if error.status != 409:
                 raise RuntimeError(self._rejected(error)) from error
             self._reattach()
             return self.name
+        self._check_nothing_dropped(created)
         logger.info(
             "created %s; follow it with: kubectl -n %s logs -f -l %s",
             self.title,
@@ -280,6 +281,30 @@ class KubernetesJobBackend(Backend):
     def _create(self) -> Any:
         return self._custom.create_namespaced_custom_object(
             self.kind.group, self.kind.version, self.namespace, self.kind.plural, self.manifest
+        )
+
+    def _check_nothing_dropped(self, created: Any) -> None:
+        """Fails (deleting the job) when the server pruned a field of the spec it was sent.
+
+        A structural schema drops unknown fields silently: an older operator whose CRD lacks a
+        field kftune writes (a Trainer before 2.2 has no `spec.runtimePatches`) would run the
+        job without it — no volumes, no placement. Better to stop at once and say so.
+        """
+        sent = self.manifest.get("spec") or {}
+        kept = (created or {}).get("spec") or {} if isinstance(created, dict) else sent
+        dropped = sorted(key for key in sent if key not in kept)
+        if not dropped:
+            return
+        self.delete()
+        fields = ", ".join(f"spec.{key}" for key in dropped)
+        hint = ""
+        if "runtimePatches" in dropped:
+            hint = (" (`runtimePatches` needs Kubeflow Trainer >= 2.2; 2.0 had `podSpecOverrides`"
+                    " and 2.1 `podTemplateOverrides`, which kftune does not write: upgrade the "
+                    "Trainer, or use backend 'kubernetes')")
+        raise RuntimeError(
+            f"the API server dropped {fields} of {self.title}, so its {self.kind.kind} CRD is "
+            f"older than the one kftune writes for{hint}; deleted the job"
         )
 
     def _get(self) -> dict[str, Any] | None:
