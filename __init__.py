@@ -5,6 +5,9 @@ transformers):
 
 - `kftune.run(...)`, `kftune.submit(...)`: the pipeline on this machine or on a KFP server
   (`pipelines/api.py`).
+- `kftune.TrainingClient().train(...)` with `HuggingFaceModelParams`, `HuggingFaceDatasetParams`,
+  `S3DatasetParams`, `HuggingFaceTrainerParams`: the Training Operator SDK's one-call fine-tuning,
+  on kftune (`pipelines/training_client.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +23,11 @@ _LAZY = {
     "submit": ".pipelines.api",
     "RunSummary": ".pipelines.api",
     "SubmittedRun": ".pipelines.api",
+    "TrainingClient": ".pipelines.training_client",
+    "HuggingFaceModelParams": ".pipelines.training_client",
+    "HuggingFaceDatasetParams": ".pipelines.training_client",
+    "S3DatasetParams": ".pipelines.training_client",
+    "HuggingFaceTrainerParams": ".pipelines.training_client",
 }
 
 __all__ = ["__version__", *_LAZY]

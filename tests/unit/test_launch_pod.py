@@ -64,3 +64,34 @@ def test_one_pod_claims_a_one_time_job_and_keeps_it_across_restarts(tmp_path, mo
     assert pod.claim(path) is True  # the same pod after a container restart
     monkeypatch.setattr(pod.socket, "gethostname", lambda: "job-worker-1")
     assert pod.claim(path) is False
+
+
+
+def test_sources_are_fetched_like_the_download_steps_do(tmp_path):
+    """A pod given a source instead of an artifact fetches it with download_dataset's code (split
+    slice, column mapping, label encoding, manifest); the trainers read the result as an artifact.
+    (The model's twin, which loads the model in a child process, is in tests/local.)"""
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("review,stars\n" + "".join(
+        f"review {index},{['bad', 'ok', 'good'][index % 3]}\n" for index in range(10)))
+    model = tmp_path / "model"
+    model.mkdir()
+    write_manifest(model, {"kind": "model"})
+    stage = tmp_path / "stage"
+    model_dir, data_dir = pod.stage_inputs(
+        str(model), f"file://{csv}", stage, wait_for_other_node=False,
+        data_source={"split": "train[:6]", "column_mapping": {"text": "review", "label": "stars"}},
+    )
+    assert model_dir == model and data_dir == stage / "data"
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    assert (manifest["kind"], manifest["rows"], manifest["row_ranges"]) == ("dataset", 6, [[0, 6]])
+    assert manifest["source"]["split"] == "train[:6]"
+    assert (manifest["label_names"], manifest["num_labels"]) == (["bad", "good", "ok"], 3)
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(data_dir / "data.parquet")
+    assert table.column_names == ["text", "label"]
+    assert table.column("text").to_pylist()[:2] == ["review 0", "review 1"]
+    # Staged once: a restarted container reuses it without fetching again.
+    assert pod.stage_inputs("hf://never/used", "hf://never/used", stage,
+                            wait_for_other_node=False, data_source={}) == (model_dir, data_dir)

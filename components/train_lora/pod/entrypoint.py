@@ -12,6 +12,12 @@ What moves where (no ReadWriteMany storage needed):
    long as the pod), so a restarted container does not download again. Credentials come from the
    environment (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` as `secretKeyRef`), never from args.
    Local paths and `pvc://` URIs are read in place, without a copy.
+   With `--model-source` / `--data-source` the URIs are sources instead (hf://, s3://, gs://,
+   https://, pvc://): this process (one per pod, before torchrun starts the trainers) fetches
+   them with the download components' own code (`download_model_to`, `download_dataset_to`:
+   split slicing, column mapping, label encoding, the manifest) into the same place, and the
+   trainers read the result exactly as they read artifacts. Hub tokens and S3 keys come from the
+   environment (`HF_TOKEN`, `AWS_*` as `secretKeyRef`).
    With `--shared-dir` (an existing PersistentVolumeClaim mounted in every pod) one pod stages
    the inputs onto the claim once per job and the other pods wait for it; checkpoints go there
    too and survive pod rescheduling.
@@ -36,8 +42,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from ...common.transfer import download_directory, upload_directory
 from ..config import TrainConfig
@@ -50,15 +57,25 @@ STAGE_POLL_SECONDS = 5.0
 
 
 def stage_inputs(
-    model_uri: str, data_uri: str, stage_dir: Path, *, wait_for_other_node: bool
+    model_uri: str,
+    data_uri: str,
+    stage_dir: Path,
+    *,
+    wait_for_other_node: bool,
+    model_source: Mapping[str, Any] | None = None,
+    data_source: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
     """Makes the model and the data available under `stage_dir` (once; later calls reuse them).
 
     Args:
-        model_uri: the model artifact.
-        data_uri: the dataset artifact.
+        model_uri: the model artifact, or with `model_source` the model's source.
+        data_uri: the dataset artifact, or with `data_source` the data's source.
         stage_dir: where to put them.
         wait_for_other_node: wait for another pod to stage them (shared claim held by another pod).
+        model_source: `ModelSource` settings besides the URI (revision, task, trust_remote_code):
+            fetch the model from its source, as download_model does.
+        data_source: `DatasetSource` settings besides the URI (split, subset, revision,
+            column_mapping): fetch and normalize the rows, as download_dataset does.
 
     Returns:
         The local model and data directories.
@@ -73,14 +90,59 @@ def stage_inputs(
         logger.info("inputs already staged in %s", stage_dir)
         return Path(paths["model"]), Path(paths["data"])
     started = time.monotonic()
-    model_dir = download_directory(model_uri, stage_dir / "model", parameter="model")
-    data_dir = download_directory(data_uri, stage_dir / "data", parameter="train_data")
+    if model_source is None:
+        model_dir = download_directory(model_uri, stage_dir / "model", parameter="model")
+    else:
+        model_dir = fetch_model_source(model_uri, model_source, stage_dir / "model")
+    if data_source is None:
+        data_dir = download_directory(data_uri, stage_dir / "data", parameter="train_data")
+    else:
+        data_dir = fetch_data_source(data_uri, data_source, stage_dir / "data")
     stage_dir.mkdir(parents=True, exist_ok=True)
     partial = marker.with_name(f"{STAGED_MARKER}.partial")
     partial.write_text(json.dumps({"model": str(model_dir), "data": str(data_dir)}))
     os.replace(partial, marker)  # waiting pods never read a half-written marker
     logger.info("staged the inputs in %.1f s", time.monotonic() - started)
     return model_dir, data_dir
+
+
+def fetch_model_source(uri: str, settings: Mapping[str, Any], model_dir: Path) -> Path:
+    """Downloads the model at source `uri` into `model_dir`, as the download_model step does."""
+    from ...download_model.model import ModelSource, download_model_to
+
+    download_model_to(ModelSource(uri=uri, **settings), model_dir)
+    return model_dir
+
+
+def fetch_data_source(uri: str, settings: Mapping[str, Any], data_dir: Path) -> Path:
+    """Downloads and normalizes the rows at source `uri` into `data_dir`, as download_dataset does.
+
+    All the selected rows train: nothing is held out (`eval_fraction` 0). `settings` may also
+    hold `num_labels`, the label count the caller expects (the reference's `num_labels`): the
+    labels found must match it.
+
+    Raises:
+        InputError: as download_dataset, or when the labels found are not `num_labels`.
+    """
+    from ...common.errors import InputError
+    from ...download_dataset.dataset import DatasetSource, download_dataset_to
+
+    settings = dict(settings)
+    expected_labels = settings.pop("num_labels", None)
+    source = DatasetSource(uri=uri, **{**settings, "eval_fraction": 0.0})
+    manifest, _ = download_dataset_to(
+        source, data_dir, data_dir.with_name(data_dir.name + "-held-out")
+    )
+    found = manifest.get("num_labels")
+    if expected_labels is not None and found != expected_labels:
+        raise InputError(
+            [
+                f"`num_labels` is {expected_labels} but the rows selected by split "
+                f"{source.split!r} have {found} label(s) {manifest.get('label_names')}; set "
+                "num_labels to that or leave it out (kftune counts the labels)"
+            ]
+        )
+    return data_dir
 
 
 def run_trainer(config_path: Path) -> int:
@@ -113,7 +175,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--training-parameters", default="{}", help="JSON")
     parser.add_argument("--lora-config", default="{}", help="JSON")
     parser.add_argument("--merge", action="store_true")
+    parser.add_argument("--model-source", default=None,
+                        help="JSON ModelSource settings: --model-uri is a source, not an artifact")
+    parser.add_argument("--data-source", default=None,
+                        help="JSON DatasetSource settings: --data-uri is a source")
     args = parser.parse_args(argv)
+    sources = {
+        "model_source": json.loads(args.model_source) if args.model_source else None,
+        "data_source": json.loads(args.data_source) if args.data_source else None,
+    }
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s",
                         stream=sys.stdout)
 
@@ -128,11 +198,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.data_uri,
             base / "inputs",
             wait_for_other_node=not claim(base / "stage.claim"),
+            **sources,
         )
     else:
         base = Path(args.work_dir)
         model_dir, data_dir = stage_inputs(
-            args.model_uri, args.data_uri, base / "inputs", wait_for_other_node=False
+            args.model_uri, args.data_uri, base / "inputs", wait_for_other_node=False, **sources
         )
     output_dir = base / "output"
     config_path = TrainConfig(

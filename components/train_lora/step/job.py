@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from .options import KubernetesOptions
@@ -57,11 +58,17 @@ class PodIO:
     """Where the pods read their inputs and write the adapter (URIs in the artifact store)."""
 
     model_uri: str
-    """The base model artifact."""
+    """The base model artifact (or, with `model_source`, the model's source)."""
     data_uri: str
-    """The training data artifact."""
+    """The training data artifact (or, with `data_source`, the data's source)."""
     output_uri: str
     """The adapter artifact; node rank 0 uploads `output_dir/final` there."""
+    model_source: Mapping[str, Any] | None = None
+    """`ModelSource` settings besides the URI: each pod fetches the model from `model_uri` as
+    download_model does, instead of copying an artifact."""
+    data_source: Mapping[str, Any] | None = None
+    """`DatasetSource` settings besides the URI (split, subset, revision, column_mapping): each
+    pod fetches and normalizes the rows as download_dataset does."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -112,7 +119,9 @@ def spec_hash(job: JobRequest) -> str:
         {
             "spec": dataclasses.asdict(job.spec),
             "options": {**dataclasses.asdict(job.options), "given": sorted(job.options.given)},
-            "io": dataclasses.asdict(job.io),
+            # Unset fields left out: jobs without sources keep the digest they had before them.
+            "io": {key: value for key, value in dataclasses.asdict(job.io).items()
+                   if value is not None},
         },
         sort_keys=True,
         default=str,
@@ -136,6 +145,9 @@ def pod_args(job: JobRequest) -> list[str]:
         args += ["--shared-dir", job.options.pvc.path]
     if spec.merge:
         args.append("--merge")
+    for flag, settings in (("--model-source", io.model_source), ("--data-source", io.data_source)):
+        if settings is not None:
+            args += [flag, json.dumps(dict(settings), sort_keys=True)]
     return args
 
 

