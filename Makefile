@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(BIN)/kftune run
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu" -q
+	$(BIN)/python -m pytest -m "not gpu and not images" -q
 
 test-unit: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..components.common import uris
+from ..components.common import images, uris
 from .errors import CliError
 from .parameters import resolve_arguments
 
@@ -163,6 +163,7 @@ def submit(
     pipeline_name: str = DEFAULT_PIPELINE_NAME,
     package: str | Path | None = None,
     runtime_image: str = "",
+    image_registry: str = "",
     pvc: Sequence[str] = (),
     existing_token: str | None = None,
     cookies: str | None = None,
@@ -191,7 +192,10 @@ def submit(
         run_name: The run's name; default `<pipeline_name>-<UTC time>`.
         pipeline_name: The uploaded pipeline's name.
         package: A compiled pipeline YAML; default: compile now.
-        runtime_image: Run the pipeline's steps in this image instead of kftune's runtime image.
+        runtime_image: Run the pipeline's steps in this image (a mirror, say).
+        image_registry: Run the pipeline's steps in the runtime image that `kftune images push`
+            pushed to this registry. kftune publishes no images: without this, `runtime_image`
+            or a `package` compiled with `kftune compile --image-registry`, submit refuses.
         pvc: PersistentVolumeClaims mounted at `/mnt/pvc/<claim>` in the download and evaluate
             steps, for `pvc://<claim>/...` URIs.
         existing_token: A bearer token for the KFP API.
@@ -222,10 +226,11 @@ def submit(
             cron = cron_for_kfp(schedule)
         except ValueError as error:
             problems += getattr(error, "problems", [str(error)])
-    if package is not None and (pvc or runtime_image):
+    problems += _image_problems(package, runtime_image, image_registry)
+    if package is not None and (pvc or runtime_image or image_registry):
         problems.append(
-            "`package` cannot be combined with `pvc` or `runtime_image`: those compile the "
-            "pipeline; leave `package` out"
+            "`package` cannot be combined with `pvc`, `runtime_image` or `image_registry`: those "
+            "compile the pipeline; leave `package` out"
         )
     if package is not None and not Path(package).is_file():
         problems.append(
@@ -250,6 +255,8 @@ def submit(
         raise InputError(problems)
     auth = {"existing_token": existing_token or None, "cookies": cookies or None,
             "credentials": credentials, "ssl_ca_cert": ssl_ca_cert}
+    if image_registry:
+        runtime_image = images.runtime_image(image_registry)
     with pipeline_package(package, pvc=pvc, runtime_image=runtime_image) as path:
         return _upload_and_start(
             path,
@@ -262,6 +269,26 @@ def submit(
             pipeline_name=pipeline_name,
             auth=auth,
         )
+
+
+def _image_problems(package: str | Path | None, runtime_image: str,
+                    image_registry: str) -> list[str]:
+    """A run whose steps name no pullable image would fail only at its first pod: refuse it."""
+    problems = images.registry_problems(image_registry, "image_registry") if image_registry else []
+    if image_registry and runtime_image:
+        problems.append("`image_registry` and `runtime_image` both name the steps' image: give one")
+    unset = not (runtime_image or image_registry)
+    if package is not None:
+        path = Path(package)
+        unset = path.is_file() and f"image: {images.RUNTIME_IMAGE}\n" in path.read_text()
+    if unset:
+        problems.append(
+            f"the pipeline's steps would run in {images.RUNTIME_IMAGE}, which no registry serves "
+            "(kftune publishes no images): build and push them with `kftune images push "
+            "--registry REGISTRY`, then give `image_registry` REGISTRY (`--image-registry`), "
+            "`runtime_image` IMAGE, or a package from `kftune compile --image-registry REGISTRY`"
+        )
+    return problems
 
 
 def _upload_and_start(

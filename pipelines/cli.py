@@ -4,6 +4,7 @@
     kftune compile [--check] [--output-dir DIR]
     kftune submit --host URL [--experiment NAME] [--schedule CRON] [--namespace NS] [--param ...]
     kftune launch ...            (see `kftune launch --help`)
+    kftune images build|push --registry REGISTRY   (images.py)
 
 Every pipeline parameter can be set with `--param NAME=VALUE` (VALUE is JSON when it parses as
 JSON, else a string; `--param training_parameters.max_steps=20` sets one key of a dict parameter)
@@ -21,6 +22,7 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..components.common.errors import InputError
+from . import images
 from .compile import command_compile
 from .errors import CliError
 from .parameters import PARAM_HINT, add_parameter_flags
@@ -68,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     compile_.add_argument("--check", action="store_true", help="fail if compiled/ is stale")
     compile_.add_argument("--output-dir", help="default: compiled/ of the kftune checkout")
+    compile_.add_argument("--image-registry", default="", metavar="REGISTRY",
+                          help="the registry `kftune images push` pushed to (the steps' image)")
     compile_.set_defaults(handler=command_compile)
 
     submit = commands.add_parser(
@@ -91,6 +95,8 @@ def _parser() -> argparse.ArgumentParser:
         help="run the pipeline's steps in IMAGE instead of kftune's runtime image (a mirror "
         "in a private registry, say); the training pods take `trainer_image`",
     )
+    submit.add_argument("--image-registry", default="", metavar="REGISTRY",
+                        help="the registry `kftune images push` pushed to (the steps' image)")
     submit.add_argument(
         "--pvc",
         action="append",
@@ -122,6 +128,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_parameter_flags(submit)
     submit.set_defaults(handler=command_submit)
+
+    images.add_parser(commands, common)
 
     launch = commands.add_parser(
         "launch",

@@ -69,23 +69,27 @@ def _stable_header(text: str) -> str:
     return _DEFAULT_COMMENT.sub(render, text)
 
 
-def compile_all() -> dict[str, bytes]:
-    """Relative output path -> compiled YAML bytes (deterministic)."""
+def compile_all(image_registry: str = "") -> dict[str, bytes]:
+    """Relative output path -> compiled YAML bytes (deterministic); steps in `image_registry`."""
     from kfp import compiler
+
+    from ..components.common.images import with_registry
 
     compiled: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="kftune-compile-") as scratch:
         for relative, target in compile_targets().items():
             path = Path(scratch) / relative.replace("/", "_")
             compiler.Compiler().compile(target, str(path))
-            compiled[relative] = _stable_header(path.read_text()).encode()
+            text = _stable_header(path.read_text())
+            compiled[relative] = (with_registry(text, image_registry) if image_registry
+                                  else text).encode()
     return compiled
 
 
-def stale_files(directory: Path) -> list[str]:
+def stale_files(directory: Path, image_registry: str = "") -> list[str]:
     """Compiled files under `directory` that are missing or differ from a fresh compile."""
     stale = []
-    for relative, content in compile_all().items():
+    for relative, content in compile_all(image_registry).items():
         path = directory / relative
         if not path.is_file() or path.read_bytes() != content:
             stale.append(str(path))
@@ -94,9 +98,15 @@ def stale_files(directory: Path) -> list[str]:
 
 def command_compile(args: argparse.Namespace) -> int:
     """`kftune compile [--check]`."""
+    from ..components.common.errors import InputError
+    from ..components.common.images import registry_problems
+
+    registry = getattr(args, "image_registry", "")
+    if registry and registry_problems(registry):
+        raise InputError(registry_problems(registry))
     directory = Path(args.output_dir) if args.output_dir else default_compiled_dir()
     if args.check:
-        stale = stale_files(directory)
+        stale = stale_files(directory, registry)
         if stale:
             raise CliError(
                 f"compiled YAML is stale or missing: {', '.join(stale)}",
@@ -104,7 +114,7 @@ def command_compile(args: argparse.Namespace) -> int:
             )
         print(f"compiled YAML in {directory} is up to date")
         return 0
-    for relative, content in compile_all().items():
+    for relative, content in compile_all(registry).items():
         path = directory / relative
         path.parent.mkdir(parents=True, exist_ok=True)
         if not path.is_file() or path.read_bytes() != content:

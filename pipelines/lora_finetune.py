@@ -161,7 +161,8 @@ def make_pipeline(
             backend: `kubernetes` (a PyTorchJob, Training Operator v1), `trainjob` (a TrainJob,
                 Kubeflow Trainer v2), `local` (torchrun in the step), or `auto`: local outside a
                 cluster; inside one, the kind the cluster serves (TrainJob when both).
-            trainer_image: Image of the training pods; empty for kftune's CUDA trainer image.
+            trainer_image: Image of the training pods; empty for the trainer image built with
+                the steps' runtime image (`kftune images build`).
             timeout_minutes: Fail training (and delete the job) after this long.
             kubernetes_options: Training job settings: namespace, service_account, node_selector,
                 tolerations, priority_class, queue_name, env, secret_env, pvc, runtime (TrainJob),

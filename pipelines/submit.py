@@ -95,6 +95,7 @@ def command_submit(args: argparse.Namespace) -> int:
         pipeline_name=args.pipeline_name,
         package=args.package,
         runtime_image=args.runtime_image,
+        image_registry=args.image_registry,
         pvc=args.pvc,
         existing_token=_read_secret_file("--token-file", args.token_file)
         if args.token_file

@@ -46,7 +46,8 @@ def train_lora(
         backend: `kubernetes` (a PyTorchJob, Training Operator v1), `trainjob` (a TrainJob,
             Kubeflow Trainer v2), `local` (torchrun on this host), or `auto`: local outside a
             cluster; inside one, the kind the cluster serves (TrainJob when both).
-        image: Trainer image for the pods; empty for kftune's CUDA trainer image.
+        image: Trainer image for the pods; empty for the trainer image built with this step's
+            runtime image (`kftune images build`).
         timeout_minutes: Fail the step (and delete the job) when training takes longer.
         kubernetes_options: Everything else about the training job: namespace, service_account,
             node_selector, tolerations, priority_class, queue_name (Kueue), env, secret_env

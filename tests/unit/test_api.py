@@ -114,9 +114,13 @@ def test_run_reports_every_problem_at_once(tmp_path: Path) -> None:
 
 # --------------------------------------------------------------------------- submit
 
+# kftune publishes no images: every submit names the registry its images were pushed to.
+REGISTRY = "registry.example.com/ml"
+
 
 def test_submit_returns_the_run(kfp_api: KfpApiDouble, capsys: pytest.CaptureFixture[str]) -> None:
-    submitted = kftune.submit(host=kfp_api.host, run_name="nightly", num_workers=4,
+    submitted = kftune.submit(host=kfp_api.host, image_registry=REGISTRY, run_name="nightly",
+                              num_workers=4,
                               training_parameters={"max_steps": 9})
     assert isinstance(submitted, kftune.SubmittedRun)
     assert (submitted.run_id, submitted.pipeline_id, submitted.pipeline_version_id,
@@ -129,7 +133,7 @@ def test_submit_returns_the_run(kfp_api: KfpApiDouble, capsys: pytest.CaptureFix
 
 
 def test_submit_schedule_returns_the_recurring_run(kfp_api: KfpApiDouble) -> None:
-    submitted = kftune.submit(host=kfp_api.host, schedule="0 3 * * *")
+    submitted = kftune.submit(host=kfp_api.host, image_registry=REGISTRY, schedule="0 3 * * *")
     assert (submitted.run_id, submitted.recurring_run_id, submitted.cron) == (
         None, "rr-1", "0 0 3 * * *")
     with pytest.raises(ValueError, match="recurring run does not finish"):
@@ -210,11 +214,12 @@ def test_submit_authenticates_every_request_and_never_prints_the_secret(
 ) -> None:
     server: KfpApiDouble = request.getfixturevalue(case.server)
     if via == "api":
-        submitted = kftune.submit(host=server.host, **case.api(tmp_path))
+        submitted = kftune.submit(host=server.host, image_registry=REGISTRY, **case.api(tmp_path))
         assert TOKEN not in repr(submitted) and COOKIE not in repr(submitted)
         assert submitted.run_id == "r-1"
     else:
-        assert cli.main(["submit", "--host", server.host, *case.cli(tmp_path)]) == 0
+        assert cli.main(["submit", "--host", server.host, "--image-registry", REGISTRY,
+                         *case.cli(tmp_path)]) == 0
     assert server.find("POST", "/apis/v2beta1/runs")  # the run was created
     assert all(server.authorized(sent) for sent in server.requests)
     captured = capsys.readouterr()
@@ -230,11 +235,12 @@ def test_submit_without_credentials_is_told_to_authenticate(
     wrong = "not-the-token"
     if via == "api":
         with pytest.raises(CliError) as raised:
-            kftune.submit(host=kfp_api_with_token.host, existing_token=wrong)
+            kftune.submit(host=kfp_api_with_token.host, image_registry=REGISTRY,
+                          existing_token=wrong)
         message, hint = str(raised.value), raised.value.hint
         assert isinstance(raised.value, RuntimeError)
     else:
-        code = cli.main(["submit", "--host", kfp_api_with_token.host,
+        code = cli.main(["submit", "--host", kfp_api_with_token.host, "--image-registry", REGISTRY,
                          "--token-file", _file(tmp_path, "tok", wrong)])
         assert code == 1
         message = hint = capsys.readouterr().err

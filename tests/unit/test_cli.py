@@ -291,8 +291,12 @@ def _uploaded_yaml(request: dict[str, Any]) -> str:
     return body
 
 
+# kftune publishes no images: every submit names the registry its images were pushed to.
+REGISTRY = ["--image-registry", "registry.example.com/ml"]
+
+
 def test_submit_uploads_pipeline_creates_experiment_and_run(kfp_api: KfpApiDouble) -> None:
-    code = cli.main(["submit", "--host", kfp_api.host, "--experiment", "sentiment",
+    code = cli.main(["submit", "--host", kfp_api.host, *REGISTRY, "--experiment", "sentiment",
                      "--run-name", "nightly", "--num-workers", "4",
                      "--param", "training_parameters.max_steps=9"])
     assert code == 0
@@ -316,7 +320,7 @@ def test_submit_uploads_pipeline_creates_experiment_and_run(kfp_api: KfpApiDoubl
 
 
 def test_submit_with_schedule_creates_recurring_run(kfp_api: KfpApiDouble) -> None:
-    code = cli.main(["submit", "--host", kfp_api.host, "--schedule", "30 2 * * 1"])
+    code = cli.main(["submit", "--host", kfp_api.host, *REGISTRY, "--schedule", "30 2 * * 1"])
     assert code == 0
     (recurring,) = kfp_api.find("POST", "/apis/v2beta1/recurringruns")
     payload = json.loads(recurring["body"])
@@ -330,7 +334,7 @@ def test_submit_with_schedule_creates_recurring_run(kfp_api: KfpApiDouble) -> No
 def test_submit_to_existing_pipeline_uploads_a_new_version(
     kfp_api_with_pipeline: KfpApiDouble,
 ) -> None:
-    code = cli.main(["submit", "--host", kfp_api_with_pipeline.host])
+    code = cli.main(["submit", "--host", kfp_api_with_pipeline.host, *REGISTRY])
     assert code == 0
     assert kfp_api_with_pipeline.find("POST", "/apis/v2beta1/pipelines/upload") == []
     (version,) = kfp_api_with_pipeline.find("POST", "/apis/v2beta1/pipelines/upload_version")
@@ -354,7 +358,7 @@ def test_submit_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str
     double = KfpApiDouble()  # bound but never serving: take its free port, then close it
     host = double.host
     double.server.server_close()
-    code = cli.main(["submit", "--host", host])
+    code = cli.main(["submit", "--host", host, *REGISTRY])
     err = capsys.readouterr().err
     assert code == 1
     assert f"kftune submit: error: the KFP server at {host}" in err
@@ -362,7 +366,7 @@ def test_submit_unreachable_server_is_one_line(capsys: pytest.CaptureFixture[str
 
 
 def test_submit_with_pvc_mounts_the_claim_in_the_uploaded_pipeline(kfp_api: KfpApiDouble) -> None:
-    code = cli.main(["submit", "--host", kfp_api.host, "--pvc", "datasets",
+    code = cli.main(["submit", "--host", kfp_api.host, *REGISTRY, "--pvc", "datasets",
                      "--dataset-uri", "pvc://datasets/tweets.csv"])
     assert code == 0
     (upload,) = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
@@ -409,3 +413,25 @@ def test_submit_with_runtime_image_runs_every_step_in_it(kfp_api: KfpApiDouble) 
     body = _uploaded_yaml(upload)
     assert body.count("image: registry.local/mirror/kftune-runtime:0.1.0") == 4
     assert RUNTIME_IMAGE not in body
+
+
+def test_submit_with_image_registry_runs_every_step_in_its_runtime_image(
+    kfp_api: KfpApiDouble,
+) -> None:
+    from kftune.components.common.images import RUNTIME_IMAGE
+
+    assert cli.main(["submit", "--host", kfp_api.host, *REGISTRY]) == 0
+    (upload,) = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
+    body = _uploaded_yaml(upload)
+    assert body.count("image: registry.example.com/ml/kftune-runtime:0.1.0") == 4
+    assert RUNTIME_IMAGE not in body
+
+
+def test_submit_without_images_is_refused_before_contacting_the_server(
+    kfp_api: KfpApiDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["submit", "--host", kfp_api.host])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "kftune publishes no images" in err and "--image-registry REGISTRY" in err
+    assert kfp_api.requests == []

@@ -360,7 +360,8 @@ def test_kftune_launch_submits_with_the_kubeconfig_and_follows_the_job(
     fake.on_create = scenario
 
     code = launch_main(["--namespace", NAMESPACE, "--num-workers", "2", "--model-uri",
-                        "s3://b/m", "--dataset-uri", "s3://b/d", "--output-uri", "s3://b/o"])
+                        "s3://b/m", "--dataset-uri", "s3://b/d", "--output-uri", "s3://b/o",
+                        "--image", "registry.example.com/ml/kftune-trainer:0.1.0"])
 
     assert code == status
     err = capsys.readouterr().err
@@ -371,6 +372,18 @@ def test_kftune_launch_submits_with_the_kubeconfig_and_follows_the_job(
         assert error in line
     assert f"PyTorchJob {NAMESPACE}/{fake.created[0]} {logged}" in caplog.text
     assert len(fake.created) == 1
+
+
+def test_kftune_launch_without_an_image_creates_nothing(fake, tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", fake.url)))
+
+    code = launch_main(["--namespace", NAMESPACE, "--model-uri", "s3://b/m",
+                        "--dataset-uri", "s3://b/d", "--output-uri", "s3://b/o"])
+
+    assert code == 2
+    assert "`--image` names no pullable image" in capsys.readouterr().err
+    assert fake.created == []
 
 
 def test_an_elastic_job_streams_worker_zero(fake, master_lines):

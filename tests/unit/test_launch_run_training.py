@@ -89,7 +89,8 @@ def training_args(tmp_path, bucket, **overrides):
         adapter_uri=f"s3://{bucket}/run-7/train-lora/adapter",
         metrics=Metrics(), task="causal-lm", training_parameters={"max_steps": 10},
         lora_config={"r": 8}, num_workers=2, num_procs_per_worker="1",
-        resources_per_worker={"cpu": 1}, backend="kubernetes", image="",
+        resources_per_worker={"cpu": 1}, backend="kubernetes",
+        image="registry.example.com/ml/kftune-trainer:0.1.0",
         timeout_minutes=5, kubernetes_options={"namespace": NAMESPACE},
     )
     args.update(overrides)
@@ -131,6 +132,15 @@ def test_bad_input_creates_nothing(tmp_path):
     message = str(caught.value)
     assert "`num_workers` must be >= 1, got 0" in message
     assert "'ten gigs'" in message and "`lora_config.r`" in message
+
+
+def test_no_trainer_image_creates_nothing(tmp_path):
+    """No `image` and a runtime image that names no trainer: refused before the job exists."""
+    args = training_args(tmp_path, "pipeline", image="")
+    with FakeKubernetes() as fake:
+        with pytest.raises(InputError, match="`image` names no pullable image"):
+            run_training(**args, api_client=fake.api_client())
+    assert fake.requests == []
 
 
 def test_kubernetes_backend_needs_remote_artifacts(tmp_path):

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from ...common.errors import InputError
-from ...common.images import TRAINER_IMAGE
+from ...common.images import TRAINER_IMAGE, unset_image_problems
 from ..config import shown
 from .spec import DEFAULT_TIMEOUT_MINUTES
 
@@ -200,6 +200,10 @@ def launch_main(argv: Sequence[str], api_client: Any = None) -> int:
 
         sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
         return 0
+    unset = unset_image_problems(args.image, "--image")
+    if unset:  # the pods could not pull their image: create nothing
+        print(f"kftune launch: error: {'; '.join(unset)}", file=sys.stderr)
+        return 2
     return _submit(manifest, kind, args.timeout_minutes, api_client)
 
 

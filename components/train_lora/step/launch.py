@@ -44,6 +44,7 @@ from typing import Any
 
 from ...common.artifacts import MetricsSink, atomic_directory, read_manifest
 from ...common.errors import InputError, Problems
+from ...common.images import unset_image_problems
 from . import inputs
 from . import job as job_lib
 from .backends.base import Backend, deleting_on_exit
@@ -477,6 +478,10 @@ def resolve_kind(chosen: Plan, api_client: Any) -> str:
 def _run_kubernetes(
     chosen: Plan, io: job_lib.PodIO, adapter_dir: str, api_client: Any
 ) -> dict[str, Any]:
+    # Before the job exists: pods that cannot pull their image would only wait for it.
+    unset = unset_image_problems(chosen.spec.image, "image")
+    if unset:
+        raise InputError(unset)
     api_client = api_client or default_api_client()
     kind = resolve_kind(chosen, api_client)
     job = job_lib.request(chosen.spec, chosen.options, io,

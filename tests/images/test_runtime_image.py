@@ -1,0 +1,73 @@
+"""The runtime image runs each compiled component as a KFP pod would: the pipeline, step by step.
+
+download_dataset reads from the local S3 server, download_model too, train_lora trains with the
+local backend (torchrun inside the step's container), evaluate scores base and adapter; each
+step's inputs are the previous steps' outputs, as the pipeline wires them.
+"""
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.images
+
+S3_ENV = ("AWS_ENDPOINT_URL", "AWS_REGION", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")
+
+
+def test_the_pipeline_steps_run_in_the_runtime_image(launch_step, s3, tmp_path: Path) -> None:
+    from kftune.components.common.demo import tiny_causal_lm
+    from kftune.components.common.transfer import upload_directory
+
+    bucket = s3.bucket("sources")
+    rows = "".join(json.dumps({"body": f"note number {n} is short."}) + "\n" for n in range(60))
+    dataset_uri = s3.put(bucket, "notes/notes.jsonl", rows)
+    model_uri = f"s3://{bucket}/tiny-lm"
+    upload_directory(tiny_causal_lm(tmp_path / "tiny"), model_uri, parameter="model")
+    # What the step pods get from the `s3-credentials` Secret; the fake keys are the test server's.
+    env = {name: os.environ[name] for name in S3_ENV} | {"OMP_NUM_THREADS": "1"}
+    run = "minio://kftune/run-1"
+    store: Path = launch_step.store
+
+    dataset = launch_step(
+        "download_dataset",
+        {"uri": dataset_uri, "column_mapping": {"text": "body"}, "eval_fraction": 0.2},
+        {}, {"train_data": f"{run}/download-dataset/train_data",
+             "eval_data": f"{run}/download-dataset/eval_data"}, env)
+    assert dataset.returncode == 0, dataset.log[-3000:]
+    train_manifest = json.loads((store / "kftune/run-1/download-dataset/train_data/manifest.json")
+                                .read_text())
+    assert train_manifest["rows"] == 48 and train_manifest["source"]["uri"] == dataset_uri
+
+    model = launch_step("download_model", {"uri": model_uri, "task": "causal-lm"}, {},
+                        {"model": f"{run}/download-model/model"}, env)
+    assert model.returncode == 0, model.log[-3000:]
+    assert (store / "kftune/run-1/download-model/model/config.json").is_file()
+
+    train = launch_step(
+        "train_lora",
+        {"task": "causal-lm", "backend": "local",
+         "training_parameters": {"max_steps": 3, "save_strategy": "no"},
+         "lora_config": {"r": 4, "target_modules": "all-linear"},
+         "resources_per_worker": {}, "kubernetes_options": {}},
+        {"model": f"{run}/download-model/model",
+         "train_data": f"{run}/download-dataset/train_data"},
+        {"adapter": f"{run}/train-lora/adapter", "metrics": f"{run}/train-lora/metrics"}, env)
+    assert train.returncode == 0, train.log[-3000:]
+    assert (store / "kftune/run-1/train-lora/adapter/adapter_config.json").is_file()
+    (train_metrics,) = train.output["artifacts"]["metrics"]["artifacts"]
+    assert train_metrics["metadata"]["steps"] == 3
+
+    evaluation = launch_step(
+        "evaluate", {"task": "causal-lm", "max_examples": 8, "batch_size": 8},
+        {"base_model": f"{run}/download-model/model", "adapter": f"{run}/train-lora/adapter",
+         "eval_data": f"{run}/download-dataset/eval_data"},
+        {"metrics": f"{run}/evaluate/metrics",
+         "classification_metrics": f"{run}/evaluate/classification_metrics",
+         "report": f"{run}/evaluate/report"}, env)
+    assert evaluation.returncode == 0, evaluation.log[-3000:]
+    (metrics,) = evaluation.output["artifacts"]["metrics"]["artifacts"]
+    assert metrics["metadata"]["eval_examples"] == 8
+    assert metrics["metadata"]["base_perplexity"] > 1
+    assert metrics["metadata"]["tuned_perplexity"] > 1
