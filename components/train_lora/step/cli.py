@@ -10,6 +10,14 @@ The flags are named after the reference's `TrainingClient.train(...)` parameters
         --training-parameters '{"learning_rate": 2e-5}' \
         --lora-config '{"r": 8, "lora_alpha": 8, "lora_dropout": 0.1}' | kubectl apply -f -
 
+Instead of artifacts, the job can start from sources, which every pod fetches itself with the
+download components' code (one process per pod, onto its node-local disk)::
+
+    kftune launch --dry-run --task sequence-classification \
+        --model-source hf://google-bert/bert-base-cased \
+        --dataset-source hf://yelp_review_full --split 'train[:3000]' \
+        --output-uri s3://bucket/adapters/bert-yelp --secret-env HF_TOKEN=hf-token:token ...
+
 `--backend trainjob` makes it a Kubeflow Trainer v2 TrainJob (on `--runtime`, default
 `torch-distributed`) instead of a Training Operator v1 PyTorchJob; `--backend auto` asks the
 cluster which it serves. Without `--dry-run` the job is created with the current kubeconfig and
@@ -57,8 +65,25 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--runtime", default="",
                         help="the TrainJob's ClusterTrainingRuntime; default torch-distributed")
     parser.add_argument("--task", default="causal-lm", help="causal-lm or sequence-classification")
-    parser.add_argument("--model-uri", required=True, help="the Model artifact (s3://, gs://, ...)")
-    parser.add_argument("--dataset-uri", required=True, help="the Dataset artifact")
+    parser.add_argument("--model-uri", default="",
+                        help="the Model artifact (s3://, gs://, ...); or give --model-source")
+    parser.add_argument("--dataset-uri", default="",
+                        help="the Dataset artifact; or give --dataset-source")
+    sources = parser.add_argument_group(
+        "sources", "instead of artifacts: each pod fetches these itself, as download_model and "
+        "download_dataset do (split, column mapping, label encoding), onto its node-local disk")
+    sources.add_argument("--model-source", default="", metavar="URI",
+                         help="hf://org/name[@revision], s3://, gs://, pvc://claim/path")
+    sources.add_argument("--model-revision", default="", help="Hub revision of the model")
+    sources.add_argument("--trust-remote-code", action="store_true",
+                         help="allow the model repository's own code")
+    sources.add_argument("--dataset-source", default="", metavar="URI",
+                         help="hf://org/name, s3://, gs://, https://, pvc://claim/path")
+    sources.add_argument("--split", default=None, help="rows, e.g. train[:3000] (default train)")
+    sources.add_argument("--subset", default=None, help="the dataset configuration name")
+    sources.add_argument("--dataset-revision", default=None, help="Hub revision of the dataset")
+    sources.add_argument("--column-mapping", default=None,
+                         help='JSON role -> column, e.g. \'{"text": "review", "label": "stars"}\'')
     parser.add_argument("--output-uri", required=True, help="where node rank 0 uploads the adapter")
     parser.add_argument("--name", "--job-name", dest="job_name", default="",
                         help="job name; default: derived from --output-uri")
@@ -141,6 +166,72 @@ def _options(args: argparse.Namespace, problems: list[str]) -> dict[str, Any]:
     return {key: value for key, value in options.items() if value not in (None, "", {}, [])}
 
 
+def _pod_inputs(
+    args: argparse.Namespace, options: dict[str, Any], problems: list[str]
+) -> tuple[Any, dict[str, str]]:
+    """The pods' inputs (artifacts or sources) and the artifact URIs for the launch's checks.
+
+    Source problems (settings, and what the pods cannot read) are added to `problems`.
+    """
+    from . import job as job_lib
+    from . import sources
+
+    artifact_uris = {"--output-uri": args.output_uri}
+    for artifact, source in (("--model-uri", "--model-source"),
+                             ("--dataset-uri", "--dataset-source")):
+        given = [flag for flag in (artifact, source)
+                 if getattr(args, flag[2:].replace("-", "_"))]
+        if len(given) != 1:
+            problems.append(
+                f"give one of `{artifact}` (a kftune artifact) and `{source}` (a source the pods "
+                f"fetch), got {'both' if given else 'neither'}"
+            )
+    data_flags = {"--split": args.split, "--subset": args.subset,
+                  "--dataset-revision": args.dataset_revision,
+                  "--column-mapping": args.column_mapping}
+    model_flags = {"--model-revision": args.model_revision,
+                   "--trust-remote-code": args.trust_remote_code}
+    for flags, source in ((model_flags, args.model_source), (data_flags, args.dataset_source)):
+        stray = [flag for flag, value in flags.items() if value not in (None, "", False)]
+        if stray and not source:
+            problems.append(f"`{', '.join(stray)}` apply to a source: give "
+                            f"`{'--model-source' if flags is model_flags else '--dataset-source'}`")
+    model_source = data_source = None
+    reach: dict[str, str] = {}
+    if args.model_source:
+        model_source, found = sources.model_source(
+            args.model_source, revision=args.model_revision, task=args.task,
+            trust_remote_code=args.trust_remote_code)
+        problems += sources.renamed(found, {"uri": "--model-source", "revision": "--model-revision",
+                                            "task": "--task"})
+        reach["--model-source"] = args.model_source
+    elif args.model_uri:
+        artifact_uris["--model-uri"] = args.model_uri
+    if args.dataset_source:
+        mapping = _json("--column-mapping", args.column_mapping, problems) if (
+            args.column_mapping) else {}
+        data_source, found = sources.data_source(
+            args.dataset_source, split=args.split or "train", subset=args.subset or "",
+            revision=args.dataset_revision or "", column_mapping=mapping or {})
+        problems += sources.renamed(found, {
+            "uri": "--dataset-source", "split": "--split", "subset": "--subset",
+            "revision": "--dataset-revision", "column_mapping": "--column-mapping"})
+        reach["--dataset-source"] = args.dataset_source
+    elif args.dataset_uri:
+        artifact_uris["--dataset-uri"] = args.dataset_uri
+    if reach:
+        pvc = options.get("pvc")
+        problems += sources.pod_reach_problems(reach, {}, pvc if isinstance(pvc, str) else "")
+    io = job_lib.PodIO(
+        model_uri=args.model_source or args.model_uri,
+        data_uri=args.dataset_source or args.dataset_uri,
+        output_uri=args.output_uri,
+        model_source=model_source,
+        data_source=data_source,
+    )
+    return io, artifact_uris
+
+
 def build_from_args(args: argparse.Namespace, api_client: Any = None) -> tuple[dict, str]:
     """The job manifest for parsed flags, and its kind (`kubernetes` or `trainjob`).
 
@@ -155,9 +246,7 @@ def build_from_args(args: argparse.Namespace, api_client: Any = None) -> tuple[d
     training_parameters = _json("--training-parameters", args.training_parameters, problems)
     lora_config = _json("--lora-config", args.lora_config, problems)
     options = _options(args, problems)
-    io = job_lib.PodIO(
-        model_uri=args.model_uri, data_uri=args.dataset_uri, output_uri=args.output_uri
-    )
+    io, artifact_uris = _pod_inputs(args, options, problems)
     plan = launch.plan(
         task=args.task,
         training_parameters=training_parameters if training_parameters is not None else {},
@@ -170,8 +259,7 @@ def build_from_args(args: argparse.Namespace, api_client: Any = None) -> tuple[d
         timeout_minutes=args.timeout_minutes,
         kubernetes_options=options,
         merge=args.merge,
-        uris={"--model-uri": io.model_uri, "--dataset-uri": io.data_uri,
-              "--output-uri": io.output_uri},
+        uris=artifact_uris,
         extra_problems=tuple(problems),
     )
     kind = plan.backend
