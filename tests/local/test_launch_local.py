@@ -1,6 +1,7 @@
 """The local backend end to end: 2 "nodes" x 2 processes on CPU through the real trainer."""
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -66,17 +67,59 @@ def test_two_nodes_by_two_processes_train_an_adapter(artifacts, tmp_path, caplog
     assert [path.name for path in tmp_path.iterdir()] == ["adapter"]
 
 
-def test_a_failing_rank_fails_the_step_with_its_log(artifacts, tmp_path):
-    args = training(artifacts, tmp_path, kubernetes_options={"env": {
+def test_a_killed_rank_fails_the_step_naming_it(artifacts, tmp_path):
+    args = training(artifacts, tmp_path, kubernetes_options={"backoff_limit": 0, "env": {
         "OMP_NUM_THREADS": "1", "KFTUNE_DEBUG_KILL_AT_STEP": "2", "KFTUNE_DEBUG_KILL_RANK": "3",
     }})
     with pytest.raises(RuntimeError) as caught:
         run_training(**args)
 
-    message = str(caught.value)
-    assert "local training failed: node" in message and "of 2 exited with" in message
-    assert "log lines of node" in message
+    first, *rest = str(caught.value).splitlines()
+    # Global rank 3 is node 1's second process.
+    assert re.fullmatch(r"training failed on node 1 of 2: trainer rank 3 \(pid \d+\) was killed "
+                        r"by SIGKILL \(out of memory, or killed from outside\)", first), first
+    assert "log lines of node 1" in rest[0]
     assert not Path(args["adapter_dir"]).exists()
+
+
+def test_the_trainers_own_error_is_the_first_line(artifacts, tmp_path):
+    args = training(artifacts, tmp_path, lora_config={**LORA, "target_modules": ["nope"]})
+    with pytest.raises(RuntimeError) as caught:
+        run_training(**args)
+
+    first = str(caught.value).splitlines()[0]
+    # Every rank finds the same problem; the first to fail is quoted.
+    assert re.match(r"training failed on node [01] of 2: trainer rank [0-3]: InputError: "
+                    r"`lora_config.target_modules` \['nope'\] match no layer", first), first
+    assert "restart" not in first  # bad input is never retried
+
+
+def test_a_killed_worker_restarts_the_job_which_resumes_from_its_checkpoint(
+        artifacts, tmp_path, caplog):
+    caplog.set_level("INFO")
+    seen = tmp_path / "seen"
+    args = training(
+        artifacts, tmp_path / "run",
+        training_parameters={**PARAMETERS, "max_steps": 8, "save_strategy": "steps",
+                             "save_steps": 3},
+        kubernetes_options={"backoff_limit": 1, "env": {
+            "OMP_NUM_THREADS": "1", "KFTUNE_DEBUG_KILL_AT_STEP": "5",
+            "KFTUNE_DEBUG_KILL_RANK": "2", "KFTUNE_DEBUG_SEEN_DIR": str(seen)}})
+    result = run_training(**args)
+
+    assert "starting the job again (restart 1 of 1)" in caplog.text
+    assert "trainer rank 2 (pid" in caplog.text and "killed by SIGKILL" in caplog.text
+    assert result["steps"] == 8 and result["resumed_from_step"] == 3
+    assert [step for step, _ in result["train_loss"]] == list(range(1, 9))
+    # 3 steps of 8 rows per epoch. Steps 4-5 (epoch 1) ran in both attempts on the same
+    # examples: counted once per (epoch, step, example), each of the 24 rows was trained on once
+    # in each whole epoch.
+    trained = set()
+    for path in seen.glob("seen-rank*.txt"):
+        trained.update(tuple(map(int, line.split())) for line in path.read_text().splitlines())
+    for whole_epoch in (0, 1):
+        assert sorted(index for epoch, _, index in trained if epoch == whole_epoch) == list(
+            range(24))
 
 
 def test_the_pod_entrypoint_stages_trains_and_uploads(artifacts, tmp_path):

@@ -6,10 +6,15 @@ import signal
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 import pytest
 from kftune.components.train_lora.step.backends import deleting_on_exit
-from kftune.components.train_lora.step.backends.local import LocalBackend, resolve_num_procs
+from kftune.components.train_lora.step.backends.local import (
+    LocalBackend,
+    node_failure,
+    resolve_num_procs,
+)
 
 OPERATOR_ENV = ["PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR",
                 "PET_MASTER_PORT", "MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE",
@@ -76,8 +81,8 @@ def test_a_failing_node_stops_the_others_and_is_quoted():
         backend.wait(timeout_seconds=30)
 
     message = str(caught.value)
-    assert "local training failed: node 1 of 2 exited with code 3" in message
-    assert "ValueError: boom" in message
+    assert message.splitlines()[0] == ("training failed on node 1 of 2: torchrun exited with "
+                                       "code 3: ValueError: boom")
     assert time.monotonic() - started < 10
     assert all(process.poll() is not None for process in backend._processes)
 
@@ -103,3 +108,107 @@ def test_sigterm_stops_every_node():
 
     assert caught.value.code == 143
     assert all(process.poll() is not None for process in backend._processes)
+
+
+def attempts_command(tmp_path, body):
+    """A node that appends its attempt to a file, then runs `body` (which may exit)."""
+    log = tmp_path / "attempts.txt"
+    return log, python(
+        "import json, os, sys\n"
+        f"open({str(log)!r}, 'a').write(os.environ['PET_NODE_RANK'] + ' '"
+        " + os.environ['KFTUNE_LOCAL_RESTART_COUNT'] + '\\n')\n" + body)
+
+
+def test_a_failed_job_is_started_again_and_can_succeed(tmp_path):
+    log, command = attempts_command(
+        tmp_path, "if os.environ['KFTUNE_LOCAL_RESTART_COUNT'] == '0' and "
+                  "os.environ['PET_NODE_RANK'] == '1': sys.exit(1)\n")
+    backend = LocalBackend(command, num_workers=2, stop_grace_seconds=2, max_restarts=1,
+                           log_line=lambda line: None)
+    backend.submit()
+    backend.wait(timeout_seconds=60)
+
+    assert backend.restarts == 1
+    assert sorted(log.read_text().split("\n")[:-1]) == ["0 0", "0 1", "1 0", "1 1"]
+
+
+@dataclass
+class RestartCase:
+    name: str
+    exit_code: int
+    max_restarts: int
+    attempts: int
+    first_line: str
+
+
+RESTART_CASES = [
+    RestartCase("bounded", 1, 2, 3,
+                "training failed on node 0 of 1 after 2 restart(s): torchrun exited with code 1"),
+    RestartCase("bad input is never retried", 2, 3, 1,
+                "training failed on node 0 of 1: torchrun exited with code 2"),
+]
+
+
+@pytest.mark.parametrize("case", RESTART_CASES, ids=lambda case: case.name)
+def test_restarts_are_bounded_and_skip_bad_input(tmp_path, case):
+    log, command = attempts_command(tmp_path, f"sys.exit({case.exit_code})\n")
+    backend = LocalBackend(command, num_workers=1, max_restarts=case.max_restarts,
+                           log_line=lambda line: None)
+    backend.submit()
+    with pytest.raises(RuntimeError) as caught:
+        backend.wait(timeout_seconds=60)
+
+    assert str(caught.value).splitlines()[0] == case.first_line
+    assert len(log.read_text().splitlines()) == case.attempts
+
+
+def test_the_error_torchrun_recorded_is_the_first_line():
+    # What torchrun does with its failed worker's @record-ed exception: copy it to its own
+    # TORCHELASTIC_ERROR_FILE.
+    code = ("import json, os, sys\n"
+            "json.dump({'message': {'message': 'ValueError: the real reason', 'extraInfo': {}}},"
+            " open(os.environ['TORCHELASTIC_ERROR_FILE'], 'w'))\n"
+            "print('torch.distributed.elastic.multiprocessing.errors.ChildFailedError: ')\n"
+            "sys.exit(1)\n")
+    backend = LocalBackend(python(code), num_workers=1, log_line=lambda line: None)
+    backend.submit()
+    with pytest.raises(RuntimeError) as caught:
+        backend.wait(timeout_seconds=60)
+    assert str(caught.value).splitlines()[0] == (
+        "training failed on node 0 of 1: the trainer: ValueError: the real reason")
+
+
+@dataclass
+class FailureCase:
+    name: str
+    code: int
+    recorded: str
+    tail: list
+    expected: tuple
+
+
+REPORT = ["Root Cause (first observed failure):", "[0]:", "  rank      : 3 (local_rank: 1)"]
+FAILURE_CASES = [
+    FailureCase("recorded bad input", 1, "InputError: `lora_config.r` must be >= 1",
+                [*REPORT, "  exitcode  : 2 (pid: 41)"],
+                ("trainer rank 3: InputError: `lora_config.r` must be >= 1", True, False)),
+    FailureCase("a worker killed by SIGKILL", 1, "", [*REPORT, "  exitcode  : -9 (pid: 41)"],
+                ("trainer rank 3 (pid 41) was killed by SIGKILL (out of memory, or killed from "
+                 "outside)", False, True)),
+    FailureCase("a full disk", 1, "OSError: [Errno 28] No space left on device: '/out/x'",
+                [*REPORT, "  exitcode  : 1 (pid: 41)"],
+                ("trainer rank 3: OSError: [Errno 28] No space left on device: '/out/x' -- the "
+                 "disk is full: free space on it, or point the run's output elsewhere", False,
+                 False)),
+    FailureCase("an unrecorded exit quotes the last exception line", 1, "",
+                ["ValueError: boom", *REPORT, "  exitcode  : 1 (pid: 41)",
+                 "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: "],
+                ("trainer rank 3 exited with code 1: ValueError: boom", False, False)),
+    FailureCase("torchrun itself killed", -9, "", ["starting"],
+                ("its torchrun was killed by SIGKILL", False, True)),
+]
+
+
+@pytest.mark.parametrize("case", FAILURE_CASES, ids=lambda case: case.name)
+def test_a_failed_node_is_described_in_one_line(case):
+    assert node_failure(case.code, case.recorded, case.tail) == case.expected

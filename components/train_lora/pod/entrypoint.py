@@ -146,21 +146,43 @@ def fetch_data_source(uri: str, settings: Mapping[str, Any], data_dir: Path) -> 
 
 
 def run_trainer(config_path: Path) -> int:
-    """Runs torchrun with the trainer, forwarding SIGTERM; returns its exit status."""
+    """Runs torchrun with the trainer, forwarding SIGTERM; returns its exit status.
+
+    When it fails, the trainer's own error (which torchrun copies into `TORCHELASTIC_ERROR_FILE`
+    from its failed worker) is the pod's last log line, which the launch step quotes.
+    """
     command = [
         sys.executable, "-m", "torch.distributed.run",
         "-m", "kftune.components.train_lora.pod.trainer", "--config", str(config_path),
     ]
-    process = subprocess.Popen(command)
+    error_file = config_path.with_name("trainer-error.json")
+    error_file.unlink(missing_ok=True)
+    process = subprocess.Popen(command, env={**os.environ,
+                                             "TORCHELASTIC_ERROR_FILE": str(error_file)})
 
     def forward(signum: int, frame: object) -> None:
         process.send_signal(signum)
 
     previous = signal.signal(signal.SIGTERM, forward)
     try:
-        return process.wait()
+        status = process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    if status != 0:
+        logger.error("the trainer failed: %s", recorded_error(error_file) or
+                     f"torchrun exited with status {status}")
+    return status
+
+
+def recorded_error(path: Path) -> str:
+    """The first line of the exception recorded in a torchelastic error file, or ""."""
+    try:
+        message = json.loads(path.read_text()).get("message", "")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    return str(message).strip().splitlines()[0] if str(message).strip() else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -217,7 +239,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ).to_file(Path(args.work_dir) / "config.json")
     status = run_trainer(config_path)
     if status != 0:
-        logger.error("the trainer exited with status %d", status)
         return status
     # Global rank 0 wrote final/: on this pod's own disk only on the pod that ran it; on a shared
     # claim every pod sees it, and one of them uploads.

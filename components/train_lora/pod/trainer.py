@@ -16,7 +16,8 @@ Debug hooks, read from the environment (tests use them; they change nothing when
 - `KFTUNE_DEBUG_SEEN_DIR`: every rank appends "epoch step example-index" lines for the examples
   it trains on to `<dir>/seen-rank<R>.txt`.
 - `KFTUNE_DEBUG_KILL_AT_STEP` (+ `KFTUNE_DEBUG_KILL_RANK`, default 1): that global rank SIGKILLs
-  itself after that optimizer step, only in the first attempt (`TORCHELASTIC_RESTART_COUNT` 0).
+  itself after that optimizer step, only in the first attempt (`TORCHELASTIC_RESTART_COUNT` and
+  the local backend's `KFTUNE_LOCAL_RESTART_COUNT` 0).
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch.distributed.elastic.multiprocessing.errors import get_error_handler, record
 
 from ...common.artifacts import atomic_directory, read_manifest, write_manifest
 from ...common.errors import InputError, Problems
@@ -835,7 +837,8 @@ class DebugHooks:
             self.seen_file = open(  # noqa: SIM115
                 Path(directory) / f"seen-rank{runtime.rank}.txt", "a", buffering=1)
         step = os.environ.get("KFTUNE_DEBUG_KILL_AT_STEP")
-        first_attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+        first_attempt = (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"
+                         and os.environ.get("KFTUNE_LOCAL_RESTART_COUNT", "0") == "0")
         self.kill_step = int(step) if step and first_attempt else None
         self.kill_rank = int(os.environ.get("KFTUNE_DEBUG_KILL_RANK", "1"))
 
@@ -857,14 +860,21 @@ class DebugHooks:
             self.seen_file.close()
 
 
+@record
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parses `--config CONFIG.json` and trains."""
+    """Parses `--config CONFIG.json` and trains.
+
+    Under torchrun, an error is recorded in `TORCHELASTIC_ERROR_FILE` (`@record` for the
+    unexpected ones), which torchrun hands on to its own caller: that is how the launch step
+    reports the trainer's own message.
+    """
     parser = argparse.ArgumentParser(prog="kftune-trainer", description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="path of CONFIG.json (see config.py)")
     args = parser.parse_args(argv)
     try:
         train(TrainConfig.from_file(args.config))
     except InputError as error:
+        get_error_handler().record_exception(error)
         print(f"kftune trainer: bad input: {error}", file=sys.stderr, flush=True)
         return 2
     return 0

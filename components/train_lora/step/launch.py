@@ -55,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "kubernetes", "trainjob", "local")
 KUBERNETES_BACKENDS = ("kubernetes", "trainjob")
+# How often the local backend starts a failed job again when `backoff_limit` is not set.
+LOCAL_RESTARTS = 2
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -112,7 +114,8 @@ def plan(
         backend: `auto`, `kubernetes`, `trainjob` or `local` (`cluster`: discovery decides).
         image: trainer image; empty for kftune's.
         timeout_minutes: longest the training may take.
-        kubernetes_options: see `options.KUBERNETES_OPTION_KEYS`; only `env` reaches local nodes.
+        kubernetes_options: see `options.KUBERNETES_OPTION_KEYS`; only `env` (and
+            `backoff_limit`, the restarts) reach local nodes.
         merge: also write merged full weights.
         uris: the artifact URIs the pods read and write, by parameter name (Kubernetes only).
         extra_problems: problems the caller found, reported with these.
@@ -258,7 +261,8 @@ def run_training(
         extra_problems=tuple(input_problems),
     )
     if chosen.backend == "local":
-        result = _run_local(chosen.spec, model_dir, data_dir, adapter_dir)
+        result = _run_local(chosen.spec, model_dir, data_dir, adapter_dir,
+                            restarts=chosen.options.run_policy.backoff_limit)
     else:
         io = job_lib.PodIO(model_uri=model_uri, data_uri=data_uri, output_uri=adapter_uri)
         result = _run_kubernetes(chosen, io, adapter_dir, api_client)
@@ -325,7 +329,7 @@ def _local_procs(spec: TrainingSpec) -> int:
 
 
 def _run_local(
-    spec: TrainingSpec, model_dir: str, data_dir: str, adapter_dir: str
+    spec: TrainingSpec, model_dir: str, data_dir: str, adapter_dir: str, restarts: int | None
 ) -> dict[str, Any]:
     from .backends.local import LocalBackend
 
@@ -345,6 +349,9 @@ def _run_local(
             num_procs_per_worker=_local_procs(spec),
             env=dict(spec.env),
             cwd=str(work),
+            # Like the operator restarting a failed pod; the checkpoints in `work` outlive the
+            # attempts, so the trainer resumes from the last one.
+            max_restarts=restarts if restarts is not None else LOCAL_RESTARTS,
         )
         _run(backend, spec.timeout_seconds)
         return publish_adapter(output_dir / "final", adapter_path)

@@ -3,7 +3,8 @@
 `parse_kubernetes_options` turns the component's `kubernetes_options` dict into
 `KubernetesOptions` and reports every bad key or value at once; `check_kubernetes_options` returns
 just the problems (what `kftune run --check` shows). Which backend takes which option is decided
-here too (`refused_by`): the local backend takes only `env`, a TrainJob has no run policy and no
+here too (`refused_by`): the local backend takes only `env` and `backoff_limit` (how often it
+starts a failed job again), a TrainJob has no run policy and no
 elastic policy, a PyTorchJob no runtime.
 """
 
@@ -37,10 +38,11 @@ KUBERNETES_OPTION_KEYS = (
     "runtime",
 )
 # What each backend cannot honour; giving one of these is an error rather than silently ignored.
-# `env` reaches the local nodes too. A TrainJob's pods are patched through `runtimePatches`, whose
-# pod spec has no priorityClassName, and the job itself has no run or elastic policy.
+# `env` reaches the local nodes too, and `backoff_limit` bounds the local backend's restarts. A
+# TrainJob's pods are patched through `runtimePatches`, whose pod spec has no priorityClassName,
+# and the job itself has no run or elastic policy.
 REFUSED = {
-    "local": frozenset(KUBERNETES_OPTION_KEYS) - {"env"},
+    "local": frozenset(KUBERNETES_OPTION_KEYS) - {"env", "backoff_limit"},
     "kubernetes": frozenset({"runtime"}),
     "trainjob": frozenset(
         {"elastic_policy", "clean_pod_policy", "backoff_limit", "ttl_seconds_after_finished",
@@ -165,8 +167,8 @@ class KubernetesOptions:
         if not refused:
             return []
         what = {
-            "local": "the local backend runs torchrun on this host (only `env` applies there); "
-            "remove them or use a Kubernetes backend",
+            "local": "the local backend runs torchrun on this host (only `env` and "
+            "`backoff_limit` apply there); remove them or use a Kubernetes backend",
             "kubernetes": "they apply to backend 'trainjob' only",
             "trainjob": "a TrainJob has no such setting (elastic and run policies, priority "
             "class: use backend 'kubernetes', a PyTorchJob, or set them in the runtime)",

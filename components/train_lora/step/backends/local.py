@@ -6,22 +6,35 @@ started with exactly the environment the Training Operator injects into a pod â€
 port), `MASTER_ADDR`, `MASTER_PORT`, `RANK` (the node rank), `WORLD_SIZE` (nodes x processes) and
 `PYTHONUNBUFFERED=1` â€” so torchrun does a static rendezvous on 127.0.0.1 and the multi-node code
 path runs on every CI box. Their output is copied into this process's log with a `[node-<rank>]`
-prefix. When one node fails, the others are stopped and the error quotes the failing node's last
-lines, like the Kubernetes backend does for a pod.
+prefix.
+
+When a node fails, the others are stopped. Like the operator restarting a failed pod
+(`restartPolicy: OnFailure`, up to `backoff_limit`), the whole job is then started again, up to
+`max_restarts` times, and the trainer resumes from its last checkpoint (in the work directory,
+which outlives the attempts); bad input (the trainer's exit status 2) is never retried. The error
+that ends the job names the failing node and the trainer's own message: each node's torchrun gets
+a `TORCHELASTIC_ERROR_FILE`, into which torchrun copies its failed worker's recorded exception
+(the trainer's `main` is wrapped in torch.distributed.elastic's `@record`); a worker killed by a
+signal is named with its rank, pid and signal from torchrun's failure report.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import logging
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from .base import Backend
@@ -90,6 +103,7 @@ class LocalBackend(Backend):
         log_tail_lines: lines of the failing node quoted in a failure.
         stop_grace_seconds: how long a stopped node gets between SIGTERM and SIGKILL.
         log_line: where the nodes' lines go (default: this module's logger).
+        max_restarts: how many times the job is started again after a node failed.
     """
 
     def __init__(
@@ -103,6 +117,7 @@ class LocalBackend(Backend):
         log_tail_lines: int = 50,
         stop_grace_seconds: float = 10.0,
         log_line: Callable[[str], None] | None = None,
+        max_restarts: int = 0,
     ) -> None:
         self.command = list(command)
         self.num_workers = num_workers
@@ -112,14 +127,27 @@ class LocalBackend(Backend):
         self._log_tail_lines = log_tail_lines
         self._stop_grace_seconds = stop_grace_seconds
         self._log_line = log_line or logger.info
+        self.max_restarts = max_restarts
+        self.restarts = 0
         self._processes: list[subprocess.Popen[bytes]] = []
         self._readers: list[threading.Thread] = []
         self._tails: list[collections.deque[str]] = []
+        self._error_dir = ""
 
     def submit(self) -> str:
         """Starts the nodes and returns a name for the job."""
+        self._error_dir = tempfile.mkdtemp(prefix="kftune-node-errors-")
+        return self._start()
+
+    def _error_file(self, node_rank: int) -> Path:
+        return Path(self._error_dir) / f"node-{node_rank}.json"
+
+    def _start(self) -> str:
+        os.makedirs(self._error_dir, exist_ok=True)
         port = free_port()
+        self._processes, self._readers, self._tails = [], [], []
         for node_rank in range(self.num_workers):
+            self._error_file(node_rank).unlink(missing_ok=True)
             env = {
                 **_inherited_env(),
                 **self.env,
@@ -129,6 +157,11 @@ class LocalBackend(Backend):
                     node_rank=node_rank,
                     master_port=port,
                 ),
+                # torchrun copies its failed worker's recorded exception here.
+                "TORCHELASTIC_ERROR_FILE": str(self._error_file(node_rank)),
+                # Which attempt this is (torchrun's own TORCHELASTIC_RESTART_COUNT restarts at 0
+                # in every new torchrun).
+                "KFTUNE_LOCAL_RESTART_COUNT": str(self.restarts),
             }
             process = subprocess.Popen(
                 self.command,
@@ -159,28 +192,38 @@ class LocalBackend(Backend):
         return f"local-{port}"
 
     def wait(self, timeout_seconds: float) -> None:
-        """Waits for every node to exit 0.
+        """Waits for every node to exit 0, starting the job again after a failure if allowed.
 
         Raises:
-            RuntimeError: when a node exits non-zero (the others are stopped).
+            RuntimeError: when a node failed and no restart is left (the others are stopped);
+                its first line names the node and the trainer's own error.
             TimeoutError: after `timeout_seconds` (every node is stopped first).
         """
         deadline = time.monotonic() + timeout_seconds
         while True:
             codes = [process.poll() for process in self._processes]
-            failed = [(rank, code) for rank, code in enumerate(codes) if code not in (None, 0)]
-            if failed:
-                rank, code = failed[0]
+            if any(code not in (None, 0) for code in codes):
+                rank, cause, retry = self._failure(deadline)
                 self.delete()
                 self._join_readers()
+                if retry and self.restarts < self.max_restarts:
+                    self.restarts += 1
+                    logger.warning(
+                        "node %d of %d failed: %s; starting the job again (restart %d of "
+                        "%d); the trainer resumes from its last checkpoint",
+                        rank, self.num_workers, cause, self.restarts, self.max_restarts)
+                    self._start()
+                    continue
                 tail = "\n".join(self._tails[rank])
+                after = (f" after {self.restarts} restart(s)" if self.restarts else "")
                 raise RuntimeError(
-                    f"local training failed: node {rank} of {self.num_workers} exited with "
-                    f"{_describe_exit(code)}; stopped the other nodes.\n"
-                    f"last {len(self._tails[rank])} log lines of node {rank}:\n{tail}"
+                    f"training failed on node {rank} of {self.num_workers}{after}: {cause}\n"
+                    f"stopped the other nodes; last {len(self._tails[rank])} log lines of "
+                    f"node {rank}:\n{tail}"
                 )
             if all(code == 0 for code in codes):
                 self._join_readers()
+                shutil.rmtree(self._error_dir, ignore_errors=True)
                 return
             if time.monotonic() > deadline:
                 self.delete()
@@ -190,6 +233,29 @@ class LocalBackend(Backend):
                     f"(`timeout_minutes`); stopped it. Last lines of node 0:\n{self.logs(20)}"
                 )
             time.sleep(0.1)
+
+    def _failure(self, deadline: float) -> tuple[int, str, bool]:
+        """The failed node that caused the failure, its cause, and whether a restart may help.
+
+        The other nodes' ranks usually fail right after (their peer is gone): they get a moment
+        to exit, and a node with an error of its own is preferred over one that lost a peer.
+        """
+        settle = min(deadline, time.monotonic() + _SETTLE_SECONDS)
+        while time.monotonic() < settle and any(p.poll() is None for p in self._processes):
+            time.sleep(0.1)
+        self._join_readers(timeout=2)
+        failures = []
+        for order, (rank, process) in enumerate(enumerate(self._processes)):
+            code = process.poll()
+            if code in (None, 0):
+                continue
+            cause, bad_input, killed = node_failure(
+                code, _read_error_file(self._error_file(rank)), list(self._tails[rank]))
+            lost_peer = _lost_peer(cause)
+            failures.append(((lost_peer, not (bad_input or killed), order), rank, cause,
+                             not bad_input))
+        _, rank, cause, retry = min(failures)
+        return rank, cause, retry
 
     def logs(self, tail_lines: int = 50) -> str:
         """The last `tail_lines` lines of node 0."""
@@ -208,6 +274,8 @@ class LocalBackend(Backend):
             except subprocess.TimeoutExpired:
                 _signal_group(process, signal.SIGKILL)
                 process.wait()
+        if self._error_dir:
+            shutil.rmtree(self._error_dir, ignore_errors=True)
 
     def _copy_output(self, process: Any, node_rank: int, tail: collections.deque[str]) -> None:
         assert process.stdout is not None
@@ -216,9 +284,9 @@ class LocalBackend(Backend):
             tail.append(line)
             self._log_line(f"[node-{node_rank}] {line}")
 
-    def _join_readers(self) -> None:
+    def _join_readers(self, timeout: float = 5) -> None:
         for reader in self._readers:
-            reader.join(timeout=5)
+            reader.join(timeout=timeout)
 
 
 # Set by torchrun / the operator for a process that is itself a rank; a node must not inherit them
@@ -244,10 +312,91 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
         pass
 
 
-def _describe_exit(code: int) -> str:
+
+
+# How long the other nodes get to exit on their own once one failed.
+_SETTLE_SECONDS = 3.0
+# torchrun's failure report: "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 1234)".
+_REPORT_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
+_REPORT_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+) \(pid: (\d+)\)")
+# What a rank says when another rank or node went away, not a failure of its own.
+_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "DistNetworkError",
+              "DistBackendError", "Broken pipe", "ProcessGroupGloo", "NCCL error",
+              "Socket Timeout", "timed out")
+BAD_INPUT_STATUS = 2  # the trainer's exit status for bad input (trainer.main)
+
+
+def _read_error_file(path: Path) -> str:
+    """The recorded exception (`Type: message`) in a torchelastic error file, or ""."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    message = data.get("message", "")
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    return str(message).strip()
+
+
+def node_failure(code: int, recorded: str, tail: Sequence[str]) -> tuple[str, bool, bool]:
+    """What a failed node's exit means: (one-line cause, bad input, killed by a signal).
+
+    Args:
+        code: the node's (torchrun's) exit status; negative for a signal.
+        recorded: the exception its failed worker recorded (`TORCHELASTIC_ERROR_FILE`), or "".
+        tail: the node's last log lines (torchrun's failure report among them).
+    """
+    rank, exitcode, pid = None, None, None
+    for line in tail:
+        if match := _REPORT_RANK.match(line):
+            rank = int(match.group(1))
+        elif match := _REPORT_EXIT.match(line):
+            exitcode, pid = int(match.group(1)), int(match.group(2))
+    who = f"trainer rank {rank}" if rank is not None else "the trainer"
+    if recorded:
+        first = recorded.splitlines()[0]
+        return (_with_disk_hint(f"{who}: {first}", tail), first.startswith("InputError"),
+                False)
+    if exitcode is not None and exitcode < 0:
+        name = _signal_name(-exitcode)
+        cause = f"{who} (pid {pid}) was killed by {name}"
+        if -exitcode == signal.SIGKILL:
+            cause += " (out of memory, or killed from outside)"
+        return cause, False, True
+    if exitcode is not None:
+        bad_input = exitcode == BAD_INPUT_STATUS
+        return _with_disk_hint(f"{who} exited with code {exitcode}{_last_words(tail)}", tail), (
+            bad_input), False
     if code < 0:
-        try:
-            return f"signal {signal.Signals(-code).name}"
-        except ValueError:
-            return f"signal {-code}"
-    return f"code {code}"
+        return f"its torchrun was killed by {_signal_name(-code)}", False, True
+    return _with_disk_hint(f"torchrun exited with code {code}{_last_words(tail)}", tail), (
+        code == BAD_INPUT_STATUS), False
+
+
+def _lost_peer(cause: str) -> bool:
+    return any(marker in cause for marker in _PEER_LOST)
+
+
+def _with_disk_hint(cause: str, tail: Sequence[str]) -> str:
+    if any("No space left on device" in line for line in [cause, *tail]):
+        return (f"{cause} -- the disk is full: free space on it, or point the run's output "
+                "elsewhere")
+    return cause
+
+
+def _last_words(tail: Sequence[str]) -> str:
+    """`: <the last exception line>` of a worker's own output before torchrun's report."""
+    for line in reversed(tail):
+        stripped = line.strip()
+        if "ChildFailedError" in stripped or stripped.startswith("raise "):
+            continue
+        if re.match(r"^(?:[\w.]+\.)?\w+(?:Error|Exception): ", stripped) or stripped.startswith(
+                "kftune trainer: "):
+            return f": {stripped}"
+    return ""
+
+
+def _signal_name(number: int) -> str:
+    with contextlib.suppress(ValueError):
+        return signal.Signals(number).name
+    return f"signal {number}"
