@@ -23,6 +23,7 @@ import logging
 import math
 import random
 import re
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -311,14 +312,35 @@ def lm_segments(tokenizer: Any, row: dict[str, Any]) -> tuple[str, str]:
 
 # --------------------------------------------------------------------------- evaluation loops
 
+# How often a progress line is logged while a model is evaluated (and once at the end).
+PROGRESS_SECONDS = 5.0
+
+
+class Progress:
+    """Logs `<what>: <done>/<total> rows (<percent>), <seconds> s` now and then, and at the end."""
+
+    def __init__(self, what: str, total: int) -> None:
+        self.what, self.total, self.done = what, total, 0
+        self.started = self.last = time.monotonic()
+
+    def advance(self, rows: int) -> None:
+        """Counts `rows` more rows evaluated."""
+        self.done += rows
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_SECONDS or self.done >= self.total:
+            self.last = now
+            logger.info("%s: %d/%d rows (%.0f%%), %.0f s", self.what, self.done, self.total,
+                        100 * self.done / max(self.total, 1), now - self.started)
+
 
 def _predict_classes(
-    model: Any, tokenizer: Any, texts: list[str], config: EvalConfig
+    model: Any, tokenizer: Any, texts: list[str], config: EvalConfig, what: str = "evaluating"
 ) -> list[int]:
     import torch
 
     device = next(model.parameters()).device
     predictions: list[int] = []
+    progress = Progress(what, len(texts))
     with torch.inference_mode():
         for start in range(0, len(texts), config.batch_size):
             batch = tokenizer(
@@ -330,11 +352,16 @@ def _predict_classes(
             ).to(device)
             logits = model(**batch).logits
             predictions.extend(int(value) for value in logits.argmax(dim=-1).tolist())
+            progress.advance(len(batch["input_ids"]))
     return predictions
 
 
 def _lm_loss(
-    model: Any, examples: list[tuple[list[int], list[int]]], pad_id: int, config: EvalConfig
+    model: Any,
+    examples: list[tuple[list[int], list[int]]],
+    pad_id: int,
+    config: EvalConfig,
+    what: str = "evaluating",
 ) -> tuple[float, int]:
     """Mean token loss over the target tokens, and how many tokens were scored.
 
@@ -346,6 +373,7 @@ def _lm_loss(
     device = next(model.parameters()).device
     total_loss = 0.0
     total_tokens = 0
+    progress = Progress(what, len(examples))
     with torch.inference_mode():
         for start in range(0, len(examples), config.batch_size):
             batch = examples[start : start + config.batch_size]
@@ -366,6 +394,7 @@ def _lm_loss(
             )
             total_loss += float(loss)
             total_tokens += int((flat_labels != IGNORE_INDEX).sum())
+            progress.advance(len(batch))
     return (total_loss / total_tokens if total_tokens else float("nan")), total_tokens
 
 
@@ -582,9 +611,8 @@ def run_evaluation(
         texts = [str(row["text"]) for row in rows]
         labels = [int(row["label"]) for row in rows]
         with model.disable_adapter():
-            base_predictions = _predict_classes(model, tokenizer, texts, config)
-        logger.info("Base model done; evaluating the fine-tuned model")
-        tuned_predictions = _predict_classes(model, tokenizer, texts, config)
+            base_predictions = _predict_classes(model, tokenizer, texts, config, "base model")
+        tuned_predictions = _predict_classes(model, tokenizer, texts, config, "fine-tuned model")
         result.update(
             base=classification_report(labels, base_predictions, num_labels),
             tuned=classification_report(labels, tuned_predictions, num_labels),
@@ -604,9 +632,10 @@ def run_evaluation(
         examples = [(list(example.input_ids), list(example.labels)) for example in tokenized]
         segments = [lm_segments(tokenizer, row) for row in rows]
         with model.disable_adapter():
-            base_loss, tokens = _lm_loss(model, examples, tokenizer.pad_token_id, config)
-        logger.info("Base model done; evaluating the fine-tuned model")
-        tuned_loss, _ = _lm_loss(model, examples, tokenizer.pad_token_id, config)
+            base_loss, tokens = _lm_loss(model, examples, tokenizer.pad_token_id, config,
+                                         "base model")
+        tuned_loss, _ = _lm_loss(model, examples, tokenizer.pad_token_id, config,
+                                 "fine-tuned model")
         samples = []
         for prompt, _ in [segment for segment in segments if segment[0]][:GENERATION_SAMPLES]:
             with model.disable_adapter():

@@ -203,3 +203,18 @@ def test_a_failed_run_leaves_its_reason_and_frees_the_directory(tmp_path):
     again = RunDirectory(tmp_path / "out")
     again.acquire()  # a new attempt may reuse a directory that holds no finished run
     again.release()
+
+
+def test_evaluation_logs_its_progress_and_its_end(monkeypatch, caplog):
+    from kftune.components.evaluate import evaluation
+
+    caplog.set_level("INFO", logger=evaluation.logger.name)
+    ticks = iter([0.0, 1.0, 6.5, 9.0])
+    monkeypatch.setattr(evaluation.time, "monotonic", lambda: next(ticks))
+    progress = evaluation.Progress("base model", 96)
+    for _ in range(3):
+        progress.advance(32)
+
+    # A line once 5 s have passed since the last, and one at the end.
+    assert [record.getMessage() for record in caplog.records] == [
+        "base model: 64/96 rows (67%), 6 s", "base model: 96/96 rows (100%), 9 s"]

@@ -24,6 +24,9 @@ What moves where (no ReadWriteMany storage needed):
 2. Train. `torchrun -m kftune.components.train_lora.pod.trainer --config CONFIG.json`, with the node
    layout from the operator's `PET_*` environment. The trainer checkpoints into
    `output/checkpoints/` and global rank 0 writes `output/final/` (the adapter).
+   Without a claim, each checkpoint is also uploaded beside the output artifact
+   (`checkpoint_store.py`), and node rank 0 downloads the newest one before torchrun starts: a pod
+   rescheduled onto another node resumes from it instead of starting over.
 3. Stage out. The pod holding `output/final/` (the master, where global rank 0 runs; on a shared
    claim, the one pod that claims the upload) uploads it to `--output-uri`, the step's output
    artifact URI, `manifest.json` last so a reader never sees a half-uploaded adapter as complete.
@@ -48,6 +51,7 @@ from typing import Any
 
 from ...common.transfer import download_directory, upload_directory
 from ..config import TrainConfig
+from .checkpoint_store import CheckpointStore, Uploader, store_uri
 
 logger = logging.getLogger("kftune.pod")
 
@@ -237,7 +241,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         lora_config=json.loads(args.lora_config),
         merge=args.merge,
     ).to_file(Path(args.work_dir) / "config.json")
-    status = run_trainer(config_path)
+    # On node-local disk, checkpoints also go to the artifact store, so that a pod rescheduled
+    # onto another node (an empty disk) resumes; a shared claim outlives the pods by itself.
+    store = None if args.shared_dir else checkpoint_store_for(args.output_uri)
+    if store is not None and os.environ.get("PET_NODE_RANK", "0") == "0":
+        step = store.download_latest(output_dir)
+        if step is not None:
+            logger.info("resuming from checkpoint step %d of the artifact store", step)
+    if store is not None:
+        with Uploader(store, output_dir):
+            status = run_trainer(config_path)
+    else:
+        status = run_trainer(config_path)
     if status != 0:
         return status
     # Global rank 0 wrote final/: on this pod's own disk only on the pod that ran it; on a shared
@@ -246,7 +261,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     if final.is_dir() and (not args.shared_dir or claim(base / "upload.claim")):
         upload_directory(final, args.output_uri)
         logger.info("uploaded the adapter to %s", _shown(args.output_uri))
+        if store is not None:
+            store.remove_all()
     return 0
+
+
+def checkpoint_store_for(output_uri: str) -> CheckpointStore | None:
+    """The checkpoint store beside a remote output URI; None for a local one (nothing to lose)."""
+    scheme = output_uri.split("://", 1)[0] if "://" in output_uri else ""
+    if scheme not in ("s3", "gs", "minio"):
+        return None
+    return CheckpointStore(store_uri(output_uri))
 
 
 def claim(path: Path) -> bool:
