@@ -2,6 +2,7 @@
 
 import json
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -173,3 +174,30 @@ def test_the_component_runs_under_kfp_local(artifacts, tmp_path):
     adapter = Path(run.output.path)
     assert (adapter / "adapter_config.json").is_file()
     assert json.loads((adapter / "manifest.json").read_text())["training"]["world_size"] == 2
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 64 KiB filesystem (tmpfs): room for the run's config, not for its adapter."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount_point)],
+                             capture_output=True, text=True)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a small filesystem here: {mounted.stderr.strip()}")
+    yield mount_point
+    subprocess.run(["umount", "-l", str(mount_point)], check=False)
+
+
+def test_a_full_disk_is_named_in_the_first_line(artifacts, small_disk):
+    args = training(artifacts, small_disk, num_workers=1, num_procs_per_worker="1",
+                    kubernetes_options={"backoff_limit": 0, "env": {"OMP_NUM_THREADS": "1"}})
+    with pytest.raises(RuntimeError) as caught:
+        run_training(**args)
+
+    first = str(caught.value).splitlines()[0]
+    assert first.startswith("training failed on node 0 of 1: trainer rank 0: "), first
+    assert "No space left on device" in first
+    assert first.endswith("-- the disk is full: free space on it, or point the run's output "
+                          "elsewhere"), first
+    assert not Path(args["adapter_dir"]).exists()
