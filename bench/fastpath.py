@@ -144,7 +144,7 @@ def pack(examples: list[list[int]], device) -> dict[str, torch.Tensor]:
         cu.append(cu[-1] + len(tokens))
 
     def as_long(xs):
-        return torch.tensor(xs, dtype=torch.long).pin_memory().to(device, non_blocking=True)  # noqa: E731
+        return torch.tensor(xs, dtype=torch.long).pin_memory().to(device, non_blocking=True)
 
     return {
         "input_ids": as_long(ids)[None],

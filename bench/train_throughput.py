@@ -103,7 +103,7 @@ def cmd_env(args):
     ):
         try:
             info[name] = getattr(importlib.import_module(name), "__version__", "present")
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             info[name] = f"missing ({type(error).__name__})"
     import fastpath
 
@@ -111,23 +111,23 @@ def cmd_env(args):
     info["varlen_causal_kw"] = list(fastpath._CAUSAL) if fastpath._CAUSAL else None
     try:
         info["varlen_gqa_max_err"] = fastpath.math_check_attention()
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         info["varlen_gqa_error"] = repr(error)[:300]
         fastpath.GQA_NATIVE = False
         try:
             info["varlen_repeat_kv_max_err"] = fastpath.math_check_attention()
-        except Exception as error2:  # noqa: BLE001
+        except Exception as error2:
             info["varlen_repeat_kv_error"] = repr(error2)[:300]
     try:
         loss_err, grad_rel = fastpath.math_check_loss()
         info["chunked_ce_loss_abs_err"], info["chunked_ce_grad_rel_err"] = loss_err, grad_rel
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         info["chunked_ce_error"] = repr(error)[:300]
     try:
         from torch.nn.attention.flex_attention import flex_attention  # noqa: F401
 
         info["flex_attention"] = True
-    except Exception:  # noqa: BLE001
+    except Exception:
         info["flex_attention"] = False
     info["sdpa_flash"] = torch.backends.cuda.flash_sdp_enabled()
     # Does transformers' sdpa path detect packed sequences from position_ids, and does varlen agree?
@@ -180,7 +180,7 @@ def cmd_env(args):
             outs[impl] = (got - separate).abs().max().item()
         info["packed_vs_separate_max_err_sdpa_fp32"] = outs["sdpa"]
         info["packed_vs_separate_max_err_varlen_bf16"] = outs[name]
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         info["packed_check_error"] = repr(error)[:500]
     a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
@@ -717,7 +717,7 @@ def run_jobs(args, jobs: list[Job], total_gpus: int) -> None:
                 sock.bind(("127.0.0.1", 0))
                 port = sock.getsockname()[1]
             log_path = args.out / f"{job.name}.log" if args.out else Path(os.devnull)
-            job.log = open(log_path, "w")  # noqa: SIM115
+            job.log = open(log_path, "w")
             job.started = time.perf_counter()
             log(f"start {job.name} on GPUs {job.devices}")
             job.procs = [

@@ -167,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if hint:
             print(f"hint: {hint}", file=sys.stderr)
         return code
-    except Exception as error:  # noqa: BLE001 (one line instead of a traceback, unless --debug)
+    except Exception as error:  # one line instead of a traceback, unless --debug
         if args.debug:
             raise
         first = str(error).splitlines()[0] if str(error) else ""

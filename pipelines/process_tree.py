@@ -30,7 +30,7 @@ logger = logging.getLogger("kftune")
 PR_SET_CHILD_SUBREAPER = 36
 
 
-class RunStopped(BaseException):  # noqa: N818 - like KeyboardInterrupt, not an error
+class RunStopped(BaseException):  # like KeyboardInterrupt, not an error
     """`kftune run` got SIGTERM or SIGINT; a BaseException so no `except Exception` keeps it."""
 
     def __init__(self, signum: int) -> None:

@@ -320,7 +320,7 @@ class RunDirectory:
             CliError: when another run holds it, or a finished run's summary is in it.
         """
         self.path.mkdir(parents=True, exist_ok=True)
-        lock = open(self.path / LOCK_FILE, "a+")  # noqa: SIM115 - held for the run's lifetime
+        lock = open(self.path / LOCK_FILE, "a+")  # held for the run's lifetime
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

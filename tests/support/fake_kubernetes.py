@@ -539,13 +539,13 @@ class _Handler(BaseHTTPRequestHandler):
             return self._get_pod(namespace, name)
         self._error(404, "NotFound", f"the server could not find the requested resource {path}")
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         self._route("GET")
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         self._route("POST")
 
-    def do_DELETE(self) -> None:  # noqa: N802
+    def do_DELETE(self) -> None:
         self._route("DELETE")
 
     # -- pytorchjobs -----------------------------------------------------------------------------

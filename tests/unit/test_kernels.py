@@ -7,7 +7,7 @@ import dataclasses
 
 import pytest
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 from kftune.components.train_lora.pod import data, kernels
 
 
@@ -47,11 +47,25 @@ def test_chunked_loss_head_matches_full_cross_entropy(case: LossCase) -> None:
     torch.testing.assert_close(chunked_grad, hidden.grad, rtol=1e-4, atol=1e-6)
 
 
-def test_public_loss_head_sums_over_targets_only() -> None:
-    hidden = torch.randn(10, 8)
-    weight = torch.randn(30, 8)
+@pytest.mark.parametrize("targets", [[1, 4, 7], []], ids=["some targets", "no target"])
+def test_public_loss_head_sums_over_targets_only(targets: list[int]) -> None:
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(10, 8, generator=generator, requires_grad=True)
+    weight = torch.randn(30, 8, generator=generator)
     labels = torch.full((10,), kernels.IGNORE_INDEX)
-    assert kernels.chunked_linear_cross_entropy(hidden, weight, labels).item() == 0.0
+    labels[targets] = torch.randint(0, 30, (len(targets),), generator=generator)
+    loss = kernels.chunked_linear_cross_entropy(hidden, weight, labels)
+    loss.backward()
+    expected = sum(
+        (F.cross_entropy(hidden[index] @ weight.t(), labels[index], reduction="sum")
+         for index in targets),
+        torch.tensor(0.0),
+    )
+    torch.testing.assert_close(loss.detach(), expected.detach(), rtol=1e-5, atol=1e-5)
+    # Positions without a target take no part: their gradient is exactly zero, and finite.
+    ignored = [index for index in range(10) if index not in targets]
+    assert torch.equal(hidden.grad[ignored], torch.zeros(len(ignored), 8))
+    assert bool(hidden.grad[targets].abs().sum() > 0) == bool(targets)
 
 
 def example(index: int, length: int) -> data.Example:

@@ -97,7 +97,7 @@ def training_args(tmp_path, bucket, **overrides):
     return args
 
 
-def test_kubernetes_run_collects_the_adapter_and_metrics(s3, tmp_path):  # noqa: F811
+def test_kubernetes_run_collects_the_adapter_and_metrics(s3, tmp_path):
     args = training_args(tmp_path, s3.bucket("pipeline"))
     with FakeKubernetes() as fake:
         fake.on_create = make_controller(tmp_path)
@@ -112,7 +112,7 @@ def test_kubernetes_run_collects_the_adapter_and_metrics(s3, tmp_path):  # noqa:
     assert len(fake.created) == 1 and fake.created[0].startswith("kftune-clm-")
 
 
-def test_kubernetes_failure_fails_the_step_and_publishes_nothing(s3, tmp_path):  # noqa: F811
+def test_kubernetes_failure_fails_the_step_and_publishes_nothing(s3, tmp_path):
     args = training_args(tmp_path, s3.bucket("pipeline"))
     with FakeKubernetes() as fake:
         fake.on_create = make_controller(tmp_path, outcome="Failed")
@@ -174,7 +174,7 @@ def test_auto_backend_is_kubernetes_only_inside_a_cluster(host, expected, monkey
     assert choose_backend("local") == "local"
 
 
-def test_pod_staging_round_trip_through_s3(s3, tmp_path):  # noqa: F811
+def test_pod_staging_round_trip_through_s3(s3, tmp_path):
     bucket = s3.bucket("artifacts")
     uri = f"s3://{bucket}/run/adapter"
     upload_directory(fake_adapter(tmp_path / "final"), uri)

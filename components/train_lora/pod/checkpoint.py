@@ -104,7 +104,7 @@ def load_latest(output_dir: str | Path, identity: dict[str, Any]) -> dict[str, A
             state = torch.load(path / STATE, map_location="cpu", weights_only=True)
             if state.get("step") != step or meta.get("step") != step:
                 raise ValueError(f"step mismatch (directory {step}, state {state.get('step')})")
-        except Exception as error:  # noqa: BLE001 - any unreadable checkpoint is skipped
+        except Exception as error:  # any unreadable checkpoint is skipped
             LOG.warning("skipping checkpoint %s: it cannot be loaded (%s)", path, error)
             continue
         problems = Problems()

@@ -55,7 +55,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
+import torch.nn.functional as F
 
 from ...common.tasks import IGNORE_INDEX
 
@@ -239,7 +239,7 @@ def chunked_linear_cross_entropy(hidden: torch.Tensor, weight: torch.Tensor,
     if _COMPILED_LOSS_OK[0] and hidden.is_cuda:
         try:
             return _ChunkedLinearCrossEntropy.apply(hidden, weight, labels, chunk, True)
-        except Exception as error:  # noqa: BLE001 - any compiler failure: use the eager chunk
+        except Exception as error:  # any compiler failure: use the eager chunk
             LOG.warning("compiled cross-entropy chunk failed (%s); using eager", error)
             _COMPILED_LOSS_OK[0] = False
     return _ChunkedLinearCrossEntropy.apply(hidden, weight, labels, chunk, False)

@@ -110,7 +110,7 @@ class _StdoutHandler(logging.StreamHandler):
     """Writes to the current `sys.stdout` (a pod log; pytest's capture when run in-process)."""
 
     @property
-    def stream(self) -> Any:  # noqa: D102
+    def stream(self) -> Any:
         return sys.stdout
 
     @stream.setter
@@ -834,7 +834,7 @@ class DebugHooks:
         if directory:
             Path(directory).mkdir(parents=True, exist_ok=True)
             # Line-buffered: a process killed by torchrun must not lose what it already reported.
-            self.seen_file = open(  # noqa: SIM115
+            self.seen_file = open(
                 Path(directory) / f"seen-rank{runtime.rank}.txt", "a", buffering=1)
         step = os.environ.get("KFTUNE_DEBUG_KILL_AT_STEP")
         first_attempt = (os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == "0"

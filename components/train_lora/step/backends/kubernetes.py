@@ -385,7 +385,7 @@ class KubernetesJobBackend(Backend):
                 outcome, news = self._watch_once(job, deadline)
             except RuntimeError:
                 raise
-            except Exception as error:  # noqa: BLE001 — any transport error: reconnect
+            except Exception as error:  # any transport error: reconnect
                 logger.warning("watch on %s dropped (%s); reconnecting", self.title, _short(error))
                 outcome, news = None, False
             if outcome is not None:
@@ -484,7 +484,7 @@ class KubernetesJobBackend(Backend):
                     timestamps=True,
                     _preload_content=False,
                 )
-            except Exception:  # noqa: BLE001 — not created/started yet, or a transport error
+            except Exception:  # not created/started yet, or a transport error
                 if self._job_over.is_set():  # the job ended and its pod is gone (cleaned up)
                     return
                 stop.wait(pause)
@@ -501,7 +501,7 @@ class KubernetesJobBackend(Backend):
                     self._log_line(line)
                     if stop.is_set():
                         return
-            except Exception:  # noqa: BLE001 — the stream dropped: reconnect
+            except Exception:  # the stream dropped: reconnect
                 pass
             finally:
                 response.release_conn()
@@ -513,20 +513,20 @@ class KubernetesJobBackend(Backend):
     def _master_finished(self, pod_name: str) -> bool:
         try:
             pod = self._core.read_namespaced_pod(pod_name, self.namespace)
-        except Exception:  # noqa: BLE001 — gone or unreachable: nothing more to stream
+        except Exception:  # gone or unreachable: nothing more to stream
             return True
         return pod.status is not None and pod.status.phase in ("Succeeded", "Failed")
 
     def _safe_master_pod(self) -> str:
         try:
             return self._master_pod
-        except Exception as error:  # noqa: BLE001 — a message without the pod beats none
+        except Exception as error:  # a message without the pod beats none
             return f"(node 0: {_short(error)})"
 
     def _safe_logs(self, tail_lines: int) -> str:
         try:
             return self.logs(tail_lines)
-        except Exception as error:  # noqa: BLE001 — a message without logs beats none
+        except Exception as error:  # a message without logs beats none
             return f"(no log: {_short(error)})"
 
     def _failure_message(self, job: dict[str, Any]) -> str:
@@ -545,7 +545,7 @@ class KubernetesJobBackend(Backend):
                 ),
                 "read the failing pod's log",
             )
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:
             tail = f"(no log: {_short(error)})"
         return (
             f"{self.title} failed: {reason}: {message}\n"
@@ -561,7 +561,7 @@ class KubernetesJobBackend(Backend):
                 ),
                 "list pods",
             ).items
-        except Exception:  # noqa: BLE001
+        except Exception:
             return self._safe_master_pod(), False
         failures = []
         for pod in pods:
