@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from typing import Any
 
 from .. import __version__
 from ..components.common.errors import InputError
@@ -41,6 +42,29 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"kftune {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
+    _add_run(commands, common)
+    compile_ = commands.add_parser(
+        "compile", parents=[common], help="write compiled/ (pipeline and component YAML)"
+    )
+    compile_.add_argument("--check", action="store_true", help="fail if compiled/ is stale")
+    compile_.add_argument("--output-dir", help="default: compiled/ of the kftune checkout")
+    compile_.add_argument("--image-registry", default="", metavar="REGISTRY",
+                          help="the registry `kftune images push` pushed to (the steps' image)")
+    compile_.set_defaults(handler=command_compile)
+
+    _add_submit(commands, common)
+    images.add_parser(commands, common)
+
+    launch = commands.add_parser(
+        "launch",
+        help="run train_lora's launch step directly (see `kftune launch --help`)",
+        add_help=False,
+    )
+    launch.set_defaults(handler=None)
+    return parser
+
+
+def _add_run(commands: Any, common: argparse.ArgumentParser) -> None:
     run = commands.add_parser(
         "run",
         parents=[common],
@@ -65,15 +89,8 @@ def _parser() -> argparse.ArgumentParser:
     add_parameter_flags(run)
     run.set_defaults(handler=command_run)
 
-    compile_ = commands.add_parser(
-        "compile", parents=[common], help="write compiled/ (pipeline and component YAML)"
-    )
-    compile_.add_argument("--check", action="store_true", help="fail if compiled/ is stale")
-    compile_.add_argument("--output-dir", help="default: compiled/ of the kftune checkout")
-    compile_.add_argument("--image-registry", default="", metavar="REGISTRY",
-                          help="the registry `kftune images push` pushed to (the steps' image)")
-    compile_.set_defaults(handler=command_compile)
 
+def _add_submit(commands: Any, common: argparse.ArgumentParser) -> None:
     submit = commands.add_parser(
         "submit", parents=[common], help="upload the pipeline to a KFP server and start a run"
     )
@@ -128,16 +145,6 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_parameter_flags(submit)
     submit.set_defaults(handler=command_submit)
-
-    images.add_parser(commands, common)
-
-    launch = commands.add_parser(
-        "launch",
-        help="run train_lora's launch step directly (see `kftune launch --help`)",
-        add_help=False,
-    )
-    launch.set_defaults(handler=None)
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:

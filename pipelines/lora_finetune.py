@@ -11,7 +11,7 @@ credentials Secret, node selector, tolerations) go through kfp-kubernetes; `kfp.
 them, so the same pipeline also runs on a laptop.
 """
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
@@ -79,6 +79,53 @@ class PipelineOutputs(NamedTuple):
     report: Markdown
 
 
+# The pipeline's docstring: KFP shows each `Args:` entry beside its parameter in the run form.
+PIPELINE_DOC = """Fine-tunes a model with LoRA and evaluates it against the base model.
+
+Args:
+    model_uri: The base model: `hf://org/name`, `s3://`, `gs://`, `file://`, a path,
+        `pvc://claim/path` or `pkg://module/path`.
+    model_revision: Hub revision of the model; empty for the default branch.
+    trust_remote_code: Allow the model repository's own Python code.
+    dataset_uri: The data: `hf://org/name`, `s3://`, `gs://`, `https://`, `file://`, a path,
+        `pvc://claim/path` or `pkg://module/path`.
+    dataset_revision: Hub revision of the dataset; empty for the default branch.
+    dataset_subset: Hub dataset configuration name, if any.
+    split: Rows to take, in `datasets` slicing syntax (`train`, `train[:3000]`).
+    column_mapping: Source column per role (text, label, prompt, completion, messages).
+    eval_fraction: Fraction of the selected rows held out for evaluation.
+    eval_split: A separate split for evaluation instead (e.g. `test[:500]`).
+    seed: Seed of the held-out row selection.
+    task: `sequence-classification` or `causal-lm`.
+    training_parameters: `transformers.TrainingArguments` fields and kftune extras.
+    lora_config: `peft.LoraConfig` fields.
+    num_workers: Training pods (PyTorchJob Master 1 + Worker n-1, or TrainJob nodes), or
+        local "nodes".
+    num_procs_per_worker: Processes per pod (`nproc_per_node`): a number or `auto`.
+    resources_per_worker: Requests = limits per pod, e.g. `{"gpu": 2, "cpu": 5,
+        "memory": "10G"}`.
+    backend: `kubernetes` (a PyTorchJob, Training Operator v1), `trainjob` (a TrainJob,
+        Kubeflow Trainer v2), `local` (torchrun in the step), or `auto`: local outside a
+        cluster; inside one, the kind the cluster serves (TrainJob when both).
+    trainer_image: Image of the training pods; empty for the trainer image built with
+        the steps' runtime image (`kftune images build`).
+    timeout_minutes: Fail training (and delete the job) after this long.
+    kubernetes_options: Training job settings: namespace, service_account, node_selector,
+        tolerations, priority_class, queue_name, env, secret_env, pvc, runtime (TrainJob),
+        ...; with the local backend only `env` applies (the others are an error).
+    eval_batch_size: Evaluation batch size.
+    eval_max_examples: Evaluate at most this many held-out rows.
+    hf_token_secret: Kubernetes Secret whose key `token` becomes `HF_TOKEN` in the
+        download steps (optional: a missing Secret is fine for public repositories).
+    s3_secret: Kubernetes Secret with `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+        optionally `AWS_ENDPOINT_URL` for the download steps (optional).
+    node_selector: Node labels the pipeline's step pods must run on (training pods take
+        theirs from `kubernetes_options`).
+    tolerations: Tolerations of the step pods, e.g. `[{"key": "gpu", "operator":
+        "Exists", "effect": "NoSchedule"}]`.
+"""
+
+
 def make_pipeline(
     *, download_retries: int = DOWNLOAD_RETRIES, pvc_claims: Sequence[str] = ()
 ) -> Callable[..., Any]:
@@ -97,14 +144,6 @@ def make_pipeline(
         The `@dsl.pipeline` function.
     """
 
-    @dsl.pipeline(
-        name=PIPELINE_NAME,
-        display_name="LoRA fine-tune",
-        description=(
-            "Downloads a dataset and a model, fine-tunes the model with LoRA across PyTorchJob "
-            "workers (or torchrun locally), and compares it with the base model on held-out rows."
-        ),
-    )
     def lora_finetune_pipeline(
         model_uri: str = DEMO_MODEL_URI,
         model_revision: str = "",
@@ -134,129 +173,104 @@ def make_pipeline(
         node_selector: dict = {},  # noqa: B006
         tolerations: list = [],  # noqa: B006
     ) -> PipelineOutputs:
-        """Fine-tunes a model with LoRA and evaluates it against the base model.
+        # locals(): the pipeline's parameters (KFP channels while the pipeline is built).
+        return _add_steps(locals(), download_retries=download_retries, pvc_claims=pvc_claims)
 
-        Args:
-            model_uri: The base model: `hf://org/name`, `s3://`, `gs://`, `file://`, a path,
-                `pvc://claim/path` or `pkg://module/path`.
-            model_revision: Hub revision of the model; empty for the default branch.
-            trust_remote_code: Allow the model repository's own Python code.
-            dataset_uri: The data: `hf://org/name`, `s3://`, `gs://`, `https://`, `file://`, a path,
-                `pvc://claim/path` or `pkg://module/path`.
-            dataset_revision: Hub revision of the dataset; empty for the default branch.
-            dataset_subset: Hub dataset configuration name, if any.
-            split: Rows to take, in `datasets` slicing syntax (`train`, `train[:3000]`).
-            column_mapping: Source column per role (text, label, prompt, completion, messages).
-            eval_fraction: Fraction of the selected rows held out for evaluation.
-            eval_split: A separate split for evaluation instead (e.g. `test[:500]`).
-            seed: Seed of the held-out row selection.
-            task: `sequence-classification` or `causal-lm`.
-            training_parameters: `transformers.TrainingArguments` fields and kftune extras.
-            lora_config: `peft.LoraConfig` fields.
-            num_workers: Training pods (PyTorchJob Master 1 + Worker n-1, or TrainJob nodes), or
-                local "nodes".
-            num_procs_per_worker: Processes per pod (`nproc_per_node`): a number or `auto`.
-            resources_per_worker: Requests = limits per pod, e.g. `{"gpu": 2, "cpu": 5,
-                "memory": "10G"}`.
-            backend: `kubernetes` (a PyTorchJob, Training Operator v1), `trainjob` (a TrainJob,
-                Kubeflow Trainer v2), `local` (torchrun in the step), or `auto`: local outside a
-                cluster; inside one, the kind the cluster serves (TrainJob when both).
-            trainer_image: Image of the training pods; empty for the trainer image built with
-                the steps' runtime image (`kftune images build`).
-            timeout_minutes: Fail training (and delete the job) after this long.
-            kubernetes_options: Training job settings: namespace, service_account, node_selector,
-                tolerations, priority_class, queue_name, env, secret_env, pvc, runtime (TrainJob),
-                ...; with the local backend only `env` applies (the others are an error).
-            eval_batch_size: Evaluation batch size.
-            eval_max_examples: Evaluate at most this many held-out rows.
-            hf_token_secret: Kubernetes Secret whose key `token` becomes `HF_TOKEN` in the
-                download steps (optional: a missing Secret is fine for public repositories).
-            s3_secret: Kubernetes Secret with `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
-                optionally `AWS_ENDPOINT_URL` for the download steps (optional).
-            node_selector: Node labels the pipeline's step pods must run on (training pods take
-                theirs from `kubernetes_options`).
-            tolerations: Tolerations of the step pods, e.g. `[{"key": "gpu", "operator":
-                "Exists", "effect": "NoSchedule"}]`.
-        """
-        data_task = download_dataset(
-            uri=dataset_uri,
-            split=split,
-            revision=dataset_revision,
-            subset=dataset_subset,
-            column_mapping=column_mapping,
-            eval_fraction=eval_fraction,
-            eval_split=eval_split,
-            seed=seed,
-        ).set_display_name("Download dataset")
-        model_task = download_model(
-            uri=model_uri,
-            revision=model_revision,
-            task=task,
-            trust_remote_code=trust_remote_code,
-        ).set_display_name("Download model")
-        for download in (data_task, model_task):
-            # Cached by their inputs (URI, revision, split, ...): pin a revision to make a cache
-            # hit mean "the same bytes".
-            download.set_caching_options(True)
-            if download_retries:
-                download.set_retry(
-                    num_retries=download_retries,
-                    backoff_duration=DOWNLOAD_BACKOFF,
-                    backoff_factor=DOWNLOAD_BACKOFF_FACTOR,
-                    backoff_max_duration=DOWNLOAD_BACKOFF_MAX,
-                )
-            kubernetes.use_secret_as_env(
-                download,
-                secret_name=hf_token_secret,
-                secret_key_to_env=HF_TOKEN_SECRET_KEYS,
-                optional=True,
+    lora_finetune_pipeline.__doc__ = PIPELINE_DOC
+    return dsl.pipeline(
+        name=PIPELINE_NAME,
+        display_name="LoRA fine-tune",
+        description=(
+            "Downloads a dataset and a model, fine-tunes the model with LoRA across PyTorchJob "
+            "workers (or torchrun locally), and compares it with the base model on held-out rows."
+        ),
+    )(lora_finetune_pipeline)
+
+
+def _add_steps(
+    arguments: Mapping[str, Any], *, download_retries: int, pvc_claims: Sequence[str]
+) -> PipelineOutputs:
+    """The pipeline's steps for its `arguments`: download -> train -> evaluate."""
+    data_task, model_task = _add_downloads(arguments, download_retries)
+    train_task = train_lora(
+        model=model_task.outputs["model"],
+        train_data=data_task.outputs["train_data"],
+        task=arguments["task"],
+        training_parameters=arguments["training_parameters"],
+        lora_config=arguments["lora_config"],
+        num_workers=arguments["num_workers"],
+        num_procs_per_worker=arguments["num_procs_per_worker"],
+        resources_per_worker=arguments["resources_per_worker"],
+        backend=arguments["backend"],
+        image=arguments["trainer_image"],
+        timeout_minutes=arguments["timeout_minutes"],
+        kubernetes_options=arguments["kubernetes_options"],
+    ).set_display_name("Fine-tune with LoRA")
+    # A re-run trains again: training is the expensive, non-deterministic step whose result
+    # a user re-runs the pipeline for.
+    train_task.set_caching_options(False)
+    eval_task = evaluate(
+        base_model=model_task.outputs["model"],
+        adapter=train_task.outputs["adapter"],
+        eval_data=data_task.outputs["eval_data"],
+        task=arguments["task"],
+        batch_size=arguments["eval_batch_size"],
+        max_examples=arguments["eval_max_examples"],
+    ).set_display_name("Evaluate base vs fine-tuned")
+    eval_task.set_caching_options(False)
+    for step in (data_task, model_task, train_task, eval_task):
+        kubernetes.add_node_selector_json(step, arguments["node_selector"])
+        kubernetes.add_toleration_json(step, arguments["tolerations"])
+    for claim in pvc_claims:
+        for step in (data_task, model_task, eval_task):
+            kubernetes.mount_pvc(step, pvc_name=claim, mount_path=f"{PVC_ROOT}/{claim}")
+    return PipelineOutputs(
+        metrics=eval_task.outputs["metrics"],
+        adapter=train_task.outputs["adapter"],
+        report=eval_task.outputs["report"],
+    )
+
+
+def _add_downloads(arguments: Mapping[str, Any], download_retries: int) -> tuple[Any, Any]:
+    """The dataset and model download steps: cached, retried, with the Hub and S3 Secrets."""
+    data_task = download_dataset(
+        uri=arguments["dataset_uri"],
+        split=arguments["split"],
+        revision=arguments["dataset_revision"],
+        subset=arguments["dataset_subset"],
+        column_mapping=arguments["column_mapping"],
+        eval_fraction=arguments["eval_fraction"],
+        eval_split=arguments["eval_split"],
+        seed=arguments["seed"],
+    ).set_display_name("Download dataset")
+    model_task = download_model(
+        uri=arguments["model_uri"],
+        revision=arguments["model_revision"],
+        task=arguments["task"],
+        trust_remote_code=arguments["trust_remote_code"],
+    ).set_display_name("Download model")
+    for download in (data_task, model_task):
+        # Cached by their inputs (URI, revision, split, ...): pin a revision to make a cache
+        # hit mean "the same bytes".
+        download.set_caching_options(True)
+        if download_retries:
+            download.set_retry(
+                num_retries=download_retries,
+                backoff_duration=DOWNLOAD_BACKOFF,
+                backoff_factor=DOWNLOAD_BACKOFF_FACTOR,
+                backoff_max_duration=DOWNLOAD_BACKOFF_MAX,
             )
-            kubernetes.use_secret_as_env(
-                download, secret_name=s3_secret, secret_key_to_env=S3_SECRET_KEYS, optional=True
-            )
-
-        train_task = train_lora(
-            model=model_task.outputs["model"],
-            train_data=data_task.outputs["train_data"],
-            task=task,
-            training_parameters=training_parameters,
-            lora_config=lora_config,
-            num_workers=num_workers,
-            num_procs_per_worker=num_procs_per_worker,
-            resources_per_worker=resources_per_worker,
-            backend=backend,
-            image=trainer_image,
-            timeout_minutes=timeout_minutes,
-            kubernetes_options=kubernetes_options,
-        ).set_display_name("Fine-tune with LoRA")
-        # A re-run trains again: training is the expensive, non-deterministic step whose result
-        # a user re-runs the pipeline for.
-        train_task.set_caching_options(False)
-
-        eval_task = evaluate(
-            base_model=model_task.outputs["model"],
-            adapter=train_task.outputs["adapter"],
-            eval_data=data_task.outputs["eval_data"],
-            task=task,
-            batch_size=eval_batch_size,
-            max_examples=eval_max_examples,
-        ).set_display_name("Evaluate base vs fine-tuned")
-        eval_task.set_caching_options(False)
-
-        for step in (data_task, model_task, train_task, eval_task):
-            kubernetes.add_node_selector_json(step, node_selector)
-            kubernetes.add_toleration_json(step, tolerations)
-        for claim in pvc_claims:
-            for step in (data_task, model_task, eval_task):
-                kubernetes.mount_pvc(step, pvc_name=claim, mount_path=f"{PVC_ROOT}/{claim}")
-
-        return PipelineOutputs(
-            metrics=eval_task.outputs["metrics"],
-            adapter=train_task.outputs["adapter"],
-            report=eval_task.outputs["report"],
+        kubernetes.use_secret_as_env(
+            download,
+            secret_name=arguments["hf_token_secret"],
+            secret_key_to_env=HF_TOKEN_SECRET_KEYS,
+            optional=True,
         )
-
-    return lora_finetune_pipeline
+        kubernetes.use_secret_as_env(
+            download, secret_name=arguments["s3_secret"], secret_key_to_env=S3_SECRET_KEYS,
+            optional=True,
+        )
+    return data_task, model_task
 
 
 lora_finetune_pipeline = make_pipeline()

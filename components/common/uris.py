@@ -540,25 +540,7 @@ def describe_failure(
     """
     shown = location.display
     where = _endpoint_hint(location)
-    codes = set()
-    for link in retry.error_chain(error):
-        response = getattr(link, "response", None)
-        if isinstance(response, dict):
-            codes.add(response.get("Error", {}).get("Code"))
-        status = getattr(link, "status", None) or getattr(
-            getattr(link, "response", None), "status_code", None
-        )
-        if isinstance(status, int):
-            codes.add(str(status))
-    auth_codes = {
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AccessDenied",
-        "InvalidToken",
-        "ExpiredToken",
-        "403",
-        "401",
-    }
+    codes = _error_codes(error)
     if retry.is_timeout(error):
         return TimeoutError(
             f"`{parameter}` {shown!r}: the request timed out{where} after {retry.attempts()} "
@@ -572,17 +554,10 @@ def describe_failure(
             f"{retry.attempts()} attempt(s) ({_connection_reason(error)}); check the host, port "
             f"and network, or raise {retry.RETRIES_ENV}"
         )
-    if isinstance(error, PermissionError) or codes & auth_codes:
-        if location.scheme == "s3":
-            fix = (
-                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in the "
-                "Secret mounted as env, and that they may read this bucket"
-            )
-        elif location.scheme == "gs":
-            fix = "check GOOGLE_APPLICATION_CREDENTIALS and the bucket's permissions"
-        else:
-            fix = "check that the URL is public or that the server accepts this client"
-        return InputError([f"`{parameter}` {shown!r}: access denied{where}; {fix}"])
+    if isinstance(error, PermissionError) or codes & _AUTH_CODES:
+        return InputError([
+            f"`{parameter}` {shown!r}: access denied{where}; {_access_fix(location.scheme)}"
+        ])
     if isinstance(error, FileNotFoundError) or codes & {"NoSuchKey", "NoSuchBucket", "404"}:
         if "NoSuchBucket" in codes or _bucket_missing(location):
             return InputError(
@@ -613,6 +588,39 @@ def describe_failure(
         f"`{parameter}` {shown!r}: transfer failed{where}: {type(error).__name__}: "
         f"{redact(str(error))[:300]}"
     )
+
+
+# The answers of object stores and web servers that mean "these credentials may not do this".
+_AUTH_CODES = frozenset({
+    "InvalidAccessKeyId", "SignatureDoesNotMatch", "AccessDenied", "InvalidToken", "ExpiredToken",
+    "403", "401",
+})
+
+
+def _error_codes(error: BaseException) -> set[str]:
+    """The S3 error codes and HTTP statuses found along the error's chain, as strings."""
+    codes = set()
+    for link in retry.error_chain(error):
+        response = getattr(link, "response", None)
+        if isinstance(response, dict):
+            codes.add(response.get("Error", {}).get("Code"))
+        status = getattr(link, "status", None) or getattr(
+            getattr(link, "response", None), "status_code", None
+        )
+        if isinstance(status, int):
+            codes.add(str(status))
+    return codes
+
+
+def _access_fix(scheme: str) -> str:
+    if scheme == "s3":
+        return (
+            "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN) in the "
+            "Secret mounted as env, and that they may read this bucket"
+        )
+    if scheme == "gs":
+        return "check GOOGLE_APPLICATION_CREDENTIALS and the bucket's permissions"
+    return "check that the URL is public or that the server accepts this client"
 
 
 def _connection_reason(error: BaseException) -> str:
@@ -805,16 +813,8 @@ def hub_snapshot(
         ConnectionError: the Hub could not be reached on every attempt.
     """
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
 
     repo = location.authority
-    shown = location.display
     offline = hub_offline()
     cache = hub_cache_dir()
     logger.info(
@@ -835,54 +835,61 @@ def hub_snapshot(
                 local_files_only=offline,
                 endpoint=os.environ.get("HF_ENDPOINT") or None,
             ),
-            what=f"download {shown}",
+            what=f"download {location.display}",
         )
-    except GatedRepoError:
-        raise InputError(
-            [
-                f"`{parameter}` {shown!r} is a gated repository and the token has no access; "
-                f"accept its terms on the Hub and set HF_TOKEN (from a Secret) to a token of that "
-                f"account"
-            ]
-        ) from None
-    except RevisionNotFoundError:
-        raise InputError(
-            [
-                f"`revision` {revision!r} does not exist in {repo_type} repository {repo!r}; use "
-                f"an existing branch, tag or commit hash (or leave it empty for the default branch)"
-            ]
-        ) from None
-    except RepositoryNotFoundError:
-        raise InputError(
-            [
-                f"`{parameter}` {shown!r}: no such {repo_type} repository on the Hub, or it is "
-                f"private and HF_TOKEN is not set or lacks access; check the name, or set HF_TOKEN "
-                f"(from a Secret)"
-            ]
-        ) from None
-    except LocalEntryNotFoundError:
-        reason = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hub is unreachable"
-        raise InputError(
-            [
-                f"`{parameter}` {shown!r} (revision {revision or 'main'!r}) is not in the local "
-                f"Hub cache {cache} and {reason}; download it once with network access (or point "
-                f"HF_HUB_CACHE at a cache that holds it)"
-            ]
-        ) from None
-    except HfHubHTTPError as error:
-        status = getattr(error.response, "status_code", None)
-        if status in (401, 403):
-            raise InputError(
-                [
-                    f"`{parameter}` {shown!r}: the Hub refused the request (HTTP {status}); check "
-                    f"that HF_TOKEN (from a Secret) is a valid token with read access to {repo!r}"
-                ]
-            ) from None
-        raise describe_failure(error, location, parameter=parameter) from None
     except Exception as error:
-        raise describe_failure(error, location, parameter=parameter) from None
+        raise _hub_failure(error, location, revision=revision, repo_type=repo_type,
+                           parameter=parameter, cache=cache) from None
     snapshot = Path(path)
     return snapshot, snapshot.name
+
+
+def _hub_failure(
+    error: Exception, location: Location, *, revision: str, repo_type: str, parameter: str,
+    cache: str,
+) -> Exception:
+    """The error to raise for a failed snapshot download: one line naming the cause and the fix."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    repo, shown = location.authority, location.display
+    if isinstance(error, GatedRepoError):
+        return InputError([
+            f"`{parameter}` {shown!r} is a gated repository and the token has no access; "
+            f"accept its terms on the Hub and set HF_TOKEN (from a Secret) to a token of that "
+            f"account"
+        ])
+    if isinstance(error, RevisionNotFoundError):
+        return InputError([
+            f"`revision` {revision!r} does not exist in {repo_type} repository {repo!r}; use "
+            f"an existing branch, tag or commit hash (or leave it empty for the default branch)"
+        ])
+    if isinstance(error, RepositoryNotFoundError):
+        return InputError([
+            f"`{parameter}` {shown!r}: no such {repo_type} repository on the Hub, or it is "
+            f"private and HF_TOKEN is not set or lacks access; check the name, or set HF_TOKEN "
+            f"(from a Secret)"
+        ])
+    if isinstance(error, LocalEntryNotFoundError):
+        offline = hub_offline()
+        reason = "offline mode is on (HF_HUB_OFFLINE)" if offline else "the Hub is unreachable"
+        return InputError([
+            f"`{parameter}` {shown!r} (revision {revision or 'main'!r}) is not in the local "
+            f"Hub cache {cache} and {reason}; download it once with network access (or point "
+            f"HF_HUB_CACHE at a cache that holds it)"
+        ])
+    status = getattr(getattr(error, "response", None), "status_code", None)
+    if isinstance(error, HfHubHTTPError) and status in (401, 403):
+        return InputError([
+            f"`{parameter}` {shown!r}: the Hub refused the request (HTTP {status}); check "
+            f"that HF_TOKEN (from a Secret) is a valid token with read access to {repo!r}"
+        ])
+    return describe_failure(error, location, parameter=parameter)
 
 
 def hub_card_metadata(location: Location, *, revision: str, repo_type: str) -> dict[str, Any]:

@@ -702,7 +702,6 @@ def _encode_labels(
     the same data gives the same label ids whatever slice a run takes.
     """
     import pyarrow as pa
-    import pyarrow.compute as pc
     from datasets import ClassLabel
 
     if "label" not in train.column_names:
@@ -714,52 +713,14 @@ def _encode_labels(
         names = list(feature.names)
         num_labels = len(names)
     elif pa.types.is_string(label_type) or pa.types.is_large_string(label_type):
-        values = set()
-        for column in whole_splits or [table.column("label") for table in tables]:
-            values.update(pc.unique(column).drop_null().to_pylist())
-        names = sorted(values)
+        names, tables = _string_labels_as_ids(tables, label_type, whole_splits)
         num_labels = len(names)
-        lookup = pa.array(names, type=label_type)
-        tables = [
-            table.set_column(
-                table.schema.get_field_index("label"),
-                "label",
-                pc.index_in(table.column("label"), value_set=lookup).cast(pa.int64()),
-            )
-            for table in tables
-        ]
     elif (
         pa.types.is_integer(label_type)
         or pa.types.is_boolean(label_type)
         or pa.types.is_floating(label_type)
     ):
-        lows, highs = [], []
-        for table in tables:
-            column = table.column("label")
-            if pa.types.is_floating(label_type):
-                fractional = pc.any(pc.not_equal(column, pc.floor(column))).as_py()
-                if fractional:
-                    raise InputError(
-                        [
-                            "`column_mapping`['label'] holds fractional numbers; labels must be "
-                            "class names or class ids 0..n-1 (regression is not supported)"
-                        ]
-                    )
-            bounds = pc.min_max(column.cast(pa.int64()))
-            lows.append(bounds["min"].as_py())
-            highs.append(bounds["max"].as_py())
-        low = min(value for value in lows if value is not None)
-        if low < 0:
-            raise InputError(
-                [
-                    f"`column_mapping`['label'] holds class ids below 0 (minimum {low}); labels "
-                    f"must be class names or ids 0..n-1"
-                ]
-            )
-        for column in whole_splits:
-            if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
-                highs.append(pc.max(column.cast(pa.int64())).as_py())
-        num_labels = max(value for value in highs if value is not None) + 1
+        num_labels = _count_numeric_classes(tables, label_type, whole_splits)
     else:
         raise InputError(
             [
@@ -774,6 +735,63 @@ def _encode_labels(
         for table in tables
     ]
     return names, num_labels, tables[0], (tables[1] if held_out is not None else None)
+
+
+def _string_labels_as_ids(
+    tables: list[Any], label_type: Any, whole_splits: list[Any]
+) -> tuple[list[Any], list[Any]]:
+    """Class names (sorted, from the whole splits) and the tables with their ids as labels."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = set()
+    for column in whole_splits or [table.column("label") for table in tables]:
+        values.update(pc.unique(column).drop_null().to_pylist())
+    names = sorted(values)
+    lookup = pa.array(names, type=label_type)
+    tables = [
+        table.set_column(
+            table.schema.get_field_index("label"),
+            "label",
+            pc.index_in(table.column("label"), value_set=lookup).cast(pa.int64()),
+        )
+        for table in tables
+    ]
+    return names, tables
+
+
+def _count_numeric_classes(tables: list[Any], label_type: Any, whole_splits: list[Any]) -> int:
+    """The number of classes of numeric labels (ids 0..n-1), refusing fractions and negatives."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    lows, highs = [], []
+    for table in tables:
+        column = table.column("label")
+        if pa.types.is_floating(label_type):
+            fractional = pc.any(pc.not_equal(column, pc.floor(column))).as_py()
+            if fractional:
+                raise InputError(
+                    [
+                        "`column_mapping`['label'] holds fractional numbers; labels must be "
+                        "class names or class ids 0..n-1 (regression is not supported)"
+                    ]
+                )
+        bounds = pc.min_max(column.cast(pa.int64()))
+        lows.append(bounds["min"].as_py())
+        highs.append(bounds["max"].as_py())
+    low = min(value for value in lows if value is not None)
+    if low < 0:
+        raise InputError(
+            [
+                f"`column_mapping`['label'] holds class ids below 0 (minimum {low}); labels "
+                f"must be class names or ids 0..n-1"
+            ]
+        )
+    for column in whole_splits:
+        if pa.types.is_integer(column.type) or pa.types.is_boolean(column.type):
+            highs.append(pc.max(column.cast(pa.int64())).as_py())
+    return max(value for value in highs if value is not None) + 1
 
 
 # --- writing ------------------------------------------------------------------------------------

@@ -533,6 +533,51 @@ def run_evaluation(
     """
     base_path, adapter_path = Path(base_model_dir), Path(adapter_dir)
     eval_path = Path(eval_data_dir)
+    model_manifest, adapter_manifest, eval_manifest = _check_inputs(
+        base_path, adapter_path, eval_path, task=task, batch_size=batch_size,
+        max_examples=max_examples,
+    )
+    config = EvalConfig(
+        task=task,
+        batch_size=batch_size,
+        max_examples=max_examples,
+        max_length=_max_length_from(adapter_manifest),
+    )
+    rows = _read_eval_rows(eval_path, config)
+    num_labels, label_names = _label_space(task, rows, adapter_manifest, eval_manifest)
+    logger.info(
+        "Evaluating %s on %d held-out rows (batch %d, max length %d)",
+        task,
+        len(rows),
+        config.batch_size,
+        config.max_length,
+    )
+    tokenizer = _load_tokenizer(adapter_path, base_path)
+    model = _load_models(
+        task,
+        base_path,
+        adapter_path,
+        num_labels,
+        label_names,
+        bool(model_manifest.get("trust_remote_code", False)),
+    )
+    result: dict[str, Any] = {"task": task, "examples": len(rows)}
+    if task == "sequence-classification":
+        result.update(_compare_classifiers(model, tokenizer, rows, config, num_labels))
+        result["label_names"] = label_names
+    else:
+        result.update(_compare_language_models(model, tokenizer, rows, config))
+    _publish(result, metrics, classification_metrics, report_path)
+    base_value, tuned_value = result["base"][result["primary"]], result["tuned"][result["primary"]]
+    logger.info("%s: base %.4f -> fine-tuned %.4f", result["primary"], base_value, tuned_value)
+    return result
+
+
+def _check_inputs(
+    base_path: Path, adapter_path: Path, eval_path: Path, *, task: str, batch_size: int,
+    max_examples: int,
+) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The three manifests, after every check that needs no model (all problems at once)."""
     problems = Problems()
     try:
         EvalConfig(task=task, batch_size=batch_size, max_examples=max_examples)
@@ -559,13 +604,11 @@ def run_evaluation(
         )
     problems.extend(check_disjoint(adapter_manifest, eval_manifest))
     problems.raise_if_any()
-    config = EvalConfig(
-        task=task,
-        batch_size=batch_size,
-        max_examples=max_examples,
-        max_length=_max_length_from(adapter_manifest),
-    )
+    return model_manifest, adapter_manifest, eval_manifest
 
+
+def _read_eval_rows(eval_path: Path, config: EvalConfig) -> list[dict[str, Any]]:
+    """The held-out rows (at most `max_examples`), with the columns the task needs."""
     rows = _read_rows(eval_path, config.max_examples)
     if not rows:
         raise InputError(
@@ -578,9 +621,17 @@ def run_evaluation(
     problems = Problems()
     problems.extend(
         problem.replace("`train_data`", "`eval_data`")
-        for problem in check_columns(task, list(rows[0]), num_labels=1)
+        for problem in check_columns(config.task, list(rows[0]), num_labels=1)
     )
     problems.raise_if_any()
+    return rows
+
+
+def _label_space(
+    task: str, rows: list[dict[str, Any]], adapter_manifest: dict[str, Any],
+    eval_manifest: dict[str, Any],
+) -> tuple[Any, Any]:
+    """(number of classes, their names) for classification, from the manifests or the rows."""
     num_labels = adapter_manifest.get("num_labels") or eval_manifest.get("num_labels")
     label_names = adapter_manifest.get("label_names") or eval_manifest.get("label_names")
     if task == "sequence-classification":
@@ -588,75 +639,59 @@ def run_evaluation(
             num_labels = max(int(row["label"]) for row in rows) + 1
         num_labels = int(num_labels)
         label_names = [str(name) for name in label_names or range(num_labels)]
+    return num_labels, label_names
 
-    logger.info(
-        "Evaluating %s on %d held-out rows (batch %d, max length %d)",
-        task,
-        len(rows),
-        config.batch_size,
-        config.max_length,
-    )
-    tokenizer = _load_tokenizer(adapter_path, base_path)
-    model = _load_models(
-        task,
-        base_path,
-        adapter_path,
-        num_labels,
-        label_names,
-        bool(model_manifest.get("trust_remote_code", False)),
-    )
 
-    result: dict[str, Any] = {"task": task, "examples": len(rows)}
-    if task == "sequence-classification":
-        texts = [str(row["text"]) for row in rows]
-        labels = [int(row["label"]) for row in rows]
+def _compare_classifiers(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: EvalConfig, num_labels: int
+) -> dict[str, Any]:
+    """Base (adapter off) and fine-tuned predictions on the same rows, as classification reports."""
+    texts = [str(row["text"]) for row in rows]
+    labels = [int(row["label"]) for row in rows]
+    with model.disable_adapter():
+        base_predictions = _predict_classes(model, tokenizer, texts, config, "base model")
+    tuned_predictions = _predict_classes(model, tokenizer, texts, config, "fine-tuned model")
+    return {
+        "base": classification_report(labels, base_predictions, num_labels),
+        "tuned": classification_report(labels, tuned_predictions, num_labels),
+        "headline": ["accuracy", "macro_f1"],
+        "primary": "accuracy",
+        "higher_is_better": True,
+    }
+
+
+def _compare_language_models(
+    model: Any, tokenizer: Any, rows: list[dict[str, Any]], config: EvalConfig
+) -> dict[str, Any]:
+    """Base and fine-tuned loss and perplexity on the completion tokens, and a few samples."""
+    # The same tokenization as training: chat template, EOS, completion-only targets.
+    try:
+        tokenized = tokenize_rows("causal-lm", rows, tokenizer, config.max_length)
+    except InputError as error:  # the trainer's wording names its own input
+        raise InputError(
+            [problem.replace("`train_data`", "`eval_data`") for problem in error.problems]
+        ) from None
+    examples = [(list(example.input_ids), list(example.labels)) for example in tokenized]
+    segments = [lm_segments(tokenizer, row) for row in rows]
+    with model.disable_adapter():
+        base_loss, tokens = _lm_loss(model, examples, tokenizer.pad_token_id, config, "base model")
+    tuned_loss, _ = _lm_loss(model, examples, tokenizer.pad_token_id, config, "fine-tuned model")
+    samples = []
+    for prompt, _ in [segment for segment in segments if segment[0]][:GENERATION_SAMPLES]:
         with model.disable_adapter():
-            base_predictions = _predict_classes(model, tokenizer, texts, config, "base model")
-        tuned_predictions = _predict_classes(model, tokenizer, texts, config, "fine-tuned model")
-        result.update(
-            base=classification_report(labels, base_predictions, num_labels),
-            tuned=classification_report(labels, tuned_predictions, num_labels),
-            headline=["accuracy", "macro_f1"],
-            primary="accuracy",
-            higher_is_better=True,
-            label_names=label_names,
+            base_text = _generate(model, tokenizer, prompt)
+        samples.append(
+            {"prompt": prompt, "base": base_text, "tuned": _generate(model, tokenizer, prompt)}
         )
-    else:
-        # The same tokenization as training: chat template, EOS, completion-only targets.
-        try:
-            tokenized = tokenize_rows("causal-lm", rows, tokenizer, config.max_length)
-        except InputError as error:  # the trainer's wording names its own input
-            raise InputError(
-                [problem.replace("`train_data`", "`eval_data`") for problem in error.problems]
-            ) from None
-        examples = [(list(example.input_ids), list(example.labels)) for example in tokenized]
-        segments = [lm_segments(tokenizer, row) for row in rows]
-        with model.disable_adapter():
-            base_loss, tokens = _lm_loss(model, examples, tokenizer.pad_token_id, config,
-                                         "base model")
-        tuned_loss, _ = _lm_loss(model, examples, tokenizer.pad_token_id, config,
-                                 "fine-tuned model")
-        samples = []
-        for prompt, _ in [segment for segment in segments if segment[0]][:GENERATION_SAMPLES]:
-            with model.disable_adapter():
-                base_text = _generate(model, tokenizer, prompt)
-            samples.append(
-                {"prompt": prompt, "base": base_text, "tuned": _generate(model, tokenizer, prompt)}
-            )
-        result.update(
-            base={"eval_loss": base_loss, "perplexity": perplexity(base_loss)},
-            tuned={"eval_loss": tuned_loss, "perplexity": perplexity(tuned_loss)},
-            headline=["eval_loss", "perplexity"],
-            primary="perplexity",
-            higher_is_better=False,
-            tokens=tokens,
-            samples=samples,
-        )
-
-    _publish(result, metrics, classification_metrics, report_path)
-    base_value, tuned_value = result["base"][result["primary"]], result["tuned"][result["primary"]]
-    logger.info("%s: base %.4f -> fine-tuned %.4f", result["primary"], base_value, tuned_value)
-    return result
+    return {
+        "base": {"eval_loss": base_loss, "perplexity": perplexity(base_loss)},
+        "tuned": {"eval_loss": tuned_loss, "perplexity": perplexity(tuned_loss)},
+        "headline": ["eval_loss", "perplexity"],
+        "primary": "perplexity",
+        "higher_is_better": False,
+        "tokens": tokens,
+        "samples": samples,
+    }
 
 
 def _publish(
