@@ -17,6 +17,8 @@ BEING_SPLIT = {
     "pipelines/api.py::submit",
     "pipelines/api.py::_upload_and_start",
     "components/train_lora/step/launch.py::run_training",
+    "pipelines/training_client.py::train",
+    "pipelines/training_client.py::translate",
 }
 
 
