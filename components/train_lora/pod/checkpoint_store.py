@@ -165,6 +165,6 @@ class Uploader:
     def _upload(self) -> None:
         try:
             self.store.upload_new(self.output_dir)
-        except Exception as error:  # noqa: BLE001 - training goes on; the next round retries
+        except Exception as error:  # training goes on; the next round retries
             logger.warning("could not upload checkpoints to %s: %s", self.store.location.display,
                            str(error).splitlines()[0] if str(error) else type(error).__name__)

@@ -428,7 +428,7 @@ def default_api_client() -> Any:
             config.load_kube_config(
                 config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
             )
-        except Exception as error:  # noqa: BLE001 - missing, unreadable or malformed: not usable
+        except Exception as error:  # missing, unreadable or malformed: not usable
             raise InputError([
                 "no Kubernetes cluster to talk to: not inside a cluster and no usable "
                 f"kubeconfig ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
