@@ -30,7 +30,7 @@ def test_launch_without_a_usable_kubeconfig_is_one_line(case, tmp_path, monkeypa
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
 
     code = main(["launch", "--model-uri", "s3://b/model", "--dataset-uri", "s3://b/data",
-                 "--output-uri", "s3://b/out"])
+                 "--output-uri", "s3://b/out", "--image", "registry.example/kftune-trainer:0.1.0"])
 
     err = capsys.readouterr().err
     assert code == 2
