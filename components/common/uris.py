@@ -706,6 +706,8 @@ def fetch(
             raise InputError(
                 [f"`{parameter}` {location.display!r}: {path}{origin} does not exist{hint}"]
             )
+        if location.scheme == "pvc":
+            _check_inside_claim(path, pvc_root() / location.authority, location, parameter)
         return path
     if location.scheme == "hf":
         raise ValueError("hf:// locations are fetched through huggingface_hub")
@@ -728,6 +730,43 @@ def fetch(
         raise
     except Exception as error:
         raise describe_failure(error, location, parameter=parameter) from None
+
+
+def _check_inside_claim(path: Path, claim_root: Path, location: Location, parameter: str) -> None:
+    """Refuses a pvc:// path that resolves outside its claim (through a symbolic link).
+
+    The claim is what the pipeline was given access to; a link inside it to /etc or to another
+    volume mounted in the same pod must not make those readable through `pvc://`.
+
+    Raises:
+        InputError: naming the link (relative to the claim), not where it points.
+    """
+    root = claim_root.resolve()
+    candidates = [path]
+    if path.is_dir() and not path.is_symlink():
+        candidates += [
+            Path(folder) / name
+            for folder, folders, files in os.walk(path)
+            for name in folders + files
+            if (Path(folder) / name).is_symlink()
+        ]
+    for candidate in candidates:
+        if not candidate.resolve().is_relative_to(root):
+            link = next(
+                (part for part in [candidate, *candidate.parents] if part.is_symlink()), candidate
+            )
+            try:
+                shown_link = link.relative_to(claim_root)
+            except ValueError:
+                shown_link = link
+            raise InputError(
+                [
+                    f"`{parameter}` {location.display!r}: {str(shown_link)!r} is a symbolic link "
+                    f"that leads outside the claim {location.authority!r} (mounted at "
+                    f"{claim_root}); kftune reads only what is inside the claim: copy the data "
+                    f"into it or point `{parameter}` at a path that stays inside"
+                ]
+            )
 
 
 def _fetch_prefix(fs, location, workdir, *, parameter, select) -> Path:

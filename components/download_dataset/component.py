@@ -18,6 +18,7 @@ def download_dataset(
     eval_fraction: float = 0.1,
     eval_split: str = "",
     seed: int = 42,
+    encoding: str = "utf-8",
 ):
     """Downloads a dataset and writes its training and held-out rows in kftune's normalized format.
 
@@ -38,6 +39,9 @@ def download_dataset(
             Ignored when `eval_split` is set; 0 holds out nothing.
         eval_split: A separate split expression for the held-out rows, e.g. `test[:500]`.
         seed: Seed of the shuffle that picks the held-out rows.
+        encoding: Text encoding of csv/json/text files, e.g. `latin-1` or `cp1252`. Bytes it
+            cannot decode read as U+FFFD, with a warning naming the lines (and `decoding` in the
+            manifests).
     """
     import logging
 
@@ -54,5 +58,6 @@ def download_dataset(
         eval_fraction=eval_fraction,
         eval_split=eval_split,
         seed=seed,
+        encoding=encoding,
     )
     download_dataset_to(source, train_dir=train_data.path, eval_dir=eval_data.path)

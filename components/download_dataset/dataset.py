@@ -20,7 +20,7 @@ import json
 import logging
 import math
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ _BUILDERS = {
     ".arrow": "arrow",
     ".txt": "text",
 }
+_TEXT_BUILDERS = ("json", "csv", "text")
 _COMPRESSIONS = (".gz", ".bz2", ".xz", ".zst", ".lz4", ".zip")
 _SPLIT_EXAMPLES = "train, train[:3000], train[10%:20%], test[-500:]"
 
@@ -68,6 +69,10 @@ class DatasetSource:
     """A separate split expression for the held-out rows, e.g. `test[:500]`."""
     seed: int = 42
     """Seed of the shuffle that picks the held-out rows."""
+    encoding: str = "utf-8"
+    """Text encoding of csv/json/text files, e.g. `latin-1` or `cp1252`. Bytes it cannot decode
+    become U+FFFD, with a warning naming how many lines and the first, and a note in the
+    manifest's `decoding`."""
 
     def __post_init__(self) -> None:
         problems = Problems()
@@ -89,6 +94,7 @@ class DatasetSource:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             problems.add(f"`seed` must be an integer >= 0, got {self.seed!r}")
+        problems.extend(_encoding_problems(self.encoding))
         problems.raise_if_any()
 
     @property
@@ -123,6 +129,18 @@ def _split_problems(expression: Any, parameter: str) -> list[str]:
             f"one split (row positions are recorded per split)"
         ]
     return []
+
+
+def _encoding_problems(encoding: Any) -> list[str]:
+    try:
+        if isinstance(encoding, str) and encoding and codecs.lookup(encoding):
+            return []
+    except LookupError:
+        pass
+    return [
+        f"`encoding` must name a text encoding Python knows, got {encoding!r}; e.g. utf-8, "
+        f"latin-1, cp1252"
+    ]
 
 
 def _mapping_problems(mapping: Any) -> list[str]:
@@ -167,7 +185,7 @@ def download_dataset_to(
     work_parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=".kftune-download-", dir=work_parent) as work:
         work = Path(work)
-        splits, resolved = _open_source(source, work)
+        splits, resolved, decoding = _open_source(source, work)
         train_rows = _select(splits, source.split, "split")
         if source.eval_split:
             eval_rows = _select(splits, source.eval_split, "eval_split")
@@ -200,7 +218,7 @@ def download_dataset_to(
                 ("train", train_part, train_table, train_stage),
                 ("eval", eval_part, eval_table, eval_stage),
             ):
-                manifest = _write_part(
+                manifests.append(_write_part(
                     stage,
                     table,
                     part=part,
@@ -211,8 +229,8 @@ def download_dataset_to(
                     label_names=label_names,
                     num_labels=num_labels,
                     selection=selection,
-                )
-                manifests.append(manifest)
+                    decoding=decoding,
+                ))
         logger.info(
             "Wrote %d training rows to %s and %d held-out rows to %s",
             manifests[0]["rows"],
@@ -226,8 +244,10 @@ def download_dataset_to(
 # --- reading the source -------------------------------------------------------------------------
 
 
-def _open_source(source: DatasetSource, work: Path) -> tuple[dict[str, Any], str | None]:
-    """Returns the source's splits ({name: datasets.Dataset}) and the resolved revision."""
+def _open_source(
+    source: DatasetSource, work: Path
+) -> tuple[dict[str, Any], str | None, dict[str, Any] | None]:
+    """The source's splits ({name: datasets.Dataset}), resolved revision and text decoding."""
     location = source.location
     resolved = None
     if location.scheme == "hf":
@@ -242,7 +262,8 @@ def _open_source(source: DatasetSource, work: Path) -> tuple[dict[str, Any], str
     else:
         path = uris.fetch(location, work / "source", parameter="uri")
     logger.info("Reading %s", location.display)
-    return _load_path(path, source, work / "cache"), resolved
+    splits, decoding = _load_path(path, source, work)
+    return splits, resolved, decoding
 
 
 def config_file_patterns(card: Mapping[str, Any], subset: str) -> list[str] | None:
@@ -296,17 +317,21 @@ def _builder_for(path: Path) -> tuple[str | None, str]:
     return _BUILDERS.get(Path(name).suffix), Path(name).suffix
 
 
-def _load_path(path: Path, source: DatasetSource, cache: Path) -> dict[str, Any]:
+def _load_path(
+    path: Path, source: DatasetSource, work: Path
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The splits of a file or directory, and how a text file was decoded (None otherwise)."""
     import datasets
 
+    cache = work / "cache"
     shown = source.location.display
     if path.is_dir():
         if (path / "dataset_dict.json").is_file():
             loaded = datasets.load_from_disk(str(path))
-            return dict(loaded)
+            return dict(loaded), None
         if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
             loaded = datasets.load_from_disk(str(path))
-            return {str(loaded.split) if loaded.split else "train": loaded}
+            return {str(loaded.split) if loaded.split else "train": loaded}, None
         try:
             loaded = datasets.load_dataset(
                 str(path), name=source.subset or None, cache_dir=str(cache)
@@ -322,7 +347,7 @@ def _load_path(path: Path, source: DatasetSource, cache: Path) -> dict[str, Any]
             raise _unreadable(shown, "a dataset directory", error) from None
         except Exception as error:
             raise _unreadable(shown, "a dataset directory", error) from None
-        return dict(loaded)
+        return dict(loaded), None
     builder, suffix = _builder_for(path)
     if builder is None:
         raise InputError(
@@ -340,10 +365,11 @@ def _load_path(path: Path, source: DatasetSource, cache: Path) -> dict[str, Any]
             ]
         )
     options: dict[str, Any] = {}
+    decoding = None
+    if builder in _TEXT_BUILDERS:
+        path, decoding = _as_utf8(path, source.encoding, work / "decoded", shown)
     if builder == "csv":
-        # Real-world CSVs are often not clean UTF-8 (the demo corpus has latin-1 bytes): undecodable
-        # bytes become U+FFFD instead of failing the whole run.
-        options = {"encoding": "utf-8", "encoding_errors": "replace"}
+        options = {"encoding": "utf-8"}
         if suffix == ".tsv":
             options["sep"] = "\t"
     logger.info("Parsing %s as %s", path.name, builder)
@@ -370,7 +396,62 @@ def _load_path(path: Path, source: DatasetSource, cache: Path) -> dict[str, Any]
                     ]
                 ) from None
         raise _unreadable(shown, f"a {builder} file", error) from None
-    return dict(loaded)
+    return dict(loaded), decoding
+
+
+def _as_utf8(
+    path: Path, encoding: str, directory: Path, shown: str
+) -> tuple[Path, dict[str, Any]]:
+    """The file as UTF-8 text (itself when it already is), and a record of its decoding.
+
+    Real files are often not clean UTF-8 (the demo corpus has stray latin-1 bytes). Bytes that
+    `encoding` cannot decode become U+FFFD rather than failing the run, and that is said: a
+    warning with the number of lines and the first, and `decoding` in the manifest.
+    """
+    import fsspec
+
+    def decoded_lines() -> Iterator[str]:
+        decoder = codecs.getincrementaldecoder(encoding)(errors="replace")
+        with fsspec.open(str(path), "rb", compression="infer") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                yield decoder.decode(block)
+            yield decoder.decode(b"", final=True)
+
+    replaced_lines, first_line, line, open_line_replaced = 0, None, 1, False
+    for text in decoded_lines():
+        *complete, rest = text.split("\n")
+        for piece in complete:
+            if open_line_replaced or "\ufffd" in piece:
+                replaced_lines += 1
+                first_line = first_line or line
+            line, open_line_replaced = line + 1, False
+        open_line_replaced = open_line_replaced or "\ufffd" in rest
+    if open_line_replaced:
+        replaced_lines += 1
+        first_line = first_line or line
+    record: dict[str, Any] = {"encoding": encoding, "lines_with_replaced_bytes": replaced_lines}
+    if replaced_lines:
+        record["first_line_with_replaced_bytes"] = first_line
+        logger.warning(
+            "`uri` %r: %d line(s) of %s hold bytes that are not valid %s (first: line %d); they "
+            "read as U+FFFD. If the file is in another encoding, set `encoding` (e.g. latin-1, "
+            "cp1252)",
+            shown,
+            replaced_lines,
+            path.name,
+            encoding,
+            first_line,
+        )
+    plain_utf8 = codecs.lookup(encoding).name == "utf-8"
+    compressed = _builder_for(path)[1] != path.suffix.lower()
+    if plain_utf8 and not replaced_lines:
+        return path, record
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / (path.name if not compressed else Path(path.name).stem)
+    with open(target, "w", encoding="utf-8", newline="") as out:
+        for text in decoded_lines():
+            out.write(text)
+    return target, record
 
 
 def _unreadable(shown: str, what: str, error: BaseException) -> InputError:
@@ -809,6 +890,7 @@ def _write_part(
     label_names: list[str] | None,
     num_labels: int | None,
     selection: dict[str, Any],
+    decoding: dict[str, Any] | None,
 ) -> dict[str, Any]:
     import pyarrow.parquet as pq
 
@@ -839,5 +921,7 @@ def _write_part(
         "row_ranges": _ranges(rows.positions),
         "selection": selection,
     }
+    if decoding is not None:
+        manifest["decoding"] = decoding
     write_manifest(stage, manifest)
     return manifest

@@ -89,6 +89,8 @@ BAD_INPUTS = [
     Case("eval_fraction 1", {"uri": "x.csv", "eval_fraction": 1.0}, ["`eval_fraction` must be in"]),
     Case("eval_fraction < 0", {"uri": "x.csv", "eval_fraction": -0.1}, ["got -0.1"]),
     Case("seed", {"uri": "x.csv", "seed": -1}, ["`seed` must be an integer >= 0, got -1"]),
+    Case("encoding", {"uri": "x.csv", "encoding": "latin-9000"},
+         ["`encoding` must name a text encoding Python knows, got 'latin-9000'"]),
     Case(
         "unknown role", {"uri": "x.csv", "column_mapping": {"txt": "a"}}, ["unknown role(s) 'txt'"]
     ),
@@ -196,6 +198,45 @@ def test_demo_corpus_with_latin1_bytes_loads(tmp_path):
     texts = pq.read_table(train_dir / "data.parquet").column("text").to_pylist()
     assert any("\ufffd" in text for text in texts)  # undecodable bytes replaced, not fatal
     assert not positions(train["row_ranges"]) & positions(held_out["row_ranges"])
+    assert train["decoding"]["lines_with_replaced_bytes"] > 0  # and said, not silent
+
+
+LATIN1_CSV = "text,label\ncafé au lait,pos\nplain,neg\nnaïve,neg\n".encode("latin-1")
+LATIN1_JSONL = '{"text": "café", "label": "pos"}\n{"text": "ok", "label": "neg"}\n'.encode(
+    "latin-1"
+)
+ENCODINGS = [
+    Case("latin-1 csv read as utf-8", {"name": "l.csv", "content": LATIN1_CSV},
+         {"texts": ["caf\ufffd au lait", "plain", "na\ufffdve"], "replaced": 2, "first": 2}),
+    Case("latin-1 csv decoded as told",
+         {"name": "l.csv", "content": LATIN1_CSV, "encoding": "latin-1"},
+         {"texts": ["café au lait", "plain", "naïve"], "replaced": 0}),
+    Case("latin-1 jsonl read as utf-8", {"name": "l.jsonl", "content": LATIN1_JSONL},
+         {"texts": ["caf\ufffd", "ok"], "replaced": 1, "first": 1}),
+    Case("gzipped latin-1 jsonl decoded as told",
+         {"name": "l.jsonl.gz", "content": gzip.compress(LATIN1_JSONL), "encoding": "cp1252"},
+         {"texts": ["café", "ok"], "replaced": 0}),
+    Case("utf-16 csv", {"name": "w.csv", "content": "text,label\nüber,a\n".encode("utf-16"),
+                        "encoding": "utf-16"}, {"texts": ["über"], "replaced": 0}),
+]
+
+
+@pytest.mark.parametrize("case", ENCODINGS, ids=[case.name for case in ENCODINGS])
+def test_undecodable_bytes_are_reported_or_decoded_as_told(tmp_path, caplog, case):
+    options = dict(case.kwargs)
+    uri = bad_data(tmp_path, options.pop("name"), options.pop("content"))
+    train, _, train_dir, _ = run(tmp_path, uri=uri, **options)
+    texts = pq.read_table(train_dir / "data.parquet").column("text").to_pylist()
+    assert texts == case.expected["texts"]
+    assert train["decoding"]["lines_with_replaced_bytes"] == case.expected["replaced"]
+    warning = "hold bytes that are not valid"
+    if case.expected["replaced"]:
+        name = Path(uri).name
+        assert (f"{case.expected['replaced']} line(s) of {name} hold bytes that are not valid "
+                f"utf-8 (first: line {case.expected['first']})") in caplog.text
+        assert "set `encoding` (e.g. latin-1, cp1252)" in caplog.text
+    else:
+        assert warning not in caplog.text
 
 
 # --- row selection ------------------------------------------------------------------------------
@@ -504,6 +545,42 @@ def test_pvc_uri_resolves_under_the_mount_root(tmp_path, monkeypatch):
     monkeypatch.setenv("KFTUNE_PVC_ROOT", str(tmp_path / "pvc"))
     train, _, _, _ = run(tmp_path, uri="pvc://data-claim/sub/x.jsonl")
     assert train["rows"] == 4 and train["source"]["uri"] == "pvc://data-claim/sub/x.jsonl"
+
+
+SYMLINKS = [
+    Case("file link to outside", {"link": "data.jsonl", "to": "outside", "uri": "data.jsonl"},
+         ["`uri` 'pvc://data-claim/data.jsonl': 'data.jsonl' is a symbolic link that leads "
+          "outside the claim 'data-claim'", "copy the data into it"]),
+    Case("directory link to outside", {"link": "sub", "to": "outside-dir", "uri": "sub/x.jsonl"},
+         ["'sub' is a symbolic link that leads outside the claim"]),
+    Case("link inside a directory", {"link": "dir/x.jsonl", "to": "outside", "uri": "dir"},
+         ["'dir/x.jsonl' is a symbolic link that leads outside the claim"]),
+    Case("link within the claim", {"link": "alias.jsonl", "to": "inside", "uri": "alias.jsonl"},
+         []),
+]
+
+
+@pytest.mark.parametrize("case", SYMLINKS, ids=[case.name for case in SYMLINKS])
+def test_pvc_paths_must_stay_inside_the_claim(tmp_path, monkeypatch, case):
+    claim = tmp_path / "pvc" / "data-claim"
+    (claim / "dir").mkdir(parents=True)
+    (claim / "real.jsonl").write_text(jsonl(ROWS[:4]))
+    (tmp_path / "outside-dir").mkdir()
+    (tmp_path / "outside-dir" / "x.jsonl").write_text(jsonl(ROWS[:4]))
+    (tmp_path / "secret.jsonl").write_text(jsonl(ROWS[:4]))
+    targets = {"outside": tmp_path / "secret.jsonl", "outside-dir": tmp_path / "outside-dir",
+               "inside": claim / "real.jsonl"}
+    (claim / case.kwargs["link"]).symlink_to(targets[case.kwargs["to"]])
+    monkeypatch.setenv("KFTUNE_PVC_ROOT", str(tmp_path / "pvc"))
+    uri = f"pvc://data-claim/{case.kwargs['uri']}"
+    if not case.expected:
+        assert run(tmp_path, uri=uri)[0]["rows"] == 4
+        return
+    with pytest.raises(InputError) as caught:
+        run(tmp_path, uri=uri)
+    for text in case.expected:
+        assert text in str(caught.value)
+    assert str(tmp_path / "secret.jsonl") not in str(caught.value)
 
 
 def test_failed_run_keeps_the_previous_artifact(tmp_path, fifty_rows):
