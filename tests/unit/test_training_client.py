@@ -256,3 +256,24 @@ def test_no_cluster_means_the_local_backend(
     assert TrainingClient().backend == "local"
     with pytest.raises(InputError, match="no cluster is configured"):
         TrainingClient(backend="kubernetes")
+
+
+KINDS = [("PyTorchJob", "PyTorchJob", "Succeeded"), ("TrainJob", "TrainJob", "Complete"),
+         ("auto", "TrainJob", "Complete")]  # auto: the cluster serves both; TrainJob preferred
+
+
+@pytest.mark.parametrize("job_kind, created, done", KINDS, ids=[case[0] for case in KINDS])
+def test_the_job_goes_to_the_clusters_training_backend(
+    job_kind: str, created: str, done: str, fake: Any
+) -> None:
+    from kftune import TrainingClient
+
+    training = TrainingClient(job_kind=job_kind)
+    training.train(**_reference_call(output_uri="s3://team-bucket/adapters/bert-yelp"))
+    (job,) = fake.jobs.values()
+    assert job["kind"] == created
+    fake.set_condition("default", "fine-tune-bert", done)
+    training.wait_for_job_conditions("fine-tune-bert", polling_interval=0.05)
+    assert training.get_adapter_uri("fine-tune-bert") == "s3://team-bucket/adapters/bert-yelp"
+    training.delete_job("fine-tune-bert")
+    assert fake.jobs == {}
