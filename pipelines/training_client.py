@@ -496,7 +496,8 @@ class TrainingClient:
                 `minio://mlpipeline/kftune/<namespace>/<name>/adapter` (KFP's MinIO) on a cluster
                 (beside the data, `s3://<bucket>/kftune/<name>/adapter`, with S3DatasetParams),
                 `runs/<name>/adapter` locally.
-            image: The trainer image; default kftune's.
+            image: The trainer image; default `$KFTUNE_TRAINER_IMAGE` (the image you built
+                and pushed with `kftune images push`).
             timeout_minutes: Longest the training may take (enforced by `wait_for_job_conditions`
                 and, locally, by `train`).
             kubernetes_options: Other job settings (service_account, node_selector,
@@ -551,6 +552,15 @@ class TrainingClient:
                 claim,
             )
             options.update(namespace=namespace, job_name=name)
+            from ..components.common.images import (
+                TRAINER_IMAGE,
+                TRAINER_IMAGE_ENV,
+                unset_image_problems,
+            )
+
+            # Read now, not at import: a notebook may set it after importing kftune.
+            image = image or os.environ.get(TRAINER_IMAGE_ENV, "")
+            problems += unset_image_problems(image or TRAINER_IMAGE, "image")
         if secret_env:
             options["secret_env"] = secret_env
         if plain_env:

@@ -20,6 +20,7 @@ from peft import LoraConfig
 from support.fake_kubernetes import FakeKubernetes
 
 HF_TOKEN = "hf_notebookTokenThatMustNotLeak"
+TRAINER_IMAGE = "registry.example.com/ml/kftune-trainer:0.1.0"
 
 
 @pytest.fixture
@@ -36,6 +37,7 @@ def fake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
         monkeypatch.setenv("KUBECONFIG", str(kubeconfig))
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
         monkeypatch.setenv("HF_TOKEN", HF_TOKEN)  # the notebook's own token stays in the notebook
+        monkeypatch.setenv("KFTUNE_TRAINER_IMAGE", TRAINER_IMAGE)  # pushed by `kftune images push`
         yield server
 
 
@@ -95,8 +97,8 @@ def test_the_references_documented_example_creates_one_job_of_its_shape(fake: An
         },
     )
 
-    assert fake.created == ["default/fine-tune-bert"] or len(fake.jobs) == 1
     (job,) = fake.jobs.values()
+    assert _container(job, "Master")["image"] == TRAINER_IMAGE
     specs = job["spec"]["pytorchReplicaSpecs"]
     assert (specs["Master"]["replicas"], specs["Worker"]["replicas"]) == (1, 3)
     assert job["spec"]["nprocPerNode"] == "2"
@@ -177,6 +179,8 @@ REFUSED = [
      "`dataset_provider_parameters.split` 'train[:3000' is not a valid split expression"),
     ("token_in_the_call", {"model": {"access_token": HF_TOKEN}},
      "`model_provider_parameters.access_token` is a credential"),
+    ("no_trainer_image", {"image": "kftune-image-registry-not-set.invalid/kftune-trainer:0.1.0"},
+     "`image`"),
 ]
 
 
