@@ -58,13 +58,15 @@ class RunSummary:
     arguments: dict[str, Any]
     """Every pipeline argument the run used, defaults included."""
     kftune_version: str = __version__
+    merged_model_dir: Path | None = None
+    """The merged model (export_model's output) when the run had `merge` on."""
 
     @classmethod
     def from_dict(cls, summary: dict[str, Any]) -> RunSummary:
         """From the dict `summary.json` holds."""
         fields = {field.name for field in dataclasses.fields(cls)}
         values = {key: value for key, value in summary.items() if key in fields}
-        for key in ("output_dir", "adapter_dir", "report"):
+        for key in ("output_dir", "adapter_dir", "report", "merged_model_dir"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         return cls(**values)

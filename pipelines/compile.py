@@ -28,6 +28,7 @@ def compile_targets() -> dict[str, Any]:
     from ..components.download_dataset.component import download_dataset
     from ..components.download_model.component import download_model
     from ..components.evaluate.component import evaluate
+    from ..components.export_model.component import export_model
     from ..components.train_lora.component import train_lora
     from .lora_finetune import lora_finetune_pipeline
 
@@ -37,6 +38,7 @@ def compile_targets() -> dict[str, Any]:
         ("download_model", download_model),
         ("train_lora", train_lora),
         ("evaluate", evaluate),
+        ("export_model", export_model),
     ):
         targets[f"{COMPONENTS_DIR}/{name}.yaml"] = component
     return targets

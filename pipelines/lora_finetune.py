@@ -1,7 +1,7 @@
 """The LoRA fine-tuning pipeline: download data and model, fine-tune, compare with the base model.
 
     download_dataset ─┐
-                      ├─> train_lora ─> evaluate
+                      ├─> train_lora ─> evaluate ─> [merge] export_model
     download_model ───┘
 
 Every pipeline parameter is a field of the KFP UI's run form; the defaults are kftune's demo (a
@@ -21,6 +21,7 @@ from ..components.common import demo
 from ..components.download_dataset.component import download_dataset
 from ..components.download_model.component import download_model
 from ..components.evaluate.component import evaluate
+from ..components.export_model.component import export_model
 from ..components.train_lora.component import train_lora
 from ..components.train_lora.step.spec import DEFAULT_TIMEOUT_MINUTES
 
@@ -123,6 +124,8 @@ Args:
         theirs from `kubernetes_options`).
     tolerations: Tolerations of the step pods, e.g. `[{"key": "gpu", "operator":
         "Exists", "effect": "NoSchedule"}]`.
+    merge: Also merge the adapter into the base model (export_model): full bf16
+        safetensors in Hugging Face layout, checked against base + adapter.
 """
 
 
@@ -172,6 +175,7 @@ def make_pipeline(
         s3_secret: str = "s3-credentials",
         node_selector: dict = {},  # noqa: B006
         tolerations: list = [],  # noqa: B006
+        merge: bool = False,
     ) -> PipelineOutputs:
         # locals(): the pipeline's parameters (KFP channels while the pipeline is built).
         return _add_steps(locals(), download_retries=download_retries, pvc_claims=pvc_claims)
@@ -218,7 +222,8 @@ def _add_steps(
         max_examples=arguments["eval_max_examples"],
     ).set_display_name("Evaluate base vs fine-tuned")
     eval_task.set_caching_options(False)
-    for step in (data_task, model_task, train_task, eval_task):
+    after = _add_after_training(arguments, model_task, train_task, eval_task)
+    for step in (data_task, model_task, train_task, eval_task, *after):
         kubernetes.add_node_selector_json(step, arguments["node_selector"])
         kubernetes.add_toleration_json(step, arguments["tolerations"])
     for claim in pvc_claims:
@@ -229,6 +234,25 @@ def _add_steps(
         adapter=train_task.outputs["adapter"],
         report=eval_task.outputs["report"],
     )
+
+
+def _add_after_training(arguments: Mapping[str, Any], model_task: Any, train_task: Any,
+                        eval_task: Any) -> list[Any]:
+    """The optional steps after evaluation, each behind its switch; returns the steps added.
+
+    With `merge` on, export_model merges the adapter into the base model (the evaluation's
+    metrics go into its manifest). The switch is a run parameter, so the compiled pipeline
+    holds the step inside a `dsl.If`.
+    """
+    with dsl.If(arguments["merge"] == True, name="merge"):  # noqa: E712 (a KFP condition)
+        export_task = export_model(
+            base_model=model_task.outputs["model"],
+            adapter=train_task.outputs["adapter"],
+            eval_metrics=eval_task.outputs["metrics"],
+            task=arguments["task"],
+        ).set_display_name("Merge adapter into the base model")
+        export_task.set_caching_options(False)
+    return [export_task]
 
 
 def _add_downloads(arguments: Mapping[str, Any], download_retries: int) -> tuple[Any, Any]:

@@ -100,7 +100,15 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(f"adapter    : {summary['adapter_dir']}")
     if summary.get("report"):
         lines.append(f"report     : {summary['report']}")
+    if summary.get("merged_model_dir"):
+        lines.append(f"merged     : {summary['merged_model_dir']}")
     return "\n".join(lines)
+
+
+def merged_model_dir(artifacts: Path) -> Path | None:
+    """export_model's output under a kfp.local run's artifacts (there only with `merge` on)."""
+    found = sorted(artifacts.glob("*/export-model/merged_model/manifest.json"))
+    return found[-1].parent if found else None
 
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -486,11 +494,13 @@ def _run_in(
         Path(outputs["report"].path),
         wall,
     )
+    merged = merged_model_dir(output_dir / "artifacts")
     summary = {
         "kftune_version": __version__,
         "output_dir": str(output_dir),
         "arguments": arguments,
         **summary,
+        "merged_model_dir": str(merged) if merged else None,
     }
     run_dir.complete(summary)
     return summary

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -411,7 +412,9 @@ def test_submit_with_runtime_image_runs_every_step_in_it(kfp_api: KfpApiDouble) 
     assert code == 0
     (upload,) = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
     body = _uploaded_yaml(upload)
-    assert body.count("image: registry.local/mirror/kftune-runtime:0.1.0") == 4
+    # Every step (download x2, train, evaluate, and the optional ones after it) runs in it.
+    images = re.findall(r"^\s+image: (\S+)$", body, flags=re.MULTILINE)
+    assert len(images) >= 4 and set(images) == {"registry.local/mirror/kftune-runtime:0.1.0"}
     assert RUNTIME_IMAGE not in body
 
 
@@ -423,7 +426,9 @@ def test_submit_with_image_registry_runs_every_step_in_its_runtime_image(
     assert cli.main(["submit", "--host", kfp_api.host, *REGISTRY]) == 0
     (upload,) = kfp_api.find("POST", "/apis/v2beta1/pipelines/upload")
     body = _uploaded_yaml(upload)
-    assert body.count("image: registry.example.com/ml/kftune-runtime:0.1.0") == 4
+    # Every step (download x2, train, evaluate, and the optional ones after it) runs in it.
+    images = re.findall(r"^\s+image: (\S+)$", body, flags=re.MULTILINE)
+    assert len(images) >= 4 and set(images) == {"registry.example.com/ml/kftune-runtime:0.1.0"}
     assert RUNTIME_IMAGE not in body
 
 

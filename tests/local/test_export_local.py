@@ -1,0 +1,39 @@
+"""`kftune run --merge true` on kfp.local: the demo adapter merged for real, and checked."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.local
+
+
+def test_kftune_run_with_merge_exports_the_demo_model(tmp_path: Path) -> None:
+    output_dir = tmp_path / "run"
+    completed = subprocess.run(
+        [sys.executable, "-m", "kftune.pipelines.cli", "run", "--output-dir", str(output_dir),
+         "--merge", "true", "--param", "training_parameters.max_steps=10",
+         "--eval-max-examples", "64"],
+        capture_output=True, text=True, timeout=1200,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
+    )
+    assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
+    summary = json.loads((output_dir / "summary.json").read_text())
+    merged = Path(summary["merged_model_dir"])
+    manifest = json.loads((merged / "manifest.json").read_text())
+    assert manifest["architecture"] == "BertForSequenceClassification"
+    assert manifest["check"]["max_abs_error"] <= manifest["check"]["tolerance"]
+    assert manifest["merged_from"]["adapter"]["replaced_tensors"] == [
+        "classifier.bias", "classifier.weight"]
+    # The evaluation's metrics travel into the merged model's manifest.
+    assert manifest["merged_from"]["eval_metrics"]["tuned_accuracy"] == summary["tuned"][
+        "accuracy"]
+    assert f"merged     : {merged}" in completed.stdout
+
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(merged)
+    assert model.config.id2label == {0: "negative", 1: "neutral", 2: "positive"}
