@@ -2,9 +2,9 @@
 
 The policy (`uris.credential_problems`): a URI never carries a credential. Each case below is a
 URI holding one; it goes through every surface a user's URI reaches (the download components'
-inputs, `kftune run`'s flags and its log, `kftune submit --host`) and the secret text must appear
-in none of them, raw or percent-decoded, while the message says where the credential sits and how
-to pass it instead.
+inputs, `kftune run`'s flags and its log, `kftune launch --dry-run`, `kftune submit --host`) and
+the secret text must appear in none of them, raw or percent-decoded, while the message says where
+the credential sits and how to pass it instead.
 """
 
 from __future__ import annotations
@@ -113,6 +113,20 @@ def test_kftune_run_refuses_before_any_step_and_logs_no_secret(
     for surface in (captured.err, captured.out, caplog.text):
         assert_no_secret(surface, case)
     assert not output_dir.exists()  # no summary.json, no artifacts, no workspace
+
+
+@pytest.mark.parametrize("case", CASES, ids=IDS)
+def test_launch_dry_run_prints_no_manifest_and_no_secret(
+    case: Case, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = cli.main(["launch", "--dry-run", "--image", "registry.example.com/trainer:1",
+                     "--model-uri", "s3://models/base", "--dataset-uri", case.uri,
+                     "--output-uri", "s3://adapters/run-1"])
+    captured = capsys.readouterr()
+    assert code == 2
+    assert "`--dataset-uri`" in captured.err and "carries credentials" in captured.err
+    assert captured.out == ""  # no PyTorchJob: no args, no kftune.dev/output-uri annotation
+    assert_no_secret(captured.err, case)
 
 
 NOT_CREDENTIALS = [
