@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Refreshes the vendored CRDs (and the sources the API server double's rules come from) from
 # local clones of kubeflow/training-operator and kubeflow/trainer, at the tags named below, and
-# records tag and commit in SOURCES.txt.
+# records tag and commit in README.md.
 #
 #   tests/crds/refresh.sh TRAINING_OPERATOR_GIT_DIR TRAINER_GIT_DIR [V1_TAG] [V2_TAG]
 #
@@ -23,8 +23,26 @@ show "$v2_git" "$v2_tag" manifests/base/runtimes/torch_distributed.yaml \
     > "$here/torch_distributed_runtime.yaml"
 show "$v2_git" "$v2_tag" pkg/runtime/framework/plugins/torch/torch.go > "$here/torch_plugin.go.txt"
 show "$v2_git" "$v2_tag" pkg/runtime/framework/plugins/jobset/jobset.go > "$here/jobset_plugin.go.txt"
-{
-    echo "kubeflow/training-operator $v1_tag $(git --git-dir="$v1_git" rev-parse "$v1_tag^{commit}")"
-    echo "kubeflow/trainer $v2_tag $(git --git-dir="$v2_git" rev-parse "$v2_tag^{commit}")"
-} > "$here/SOURCES.txt"
-cat "$here/SOURCES.txt"
+v1_commit=$(git --git-dir="$v1_git" rev-parse "$v1_tag^{commit}")
+v2_commit=$(git --git-dir="$v2_git" rev-parse "$v2_tag^{commit}")
+cat > "$here/README.md" <<README
+# Vendored CRDs and operator sources
+
+What the Kubernetes API server double (\`tests/support/fake_kubernetes.py\`) admits by: each CRD's
+\`openAPIV3Schema\` (structural pruning and validation, \`tests/support/structural.py\`), and the
+operators' admission rules, transcribed from the sources kept here as \`.go.txt\`.
+
+| file | from | tag | commit |
+| --- | --- | --- | --- |
+| kubeflow.org_pytorchjobs.yaml | kubeflow/training-operator manifests/base/crds/ | $v1_tag | $v1_commit |
+| pytorchjob_webhook.go.txt, pytorchjob_webhook_test.go.txt | kubeflow/training-operator pkg/webhooks/pytorch/ | $v1_tag | $v1_commit |
+| trainer.kubeflow.org_trainjobs.yaml, trainer.kubeflow.org_clustertrainingruntimes.yaml | kubeflow/trainer manifests/base/crds/ | $v2_tag | $v2_commit |
+| torch_distributed_runtime.yaml | kubeflow/trainer manifests/base/runtimes/torch_distributed.yaml | $v2_tag | $v2_commit |
+| torch_plugin.go.txt, jobset_plugin.go.txt | kubeflow/trainer pkg/runtime/framework/plugins/{torch/torch.go,jobset/jobset.go} | $v2_tag | $v2_commit |
+
+Refresh (from clones of both repositories; bare clones are fine):
+\`tests/crds/refresh.sh TRAINING_OPERATOR_GIT_DIR TRAINER_GIT_DIR [V1_TAG] [V2_TAG]\`,
+then run \`pytest tests/unit/test_fake_kubernetes_admission.py tests/unit/test_job_manifest.py\`.
+README
+rm -f "$here/SOURCES.txt"
+cat "$here/README.md"

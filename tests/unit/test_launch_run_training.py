@@ -52,30 +52,39 @@ def fake_adapter(directory: Path) -> Path:
 
 
 def argument(job, flag):
-    args = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
-        "args"]
+    if job["kind"] == "TrainJob":
+        args = job["spec"]["trainer"]["args"]
+    else:
+        args = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+            "args"]
     return args[args.index(flag) + 1]
 
 
 def make_controller(tmp_path, outcome="Succeeded"):
+    """Plays the Training Operator (PyTorchJob) or Kubeflow Trainer (TrainJob) and the pods."""
+
     def controller(fake, job):
         name = job["metadata"]["name"]
-        fake.set_condition(NAMESPACE, name, "Created")
-        master = fake.add_pod(NAMESPACE, name, "Master", 0)
-        worker = fake.add_pod(NAMESPACE, name, "Worker", 0)
-        fake.set_condition(NAMESPACE, name, "Running")
+        v2 = job["kind"] == "TrainJob"
+        if v2:
+            master, worker = (fake.add_pod(NAMESPACE, name, "node", index) for index in (0, 1))
+        else:
+            fake.set_condition(NAMESPACE, name, "Created")
+            master = fake.add_pod(NAMESPACE, name, "Master", 0)
+            worker = fake.add_pod(NAMESPACE, name, "Worker", 0)
+            fake.set_condition(NAMESPACE, name, "Running")
         fake.log(NAMESPACE, master, "step 10 loss 0.5")
         if outcome == "Succeeded":
             upload_directory(fake_adapter(tmp_path / "pod-disk" / "final"),
                              argument(job, "--output-uri"))
             fake.finish_pod(NAMESPACE, master, 0)
             fake.finish_pod(NAMESPACE, worker, 0)
-            fake.set_condition(NAMESPACE, name, "Succeeded")
+            fake.set_condition(NAMESPACE, name, "Complete" if v2 else "Succeeded")
         else:
             fake.log(NAMESPACE, master, "RuntimeError: NCCL timeout")
             fake.finish_pod(NAMESPACE, master, 1)
-            fake.set_condition(NAMESPACE, name, "Failed", "PyTorchJobFailed",
-                               "1 Master replica(s) failed.")
+            fake.set_condition(NAMESPACE, name, "Failed", "JobSetFailed" if v2 else
+                               "PyTorchJobFailed", "1 Master replica(s) failed.")
 
     return controller
 
@@ -97,11 +106,21 @@ def training_args(tmp_path, bucket, **overrides):
     return args
 
 
-def test_kubernetes_run_collects_the_adapter_and_metrics(s3, tmp_path):
-    args = training_args(tmp_path, s3.bucket("pipeline"))
-    with FakeKubernetes() as fake:
+@pytest.mark.parametrize("backend, serves, kind", [
+    ("kubernetes", ("pytorchjobs", "trainjobs"), "PyTorchJob"),
+    ("trainjob", ("pytorchjobs", "trainjobs"), "TrainJob"),
+    ("auto", ("pytorchjobs", "trainjobs"), "TrainJob"),
+    ("auto", ("pytorchjobs",), "PyTorchJob"),
+], ids=["pytorchjob", "trainjob", "auto picks TrainJob", "auto on a v1 cluster"])
+def test_kubernetes_run_collects_the_adapter_and_metrics(s3, tmp_path, monkeypatch, backend,
+                                                        serves, kind):
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")  # auto: inside a cluster
+    args = training_args(tmp_path, s3.bucket("pipeline"), backend=backend)
+    with FakeKubernetes(serves=serves) as fake:
         fake.on_create = make_controller(tmp_path)
         result = run_training(**args, api_client=fake.api_client())
+        (stored,) = [fake.job(NAMESPACE, name) for name in fake.created]
+    assert stored["kind"] == kind
 
     adapter = Path(args["adapter_dir"])
     assert (adapter / "adapter_config.json").is_file()
@@ -112,11 +131,13 @@ def test_kubernetes_run_collects_the_adapter_and_metrics(s3, tmp_path):
     assert len(fake.created) == 1 and fake.created[0].startswith("kftune-clm-")
 
 
-def test_kubernetes_failure_fails_the_step_and_publishes_nothing(s3, tmp_path):
-    args = training_args(tmp_path, s3.bucket("pipeline"))
+@pytest.mark.parametrize("backend, reason", [("kubernetes", "PyTorchJobFailed"),
+                                             ("trainjob", "JobSetFailed")])
+def test_kubernetes_failure_fails_the_step_and_publishes_nothing(s3, tmp_path, backend, reason):
+    args = training_args(tmp_path, s3.bucket("pipeline"), backend=backend)
     with FakeKubernetes() as fake:
         fake.on_create = make_controller(tmp_path, outcome="Failed")
-        with pytest.raises(RuntimeError, match=r"failed: PyTorchJobFailed(.|\n)*NCCL timeout"):
+        with pytest.raises(RuntimeError, match=rf"failed: {reason}(.|\n)*NCCL timeout"):
             run_training(**args, api_client=fake.api_client())
     assert not Path(args["adapter_dir"]).exists()
 
@@ -196,3 +217,23 @@ def test_kfp_struct_numbers_are_turned_back_into_ints():
         "nested": {"max_restarts": 3, "flag": True},
     }
     assert isinstance(whole_numbers_as_ints(from_kfp)["r"], int)
+
+
+def test_auto_on_a_cluster_serving_neither_kind_creates_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    args = training_args(tmp_path, "pipeline", backend="auto")
+    with FakeKubernetes(serves=()) as fake:
+        with pytest.raises(RuntimeError, match="serves neither TrainJob .* nor PyTorchJob"):
+            run_training(**args, api_client=fake.api_client())
+    assert fake.created == []
+
+
+def test_auto_refuses_options_the_discovered_kind_lacks(tmp_path, monkeypatch):
+    monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.0.0.1")
+    args = training_args(tmp_path, "pipeline", backend="auto",
+                         kubernetes_options={"namespace": NAMESPACE, "backoff_limit": 3})
+    with FakeKubernetes(serves=("trainjobs",)) as fake:
+        with pytest.raises(InputError,
+                           match="backoff_limit cannot be used with backend 'trainjob'"):
+            run_training(**args, api_client=fake.api_client())
+    assert fake.created == []
