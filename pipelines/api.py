@@ -177,17 +177,11 @@ def submit(
 
     A pipeline named `pipeline_name` gets a new version; otherwise it is created. Only the
     parameters given are sent: the server fills in the pipeline's defaults for the others.
-
-    Behind Kubeflow's authentication (multi-user Kubeflow), authenticate the way `kfp.Client`
-    does: `existing_token` (a bearer token, e.g. from `kubectl create token`), `credentials`
-    (e.g. `kfp.client.ServiceAccountTokenVolumeCredentials()`: the projected service-account
-    token of a Kubeflow notebook pod, refreshed as the kubelet rotates it), or `cookies` (the
-    `Cookie` header of a logged-in browser session, e.g. `"authservice_session=..."`). None of
-    them is ever printed or logged.
+    Behind Kubeflow's authentication, authenticate as `kfp.Client` does (`existing_token`,
+    `credentials` or `cookies`); no credential is ever printed or logged.
 
     Args:
-        host: The KFP API endpoint, e.g. `http://localhost:8080` or
-            `https://kubeflow.example.com/pipeline`.
+        host: The KFP API endpoint, e.g. `https://kubeflow.example.com/pipeline`.
         experiment: The experiment's name (created when missing).
         namespace: The Kubeflow profile namespace (multi-user Kubeflow).
         schedule: A cron expression (5 fields, or 6 with seconds first): a recurring run.
@@ -195,15 +189,13 @@ def submit(
         pipeline_name: The uploaded pipeline's name.
         package: A compiled pipeline YAML; default: compile now.
         runtime_image: Run the pipeline's steps in this image (a mirror, say).
-        image_registry: Run the pipeline's steps in the runtime image that `kftune images push`
-            pushed to this registry. kftune publishes no images: without this, `runtime_image`
-            or a `package` compiled with `kftune compile --image-registry`, submit refuses.
-        pvc: PersistentVolumeClaims mounted at `/mnt/pvc/<claim>` in the download and evaluate
-            steps, for `pvc://<claim>/...` URIs.
-        existing_token: A bearer token for the KFP API.
-        cookies: A `Cookie` header value for the KFP API.
-        credentials: A `kfp.client.TokenCredentialsBase`, e.g.
-            `kfp.client.ServiceAccountTokenVolumeCredentials(path)`.
+        image_registry: Run the steps in the runtime image `kftune images push` pushed there
+            (kftune publishes no images: without it, `runtime_image` or a `package`, refused).
+        pvc: Claims mounted at `/mnt/pvc/<claim>` in the download and evaluate steps.
+        existing_token: A bearer token (e.g. from `kubectl create token`).
+        cookies: A logged-in session's `Cookie` header (`"authservice_session=..."`).
+        credentials: A `kfp.client.TokenCredentialsBase`, e.g. a notebook pod's projected
+            token: `kfp.client.ServiceAccountTokenVolumeCredentials()`.
         ssl_ca_cert: A CA bundle for the server's TLS certificate.
         **parameters: Pipeline parameters, as for `run`.
 
@@ -214,7 +206,41 @@ def submit(
         InputError: every bad parameter at once, before the server is contacted.
         CliError: when the server refuses or cannot be reached (a `RuntimeError`).
     """
-    from .submit import cron_for_kfp, pipeline_package
+    from .submit import pipeline_package
+
+    overrides, cron, problems = _submit_problems(
+        parameters, schedule, package, pvc, runtime_image, image_registry, host,
+        existing_token, credentials,
+    )
+    if problems:
+        from ..components.common.errors import InputError
+
+        raise InputError(problems)
+    auth = {"existing_token": existing_token or None, "cookies": cookies or None,
+            "credentials": credentials, "ssl_ca_cert": ssl_ca_cert}
+    if image_registry:
+        runtime_image = images.runtime_image(image_registry)
+    with pipeline_package(package, pvc=pvc, runtime_image=runtime_image) as path:
+        return _upload_and_start(
+            path,
+            overrides,
+            cron,
+            host=host,
+            experiment=experiment,
+            namespace=namespace,
+            run_name=run_name,
+            pipeline_name=pipeline_name,
+            auth=auth,
+        )
+
+
+def _submit_problems(
+    parameters: dict[str, Any], schedule: str | None, package: str | Path | None,
+    pvc: Sequence[str], runtime_image: str, image_registry: str, host: str,
+    existing_token: str | None, credentials: Any,
+) -> tuple[dict[str, Any], str | None, list[str]]:
+    """(the overridden parameters, KFP's cron, every problem with the call), without the server."""
+    from .submit import cron_for_kfp
 
     problems: list[str] = []
     try:
@@ -251,26 +277,7 @@ def submit(
             "`existing_token` and `credentials` are two ways to authenticate: give one "
             "(kfp.Client would silently use the token)"
         )
-    if problems:
-        from ..components.common.errors import InputError
-
-        raise InputError(problems)
-    auth = {"existing_token": existing_token or None, "cookies": cookies or None,
-            "credentials": credentials, "ssl_ca_cert": ssl_ca_cert}
-    if image_registry:
-        runtime_image = images.runtime_image(image_registry)
-    with pipeline_package(package, pvc=pvc, runtime_image=runtime_image) as path:
-        return _upload_and_start(
-            path,
-            overrides,
-            cron,
-            host=host,
-            experiment=experiment,
-            namespace=namespace,
-            run_name=run_name,
-            pipeline_name=pipeline_name,
-            auth=auth,
-        )
+    return overrides, cron, problems
 
 
 def _image_problems(package: str | Path | None, runtime_image: str,
@@ -317,80 +324,86 @@ def _upload_and_start(
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*only works with Kubeflow Pipeline v2.*")
             client = kfp.Client(host=host, namespace=namespace or None, **auth)
-        pipeline_id = client.get_pipeline_id(pipeline_name)
-        version_name = f"{pipeline_name}-{__version__}-{stamp}"
-        if pipeline_id is None:
-            pipeline = client.upload_pipeline(
-                pipeline_package_path=str(package),
-                pipeline_name=pipeline_name,
-                description="kftune LoRA fine-tuning pipeline",
-                namespace=namespace or None,
-            )
-            pipeline_id = pipeline.pipeline_id
-            versions = client.list_pipeline_versions(pipeline_id=pipeline_id, page_size=1)
-            version_id = versions.pipeline_versions[0].pipeline_version_id
-            print(f"uploaded pipeline {pipeline_name!r} ({pipeline_id})")
-        else:
-            version = client.upload_pipeline_version(
-                pipeline_package_path=str(package),
-                pipeline_version_name=version_name,
-                pipeline_id=pipeline_id,
-            )
-            version_id = version.pipeline_version_id
-            print(f"uploaded version {version_name!r} of pipeline {pipeline_name!r}")
+        pipeline_id, version_id = _upload(client, package, pipeline_name, namespace, stamp)
         experiment_id = client.create_experiment(
             name=experiment, namespace=namespace or None
         ).experiment_id
-        name = run_name or f"{pipeline_name}-{stamp}"
-        common = {"host": host, "name": name, "pipeline_id": pipeline_id,
-                  "pipeline_version_id": version_id, "experiment_id": experiment_id,
-                  "client": client}
-        if cron:
-            recurring = client.create_recurring_run(
-                experiment_id=experiment_id,
-                job_name=name,
-                cron_expression=cron,
-                pipeline_id=pipeline_id,
-                version_id=version_id,
-                params=overrides,
-                enabled=True,
-            )
-            submitted = SubmittedRun(
-                **common, recurring_run_id=recurring.recurring_run_id, cron=cron
-            )
-            print(
-                f"created recurring run {name!r} ({submitted.recurring_run_id}) with schedule "
-                f"{cron!r} in experiment {experiment!r}"
-            )
-        else:
-            created = client.run_pipeline(
-                experiment_id=experiment_id,
-                job_name=name,
-                pipeline_id=pipeline_id,
-                version_id=version_id,
-                params=overrides,
-            )
-            submitted = SubmittedRun(**common, run_id=created.run_id)
-            print(f"created run {name!r} ({submitted.run_id}) in experiment {experiment!r}")
-            print(submitted.url)
+        submitted = SubmittedRun(
+            host=host, name=run_name or f"{pipeline_name}-{stamp}", pipeline_id=pipeline_id,
+            pipeline_version_id=version_id, experiment_id=experiment_id, client=client,
+        )
+        return _start(client, submitted, overrides, cron, experiment)
     except (OSError, urllib3.exceptions.HTTPError, kfp_server_api.ApiException) as error:
-        # Only the status and reason: the exception's text holds the response headers, which a
-        # proxy may fill with session details.
-        reason = getattr(error, "reason", None) or str(error).splitlines()[0]
-        status = getattr(error, "status", None)
-        detail = f"HTTP {status} {reason}" if status else reason
-        hint = "check `host` (the KFP API endpoint, e.g. http://localhost:8080) and access"
-        if status in (401, 403):
-            hint = (
-                "the server wants Kubeflow authentication: a bearer token, the service-account "
-                "token or a session cookie (see `kftune submit --help`)"
-            )
-        raise CliError(
-            f"the KFP server at {uris.display_uri(host)} refused or could not be reached: "
-            f"{uris.redact(str(detail))}",
-            hint=hint,
-        ) from error
+        raise _refused(host, error) from error
+
+
+def _upload(
+    client: Any, package: Path, pipeline_name: str, namespace: str, stamp: str
+) -> tuple[str, str]:
+    """Uploads `package`: a new pipeline, or a new version of the one named `pipeline_name`."""
+    pipeline_id = client.get_pipeline_id(pipeline_name)
+    if pipeline_id is None:
+        pipeline = client.upload_pipeline(
+            pipeline_package_path=str(package),
+            pipeline_name=pipeline_name,
+            description="kftune LoRA fine-tuning pipeline",
+            namespace=namespace or None,
+        )
+        versions = client.list_pipeline_versions(pipeline_id=pipeline.pipeline_id, page_size=1)
+        print(f"uploaded pipeline {pipeline_name!r} ({pipeline.pipeline_id})")
+        return pipeline.pipeline_id, versions.pipeline_versions[0].pipeline_version_id
+    version_name = f"{pipeline_name}-{__version__}-{stamp}"
+    version = client.upload_pipeline_version(
+        pipeline_package_path=str(package),
+        pipeline_version_name=version_name,
+        pipeline_id=pipeline_id,
+    )
+    print(f"uploaded version {version_name!r} of pipeline {pipeline_name!r}")
+    return pipeline_id, version.pipeline_version_id
+
+
+def _start(
+    client: Any, submitted: SubmittedRun, overrides: dict[str, Any], cron: str | None,
+    experiment: str,
+) -> SubmittedRun:
+    """Creates the run (or with `cron` the recurring run) of the uploaded version."""
+    common = {"experiment_id": submitted.experiment_id, "job_name": submitted.name,
+              "pipeline_id": submitted.pipeline_id, "version_id": submitted.pipeline_version_id,
+              "params": overrides}
+    if cron:
+        recurring = client.create_recurring_run(cron_expression=cron, enabled=True, **common)
+        submitted = dataclasses.replace(
+            submitted, recurring_run_id=recurring.recurring_run_id, cron=cron
+        )
+        print(
+            f"created recurring run {submitted.name!r} ({submitted.recurring_run_id}) with "
+            f"schedule {cron!r} in experiment {experiment!r}"
+        )
+        return submitted
+    submitted = dataclasses.replace(submitted, run_id=client.run_pipeline(**common).run_id)
+    print(f"created run {submitted.name!r} ({submitted.run_id}) in experiment {experiment!r}")
+    print(submitted.url)
     return submitted
+
+
+def _refused(host: str, error: BaseException) -> CliError:
+    """The one-line error of a server that refused or could not be reached."""
+    # Only the status and reason: the exception's text holds the response headers, which a
+    # proxy may fill with session details.
+    reason = getattr(error, "reason", None) or str(error).splitlines()[0]
+    status = getattr(error, "status", None)
+    detail = f"HTTP {status} {reason}" if status else reason
+    hint = "check `host` (the KFP API endpoint, e.g. http://localhost:8080) and access"
+    if status in (401, 403):
+        hint = (
+            "the server wants Kubeflow authentication: a bearer token, the service-account "
+            "token or a session cookie (see `kftune submit --help`)"
+        )
+    return CliError(
+        f"the KFP server at {uris.display_uri(host)} refused or could not be reached: "
+        f"{uris.redact(str(detail))}",
+        hint=hint,
+    )
 
 
 def _check_access(host: str, auth: dict[str, Any]) -> None:

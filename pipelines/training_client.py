@@ -278,23 +278,9 @@ def _env_from(value: Any, parameter: str) -> tuple[dict[str, str], dict[str, str
     return plain, secret, problems
 
 
-def translate(model: Any, dataset: Any, trainer: Any) -> tuple[Translated | None, list[str]]:
-    """The reference's three parameter objects in kftune's terms, with every problem found.
-
-    The translation comes back with its problems (to check the rest of the call too); it is None
-    only when an object is not of the expected class.
-    """
-    from ..components.train_lora.step import sources
-
-    problems: list[str] = []
-    if not isinstance(model, HuggingFaceModelParams):
-        return None, [
-            "`model_provider_parameters` must be a kftune.HuggingFaceModelParams, got "
-            f"{type(model).__name__}"
-        ]
-    task, task_problems = task_for(model.transformer_type)
-    problems += task_problems
-    env: dict[str, str] = {}
+def _credential_problems(model: Any, dataset: Any) -> list[str]:
+    """Tokens and keys given in the call: refused (the reference puts them in the pods' args)."""
+    problems = []
     for owner, holder, fields in (
         ("model_provider_parameters", model, ("access_token",)),
         ("dataset_provider_parameters", dataset, ("access_token", "access_key", "secret_key")),
@@ -308,53 +294,84 @@ def translate(model: Any, dataset: Any, trainer: Any) -> tuple[Translated | None
                     "'AWS_ACCESS_KEY_ID', ...), value_from=V1EnvVarSource(secret_key_ref="
                     "V1SecretKeySelector(name=SECRET, key=KEY)))]"
                 )
-    model_settings, model_problems = sources.model_source(
+    return problems
+
+
+def _model_source(model: HuggingFaceModelParams, task: str) -> tuple[dict[str, Any], list[str]]:
+    from ..components.train_lora.step import sources
+
+    settings, problems = sources.model_source(
         model.model_uri, revision=model.revision, task=task or "causal-lm",
         trust_remote_code=model.trust_remote_code,
     )
-    problems += sources.renamed(model_problems, {
+    return settings, sources.renamed(problems, {
         "uri": "model_provider_parameters.model_uri",
         "revision": "model_provider_parameters.revision",
         "trust_remote_code": "model_provider_parameters.trust_remote_code",
     } if task else {})
+
+
+def _data_source(
+    dataset: HuggingFaceDatasetParams | S3DatasetParams, num_labels: int | None
+) -> tuple[str, dict[str, Any], dict[str, str], list[str]]:
+    """(URI, pod settings, plain environment, problems) of the reference's dataset parameters."""
+    from ..components.train_lora.step import sources
+
+    env: dict[str, str] = {}
     if isinstance(dataset, HuggingFaceDatasetParams):
         repo = dataset.repo_id
         data_uri = repo if "://" in repo else f"hf://{repo}"
         split, subset, revision = dataset.split or "train", dataset.subset, dataset.revision
-        column_mapping = dataset.column_mapping
         names = {"uri": "dataset_provider_parameters.repo_id"}
-    elif isinstance(dataset, S3DatasetParams):
+    else:
         data_uri = f"s3://{dataset.bucket_name}/{dataset.file_key.lstrip('/')}"
         split, subset, revision = dataset.split, "", ""
-        column_mapping = dataset.column_mapping
         env["AWS_ENDPOINT_URL"] = dataset.endpoint_url
         if dataset.region_name:
             env["AWS_DEFAULT_REGION"] = dataset.region_name
         names = {"uri": "dataset_provider_parameters.file_key"}
-    else:
-        return None, problems + [
-            "`dataset_provider_parameters` must be a kftune.HuggingFaceDatasetParams or "
-            f"kftune.S3DatasetParams, got {type(dataset).__name__}"
-        ]
-    num_labels = model.num_labels if task == "sequence-classification" else None
-    data_settings, data_problems = sources.data_source(
+    settings, problems = sources.data_source(
         data_uri, split=split, subset=subset, revision=revision,
-        column_mapping=column_mapping, num_labels=num_labels,
+        column_mapping=dataset.column_mapping, num_labels=num_labels,
     )
     names.update({key: f"dataset_provider_parameters.{key}"
                   for key in ("split", "subset", "revision", "column_mapping")})
     names["num_labels"] = "model_provider_parameters.num_labels"
-    problems += sources.renamed(data_problems, names)
-    if not isinstance(trainer, HuggingFaceTrainerParams):
-        return None, problems + [
-            "`trainer_parameters` must be a kftune.HuggingFaceTrainerParams, got "
-            f"{type(trainer).__name__}"
-        ]
+    return data_uri, settings, env, sources.renamed(problems, names)
+
+
+def _wrong_classes(model: Any, dataset: Any, trainer: Any) -> list[str]:
+    expected = (
+        ("model_provider_parameters", model, (HuggingFaceModelParams,)),
+        ("dataset_provider_parameters", dataset, (HuggingFaceDatasetParams, S3DatasetParams)),
+        ("trainer_parameters", trainer, (HuggingFaceTrainerParams,)),
+    )
+    return [
+        f"`{name}` must be a {' or '.join(f'kftune.{cls.__name__}' for cls in classes)}, got "
+        f"{type(value).__name__}"
+        for name, value, classes in expected if not isinstance(value, classes)
+    ]
+
+
+def translate(model: Any, dataset: Any, trainer: Any) -> tuple[Translated | None, list[str]]:
+    """The reference's three parameter objects in kftune's terms, with every problem found.
+
+    The translation comes back with its problems (to check the rest of the call too); it is None
+    only when an object is not of the expected class.
+    """
+    wrong = _wrong_classes(model, dataset, trainer)
+    if wrong:
+        return None, wrong
+    task, problems = task_for(model.transformer_type)
+    problems += _credential_problems(model, dataset)
+    model_settings, model_problems = _model_source(model, task)
+    num_labels = model.num_labels if task == "sequence-classification" else None
+    data_uri, data_settings, env, data_problems = _data_source(dataset, num_labels)
     training_parameters, training_problems = training_parameters_from(
         trainer.training_parameters, task or None
     )
     lora_config, lora_problems = lora_config_from(trainer.lora_config)
-    problems += training_problems + lora_problems
+    problems += model_problems + data_problems + training_problems + lora_problems
     return Translated(
         task=task, model_uri=model.model_uri, model_source=model_settings, data_uri=data_uri,
         data_source=data_settings, training_parameters=training_parameters,
@@ -481,27 +498,19 @@ class TrainingClient:
             namespace: Its namespace; default the client's.
             num_workers: Pods (Master 1 + Worker n-1), or local "nodes".
             num_procs_per_worker: Processes per pod (torchrun `--nproc-per-node`).
-            resources_per_worker: Requests = limits per pod: `{"gpu": 2, "cpu": 5, "memory":
-                "10G"}` or a `V1ResourceRequirements`.
+            resources_per_worker: Requests = limits per pod (a dict or V1ResourceRequirements).
             model_provider_parameters: A `HuggingFaceModelParams`.
             dataset_provider_parameters: A `HuggingFaceDatasetParams` or `S3DatasetParams`.
             trainer_parameters: A `HuggingFaceTrainerParams`.
-            init_env_vars: Environment of the fetching step (kftune fetches in the training
-                container, so it joins `env_vars`).
-            env_vars: Environment of the training container: a dict, or V1EnvVar (a
-                `secretKeyRef` stays one).
-            storage_config: Not used: kftune creates no PVC (each pod fetches onto its node-local
-                disk); give `kubernetes_options={"pvc": CLAIM}` to stage on an existing claim.
-            output_uri: Where the adapter goes; default
-                `minio://mlpipeline/kftune/<namespace>/<name>/adapter` (KFP's MinIO) on a cluster
-                (beside the data, `s3://<bucket>/kftune/<name>/adapter`, with S3DatasetParams),
-                `runs/<name>/adapter` locally.
-            image: The trainer image; default `$KFTUNE_TRAINER_IMAGE` (the image you built
-                and pushed with `kftune images push`).
-            timeout_minutes: Longest the training may take (enforced by `wait_for_job_conditions`
-                and, locally, by `train`).
-            kubernetes_options: Other job settings (service_account, node_selector,
-                tolerations, priority_class, queue_name, secret_env, pvc, ...).
+            init_env_vars: Joins `env_vars` (the pods fetch in the training container).
+            env_vars: A dict, or V1EnvVar (a `secretKeyRef` stays one).
+            storage_config: Not used: kftune creates no PVC (see the module docstring).
+            output_uri: Where the adapter goes; default KFP's MinIO
+                (`minio://mlpipeline/kftune/<namespace>/<name>/adapter`), beside the data with
+                S3DatasetParams, `runs/<name>/adapter` locally.
+            image: The trainer image; default `$KFTUNE_TRAINER_IMAGE` (`kftune images push`).
+            timeout_minutes: Longest the training may take.
+            kubernetes_options: Other job settings (service_account, node_selector, pvc, ...).
 
         Returns:
             The job's name.
@@ -511,65 +520,62 @@ class TrainingClient:
             RuntimeError: when the cluster refuses the job, or local training fails.
         """
         namespace = namespace or self.namespace
-        cluster = self.backend != "local"
-        if not name or not model_provider_parameters or not dataset_provider_parameters or (
-            not trainer_parameters
-        ):
-            raise InputError(["`name`, `model_provider_parameters`, `dataset_provider_parameters` "
-                              "and `trainer_parameters` are required"])
-        translated, problems = translate(
-            model_provider_parameters, dataset_provider_parameters, trainer_parameters
-        )
-        if translated is None:
-            raise InputError(problems)
-        options = dict(kubernetes_options or {})
-        plain_env = {**translated.env, **dict(options.pop("env", {}) or {})}
-        secret_env = dict(options.pop("secret_env", {}) or {})
-        for parameter, value in (("init_env_vars", init_env_vars), ("env_vars", env_vars)):
-            plain, secret, env_problems = _env_from(value, parameter)
-            plain_env.update(plain)
-            secret_env.update(secret)
-            problems += env_problems
+        translated, problems = _translate_call(
+            name, model_provider_parameters, dataset_provider_parameters, trainer_parameters)
+        options, env_problems = _job_options(kubernetes_options, translated.env,
+                                             init_env_vars, env_vars)
         resources, resource_problems = _resources(resources_per_worker)
-        problems += resource_problems
-        if output_uri is None:
-            output_uri = self._default_output(name, namespace, dataset_provider_parameters)
-        if storage_config is not None and dict(storage_config) != REFERENCE_STORAGE_CONFIG:
-            logger.info(
-                "storage_config is not used: kftune creates no PVC; each pod fetches the model "
-                "and the data onto its node-local disk (kubernetes_options={'pvc': CLAIM} stages "
-                "on an existing claim instead)"
-            )
-        if cluster:
-            from ..components.train_lora.step import sources
-
-            pvc = options.get("pvc")
-            claim = pvc.get("claim_name", "") if isinstance(pvc, Mapping) else (pvc or "")
-            problems += sources.pod_reach_problems(
-                {"model_provider_parameters.model_uri": translated.model_uri,
-                 "dataset_provider_parameters": translated.data_uri},
-                {"output_uri": output_uri},
-                claim,
-            )
+        output_uri = output_uri or self._default_output(name, namespace,
+                                                        dataset_provider_parameters)
+        _note_storage_config(storage_config)
+        if self.backend != "local":
             options.update(namespace=namespace, job_name=name)
-            from ..components.common.images import (
-                TRAINER_IMAGE,
-                TRAINER_IMAGE_ENV,
-                unset_image_problems,
-            )
+        image, cluster_problems = self._cluster_problems(translated, options, output_uri, image)
+        plan = self._plan(translated, options, resources, num_workers, num_procs_per_worker,
+                          image, timeout_minutes,
+                          problems + env_problems + resource_problems + cluster_problems)
+        logger.info("the adapter of %s goes to %s", name, output_uri)
+        if self.backend != "local":
+            self._create(translated, plan, name, namespace, output_uri)
+        else:
+            self._run_local(translated, plan, name, namespace, output_uri, options, resources)
+        return name
 
-            # Read now, not at import: a notebook may set it after importing kftune.
-            image = image or os.environ.get(TRAINER_IMAGE_ENV, "")
-            problems += unset_image_problems(image or TRAINER_IMAGE, "image")
-        if secret_env:
-            options["secret_env"] = secret_env
-        if plain_env:
-            options["env"] = plain_env
+    def _cluster_problems(
+        self, translated: Translated, options: dict[str, Any], output_uri: str, image: str
+    ) -> tuple[str, list[str]]:
+        """What the pods could not reach or pull, and the trainer image (cluster only)."""
+        if self.backend == "local":
+            return image, []
+        from ..components.common.images import (
+            TRAINER_IMAGE,
+            TRAINER_IMAGE_ENV,
+            unset_image_problems,
+        )
+        from ..components.train_lora.step import sources
+
+        pvc = options.get("pvc")
+        claim = pvc.get("claim_name", "") if isinstance(pvc, Mapping) else (pvc or "")
+        problems = sources.pod_reach_problems(
+            {"model_provider_parameters.model_uri": translated.model_uri,
+             "dataset_provider_parameters": translated.data_uri},
+            {"output_uri": output_uri},
+            claim,
+        )
+        # Read now, not at import: a notebook may set it after importing kftune.
+        image = image or os.environ.get(TRAINER_IMAGE_ENV, "")
+        return image, problems + unset_image_problems(image or TRAINER_IMAGE, "image")
+
+    def _plan(
+        self, translated: Translated, options: dict[str, Any], resources: dict[str, Any],
+        num_workers: int, num_procs_per_worker: Any, image: str, timeout_minutes: int,
+        problems: list[str],
+    ) -> Any:
+        """The launch step's own checks of every setting, reported with `problems` at once."""
         from ..components.train_lora.step import launch
 
-        # The launch step's own checks of every setting, reported with the ones above at once.
-        plan = launch.plan(
-            task=translated.task or "causal-lm",  # an unknown transformer_type is reported above
+        return launch.plan(
+            task=translated.task or "causal-lm",  # an unknown transformer_type is in `problems`
             # Checked already (and reported under their reference names) when refused.
             training_parameters={} if translated.settings_refused
             else translated.training_parameters,
@@ -583,12 +589,6 @@ class TrainingClient:
             kubernetes_options=options,
             extra_problems=tuple(problems),
         )
-        logger.info("the adapter of %s goes to %s", name, output_uri)
-        if cluster:
-            self._create(translated, plan, name, namespace, output_uri)
-        else:
-            self._run_local(translated, plan, name, namespace, output_uri, options, resources)
-        return name
 
     def _default_output(self, name: str, namespace: str, dataset: Any) -> str:
         if self.backend == "local":
@@ -825,6 +825,49 @@ class TrainingClient:
 
         job = self.get_job(name, namespace)
         return job["metadata"]["annotations"][job_lib.OUTPUT_URI_ANNOTATION]
+
+
+def _translate_call(
+    name: str, model: Any, dataset: Any, trainer: Any
+) -> tuple[Translated, list[str]]:
+    """`translate`, after the reference's own check that nothing required is missing."""
+    if not name or not model or not dataset or not trainer:
+        raise InputError(["`name`, `model_provider_parameters`, `dataset_provider_parameters` "
+                          "and `trainer_parameters` are required"])
+    translated, problems = translate(model, dataset, trainer)
+    if translated is None:
+        raise InputError(problems)
+    return translated, problems
+
+
+def _job_options(
+    kubernetes_options: Mapping[str, Any] | None, source_env: Mapping[str, str],
+    init_env_vars: Any, env_vars: Any,
+) -> tuple[dict[str, Any], list[str]]:
+    """`kubernetes_options` with the environment of the sources and of the reference's env vars."""
+    options = dict(kubernetes_options or {})
+    plain_env = {**source_env, **dict(options.pop("env", {}) or {})}
+    secret_env = dict(options.pop("secret_env", {}) or {})
+    problems: list[str] = []
+    for parameter, value in (("init_env_vars", init_env_vars), ("env_vars", env_vars)):
+        plain, secret, found = _env_from(value, parameter)
+        plain_env.update(plain)
+        secret_env.update(secret)
+        problems += found
+    if plain_env:
+        options["env"] = plain_env
+    if secret_env:
+        options["secret_env"] = secret_env
+    return options, problems
+
+
+def _note_storage_config(storage_config: Mapping[str, Any] | None) -> None:
+    if storage_config is not None and dict(storage_config) != REFERENCE_STORAGE_CONFIG:
+        logger.info(
+            "storage_config is not used: kftune creates no PVC; each pod fetches the model and "
+            "the data onto its node-local disk (kubernetes_options={'pvc': CLAIM} stages on an "
+            "existing claim instead)"
+        )
 
 
 def _resources(value: Any) -> tuple[dict[str, Any], list[str]]:
