@@ -6,8 +6,8 @@
 #   images/standins.sh build   make the two stand-in bases (once; later calls reuse them)
 #   images/standins.sh clean   remove the stand-in bases and the root filesystem
 #
-# `build` makes, from a `debootstrap --variant=minbase bookworm` root filesystem (bookworm's Python is
-# 3.11, as in the real bases' place):
+# `build` makes, from a `debootstrap --variant=minbase bookworm` root filesystem (whose Python is
+# 3.11, python:3.11-slim's version):
 #   docker.io/library/python:3.11-slim   the runtime Dockerfile's FROM: a venv at /usr/local, so that
 #                                        `python` and `pip` are what python:3.11-slim has there
 #   localhost/kftune-standin/pytorch:2.13.0-cpu
