@@ -468,7 +468,8 @@ class TrainingClient:
         """`local`, or the launch backend of the cluster's jobs: `kubernetes` (PyTorchJob),
         `trainjob`, or `cluster` (ask the cluster)."""
         if backend == "auto" and self.backend == "local":
-            logger.info("no Kubernetes cluster configured: jobs run on this machine")
+            print("kftune: no Kubernetes cluster configured (no kubeconfig, not in a pod): jobs "
+                  "run on this machine")
 
     # -- train -------------------------------------------------------------------------------
 
@@ -534,7 +535,8 @@ class TrainingClient:
         plan = self._plan(translated, options, resources, num_workers, num_procs_per_worker,
                           image, timeout_minutes,
                           problems + env_problems + resource_problems + cluster_problems)
-        logger.info("the adapter of %s goes to %s", name, output_uri)
+        # Printed, as kftune.submit prints its run: a notebook shows no INFO log by default.
+        print(f"kftune: the adapter of {name} goes to {output_uri}")
         if self.backend != "local":
             self._create(translated, plan, name, namespace, output_uri)
         else:
@@ -651,7 +653,7 @@ class TrainingClient:
                                          "message": str(error)})
             raise
         record["conditions"].append({"type": "Succeeded", "status": "True"})
-        logger.info("%s succeeded; the adapter is in %s", name, output_uri)
+        print(f"kftune: {name} succeeded; the adapter is in {output_uri}")
 
     # -- following a job ---------------------------------------------------------------------
 
@@ -863,7 +865,7 @@ def _job_options(
 
 def _note_storage_config(storage_config: Mapping[str, Any] | None) -> None:
     if storage_config is not None and dict(storage_config) != REFERENCE_STORAGE_CONFIG:
-        logger.info(
+        logger.warning(
             "storage_config is not used: kftune creates no PVC; each pod fetches the model and "
             "the data onto its node-local disk (kubernetes_options={'pvc': CLAIM} stages on an "
             "existing claim instead)"

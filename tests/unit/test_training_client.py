@@ -49,7 +49,9 @@ def _arg(args: list[str], flag: str) -> str:
     return args[args.index(flag) + 1]
 
 
-def test_the_references_documented_example_creates_one_job_of_its_shape(fake: Any) -> None:
+def test_the_references_documented_example_creates_one_job_of_its_shape(
+    fake: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
     from kftune import (
         HuggingFaceDatasetParams,
         HuggingFaceModelParams,
@@ -129,7 +131,9 @@ def test_the_references_documented_example_creates_one_job_of_its_shape(fake: An
     for entry in env:  # credentials only as references to Secrets
         if entry["name"].startswith("AWS_") and entry["name"] != "AWS_ENDPOINT_URL":
             assert "secretKeyRef" in entry["valueFrom"] and "value" not in entry
-    # The adapter's default location (KFP's MinIO) is on the job, and the client says it.
+    # The adapter's default location (KFP's MinIO) is printed, on the job, and the client says it.
+    assert ("the adapter of fine-tune-bert goes to "
+            "minio://mlpipeline/kftune/default/fine-tune-bert/adapter") in capsys.readouterr().out
     assert TrainingClient().get_adapter_uri("fine-tune-bert") == (
         "minio://mlpipeline/kftune/default/fine-tune-bert/adapter")
 
@@ -276,6 +280,7 @@ def test_the_job_goes_to_the_clusters_training_backend(
     training.train(**_reference_call(output_uri="s3://team-bucket/adapters/bert-yelp"))
     (job,) = fake.jobs.values()
     assert job["kind"] == created
+    assert "train[:3000]" in json.dumps(job)  # the pods' --data-source, in either kind
     fake.set_condition("default", "fine-tune-bert", done)
     training.wait_for_job_conditions("fine-tune-bert", polling_interval=0.05)
     assert training.get_adapter_uri("fine-tune-bert") == "s3://team-bucket/adapters/bert-yelp"
