@@ -259,3 +259,53 @@ def test_an_explicit_trainjob_backend_checks_its_runtime_first():
         fake.forbid_runtime_list = True  # a namespaced service account: the webhook decides
         discovery.check_runtime(fake.api_client(), "torch-tuned")
         assert fake.created == []
+
+
+# -- kftune launch --------------------------------------------------------------------------------
+
+LAUNCH = ["--namespace", NAMESPACE, "--num-workers", "2", "--model-uri", "s3://b/m",
+          "--dataset-uri", "s3://b/d", "--output-uri", "s3://b/o",
+          "--image", "registry.example.com/ml/kftune-trainer:0.1.0"]
+
+
+def write_kubeconfig(path, server):
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "test",
+        "clusters": [{"name": "fake", "cluster": {"server": server}}],
+        "users": [{"name": "me", "user": {"token": "not-a-secret"}}],
+        "contexts": [{"name": "test", "context": {"cluster": "fake", "user": "me"}}],
+    }))
+    return path
+
+
+@pytest.mark.parametrize("serves, kind", [
+    (("trainjobs",), "TrainJob"), (("pytorchjobs",), "PyTorchJob"),
+    (("pytorchjobs", "trainjobs"), "TrainJob"),
+], ids=["v2 cluster", "v1 cluster", "both"])
+def test_kftune_launch_auto_dry_run_prints_the_kind_the_cluster_serves(
+        tmp_path, monkeypatch, capsys, serves, kind):
+    from kftune.components.train_lora.step.cli import launch_main
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    with FakeKubernetes(serves=serves) as fake:
+        monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", fake.url)))
+        assert launch_main(["--dry-run", "--backend", "auto", *LAUNCH]) == 0
+        assert fake.created == []
+    assert yaml.safe_load(capsys.readouterr().out)["kind"] == kind
+
+
+def test_kftune_launch_creates_and_follows_a_trainjob(fake, tmp_path, monkeypatch, capsys,
+                                                     caplog):
+    from kftune.components.train_lora.step.cli import launch_main
+
+    caplog.set_level("INFO")
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", str(write_kubeconfig(tmp_path / "config", fake.url)))
+    fake.on_create = complete
+
+    assert launch_main(["--backend", "trainjob", *LAUNCH]) == 0
+
+    (name,) = fake.created
+    assert fake.job(NAMESPACE, name)["kind"] == "TrainJob"
+    assert f"TrainJob {NAMESPACE}/{name} succeeded" in caplog.text
+    assert "kftune launch:" not in capsys.readouterr().err
