@@ -208,8 +208,7 @@ def run_training(
         data_dir: local directory of the Dataset artifact.
         data_uri: its URI in the artifact store.
         adapter_dir: local directory of the output Model artifact (the adapter).
-        adapter_uri: its URI in the artifact store (node rank 0 uploads there; the job name is
-            derived from it).
+        adapter_uri: its URI in the artifact store (node rank 0 uploads there; it names the job).
         metrics: the KFP Metrics artifact (anything with `log_metric(name, value)`), or None.
         task: `causal-lm` or `sequence-classification`.
         training_parameters: TrainingArguments fields (+ kftune extras).
@@ -220,8 +219,8 @@ def run_training(
         backend: `auto`, `kubernetes` (PyTorchJob), `trainjob` (TrainJob) or `local`.
         image: trainer image; empty for kftune's.
         timeout_minutes: longest the training may take.
-        kubernetes_options: the other job settings (see `options.KUBERNETES_OPTION_KEYS`); only
-            its `env` reaches the local backend's nodes, the others are refused there.
+        kubernetes_options: the other job settings (`options.KUBERNETES_OPTION_KEYS`; locally
+            only `env`, the others are refused).
         api_client: a `kubernetes.client.ApiClient`; None to use the in-cluster configuration.
 
     Returns:
@@ -232,32 +231,24 @@ def run_training(
         RuntimeError: when training fails (with the failing worker's last log lines).
         TimeoutError: when it takes longer than `timeout_minutes` (the job is deleted).
     """
-    # KFP carries dict parameters as protobuf Structs, whose numbers are all doubles: {"r": 8}
-    # arrives as {"r": 8.0}. Whole numbers are turned back into ints before checking them.
-    training_parameters = whole_numbers_as_ints(training_parameters)
-    input_problems = _check_inputs(model_dir, data_dir, task)
-    if not input_problems:  # the artifacts are readable: check what they allow
-        training_parameters, fitted = inputs.fit_max_seq_length(training_parameters, model_dir)
-        input_problems += fitted
-        if task == "sequence-classification":
-            input_problems += inputs.class_problems(data_dir)
-    if choose_backend(backend) == "local":
-        input_problems += inputs.local_process_problems(num_workers, num_procs_per_worker)
+    # KFP carries dict parameters as protobuf Structs, whose numbers are all doubles ({"r": 8}
+    # arrives as {"r": 8.0}): whole numbers become ints again before they are checked.
+    training_parameters, input_problems = _input_problems(
+        model_dir, data_dir, task, whole_numbers_as_ints(training_parameters),
+        local=choose_backend(backend) == "local", nodes=(num_workers, num_procs_per_worker),
+    )
+    pod_uris = {"model": model_uri, "train_data": data_uri, "adapter": adapter_uri}
     chosen = plan(
         task=task,
         training_parameters=training_parameters,
         lora_config=whole_numbers_as_ints(lora_config),
-        num_workers=num_workers,
-        num_procs_per_worker=num_procs_per_worker,
+        num_workers=num_workers, num_procs_per_worker=num_procs_per_worker,
         resources_per_worker=whole_numbers_as_ints(resources_per_worker),
         backend=backend,
         image=image,
         timeout_minutes=timeout_minutes,
         kubernetes_options=whole_numbers_as_ints(kubernetes_options),
-        uris=(
-            None if choose_backend(backend) == "local"
-            else {"model": model_uri, "train_data": data_uri, "adapter": adapter_uri}
-        ),
+        uris=None if choose_backend(backend) == "local" else pod_uris,
         extra_problems=tuple(input_problems),
     )
     if chosen.backend == "local":
@@ -268,6 +259,26 @@ def run_training(
         result = _run_kubernetes(chosen, io, adapter_dir, api_client)
     _log_metrics(metrics, result)
     return result
+
+
+def _input_problems(
+    model_dir: str, data_dir: str, task: str, training_parameters: Mapping[str, Any], *,
+    local: bool, nodes: tuple[Any, Any],
+) -> tuple[Mapping[str, Any], list[str]]:
+    """What the input artifacts (and, for the local backend, this host) allow.
+
+    Returns:
+        The training parameters (`max_seq_length` fitted to the model) and the problems.
+    """
+    problems = _check_inputs(model_dir, data_dir, task)
+    if not problems:  # the artifacts are readable: check what they allow
+        training_parameters, fitted = inputs.fit_max_seq_length(training_parameters, model_dir)
+        problems += fitted
+        if task == "sequence-classification":
+            problems += inputs.class_problems(data_dir)
+    if local:
+        problems += inputs.local_process_problems(*nodes)
+    return training_parameters, problems
 
 
 def whole_numbers_as_ints(value: Any) -> Any:
