@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import datetime as dt
 import fcntl
 import itertools
@@ -14,6 +15,7 @@ import re
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -389,6 +391,18 @@ QUIET_STEP_ENV = {
 }
 
 
+@contextlib.contextmanager
+def _step_environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` in the environment the steps inherit, where not set already, for the block."""
+    added = {name: value for name, value in values.items() if name not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for name in added:
+            os.environ.pop(name, None)
+
+
 def run_pipeline(
     arguments: dict[str, Any],
     overrides: dict[str, Any],
@@ -443,9 +457,6 @@ def _run_in(
     logger.info("Output directory: %s", output_dir)
     for name, value in overrides.items():
         logger.info("Parameter %s = %s", name, json.dumps(value))
-    if not debug:
-        for name, value in QUIET_STEP_ENV.items():
-            os.environ.setdefault(name, value)
     local.init(
         runner=local.SubprocessRunner(use_venv=False),
         pipeline_root=str(output_dir / "artifacts"),
@@ -460,7 +471,7 @@ def _run_in(
     tail = _OutputTail(sys.stdout, quiet=not debug)
     sys.stdout = tail
     try:
-        with stop_on_signal():
+        with stop_on_signal(), _step_environment({} if debug else QUIET_STEP_ENV):
             task = pipeline(**overrides)
     except RunStopped as stopped:
         run_dir.mark_incomplete(f"stopped by {stopped}")

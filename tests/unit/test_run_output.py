@@ -153,7 +153,7 @@ lock = open(sys.argv[1], "a+")
 fcntl.flock(lock, fcntl.LOCK_EX)
 lock.write("pid 4242, started now UTC\\n"); lock.flush()
 print("locked", flush=True)
-time.sleep(60)
+time.sleep(3600)  # until the fixture kills it
 """
 
 
