@@ -60,6 +60,8 @@ class RunSummary:
     kftune_version: str = __version__
     merged_model_dir: Path | None = None
     """The merged model (export_model's output) when the run had `merge` on."""
+    would_register: list[dict[str, Any]] | None = None
+    """What register_model records for these artifacts: name, version, URI, format, metadata."""
 
     @classmethod
     def from_dict(cls, summary: dict[str, Any]) -> RunSummary:

@@ -29,6 +29,7 @@ def compile_targets() -> dict[str, Any]:
     from ..components.download_model.component import download_model
     from ..components.evaluate.component import evaluate
     from ..components.export_model.component import export_model
+    from ..components.register_model.component import register_model
     from ..components.train_lora.component import train_lora
     from .lora_finetune import lora_finetune_pipeline
 
@@ -39,6 +40,7 @@ def compile_targets() -> dict[str, Any]:
         ("train_lora", train_lora),
         ("evaluate", evaluate),
         ("export_model", export_model),
+        ("register_model", register_model),
     ):
         targets[f"{COMPONENTS_DIR}/{name}.yaml"] = component
     return targets

@@ -1,7 +1,7 @@
 """The LoRA fine-tuning pipeline: download data and model, fine-tune, compare with the base model.
 
     download_dataset ─┐
-                      ├─> train_lora ─> evaluate ─> [merge] export_model
+                      ├─> train_lora ─> evaluate ─> [merge] export_model ─> [register] register
     download_model ───┘
 
 Every pipeline parameter is a field of the KFP UI's run form; the defaults are kftune's demo (a
@@ -22,10 +22,13 @@ from ..components.download_dataset.component import download_dataset
 from ..components.download_model.component import download_model
 from ..components.evaluate.component import evaluate
 from ..components.export_model.component import export_model
+from ..components.register_model.component import register_model
 from ..components.train_lora.component import train_lora
 from ..components.train_lora.step.spec import DEFAULT_TIMEOUT_MINUTES
 
 PIPELINE_NAME = "lora-finetune"
+# Kubeflow's Model Registry Service as its manifests install it (namespace kubeflow).
+REGISTRY_ADDRESS = "http://model-registry-service.kubeflow.svc.cluster.local:8080"
 
 DEMO_MODEL_URI = demo.DEMO_MODEL_URI
 DEMO_DATASET_URI = demo.DEMO_CORPUS_URI
@@ -126,6 +129,11 @@ Args:
         "Exists", "effect": "NoSchedule"}]`.
     merge: Also merge the adapter into the base model (export_model): full bf16
         safetensors in Hugging Face layout, checked against base + adapter.
+    register: Register the adapter (and the merged model) in the Kubeflow Model Registry.
+    registry_address: The Model Registry's REST address (with `register`).
+    registered_model_name: Registered model name of the adapter; the merged model is
+        `<name>-merged`.
+    model_version: Version name in the registry; empty for the KFP run's name.
 """
 
 
@@ -176,6 +184,10 @@ def make_pipeline(
         node_selector: dict = {},  # noqa: B006
         tolerations: list = [],  # noqa: B006
         merge: bool = False,
+        register: bool = False,
+        registry_address: str = REGISTRY_ADDRESS,
+        registered_model_name: str = "kftune-lora",
+        model_version: str = "",
     ) -> PipelineOutputs:
         # locals(): the pipeline's parameters (KFP channels while the pipeline is built).
         return _add_steps(locals(), download_retries=download_retries, pvc_claims=pvc_claims)
@@ -240,19 +252,45 @@ def _add_after_training(arguments: Mapping[str, Any], model_task: Any, train_tas
                         eval_task: Any) -> list[Any]:
     """The optional steps after evaluation, each behind its switch; returns the steps added.
 
-    With `merge` on, export_model merges the adapter into the base model (the evaluation's
-    metrics go into its manifest). The switch is a run parameter, so the compiled pipeline
-    holds the step inside a `dsl.If`.
+    `merge`: export_model merges the adapter into the base model (the evaluation's metrics go
+    into its manifest). `register`: register_model records the adapter, and the merged model
+    when there is one, in the Model Registry. The switches are run parameters, so the compiled
+    pipeline holds the steps inside `dsl.If` groups: a registration of the merged model inside
+    the merge group, one of the adapter alone in its `dsl.Else`.
     """
+    adapter = train_task.outputs["adapter"]
     with dsl.If(arguments["merge"] == True, name="merge"):  # noqa: E712 (a KFP condition)
         export_task = export_model(
             base_model=model_task.outputs["model"],
-            adapter=train_task.outputs["adapter"],
+            adapter=adapter,
             eval_metrics=eval_task.outputs["metrics"],
             task=arguments["task"],
         ).set_display_name("Merge adapter into the base model")
         export_task.set_caching_options(False)
-    return [export_task]
+        with dsl.If(arguments["register"] == True, name="register"):  # noqa: E712
+            register_both = _register(arguments, adapter, eval_task,
+                                      merged_model=export_task.outputs["merged_model"])
+    with dsl.Else(name="adapter only"):
+        with dsl.If(arguments["register"] == True, name="register adapter"):  # noqa: E712
+            register_adapter = _register(arguments, adapter, eval_task)
+    return [export_task, register_both, register_adapter]
+
+
+def _register(arguments: Mapping[str, Any], adapter: Any, eval_task: Any,
+              merged_model: Any = None) -> Any:
+    extra = {"merged_model": merged_model} if merged_model is not None else {}
+    task = register_model(
+        adapter=adapter,
+        eval_metrics=eval_task.outputs["metrics"],
+        registry_address=arguments["registry_address"],
+        model_name=arguments["registered_model_name"],
+        version=arguments["model_version"],
+        pipeline_run_id=dsl.PIPELINE_JOB_ID_PLACEHOLDER,
+        pipeline_run_name=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        **extra,
+    ).set_display_name("Register in the Model Registry")
+    task.set_caching_options(False)
+    return task
 
 
 def _add_downloads(arguments: Mapping[str, Any], download_retries: int) -> tuple[Any, Any]:

@@ -104,7 +104,32 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"report     : {summary['report']}")
     if summary.get("merged_model_dir"):
         lines.append(f"merged     : {summary['merged_model_dir']}")
+    for entry in summary.get("would_register") or []:
+        lines.append(f"registers  : {entry['name']}:{entry['version']} ({entry['format']}) "
+                     f"{entry['uri']}")
     return "\n".join(lines)
+
+
+def registration_preview(arguments: dict[str, Any], metrics: dict[str, Any], adapter_dir: Path,
+                         merged: Path | None, run_name: str) -> list[dict[str, Any]] | None:
+    """What register_model would record for this run's artifacts (None: not computable)."""
+    from ..components.register_model import registry
+
+    try:
+        target = registry.RegistryTarget(
+            server_address=arguments["registry_address"],
+            model_name=arguments["registered_model_name"],
+            version=arguments["model_version"] or run_name)
+        entries = registry.registration_plan(
+            str(adapter_dir), str(adapter_dir), target, eval_metrics=metrics,
+            merged_dir=str(merged) if merged else None, merged_uri=str(merged) if merged else None,
+            run={"run_name": run_name})
+    except (ValueError, KeyError, OSError) as error:
+        logger.debug("no registration preview: %s", error)
+        return None
+    return [{"name": entry["name"], "version": entry["version"], "uri": entry["uri"],
+             "format": entry["model_format_name"], "metadata": entry["metadata"]}
+            for entry in entries]
 
 
 def merged_model_dir(artifacts: Path) -> Path | None:
@@ -512,6 +537,9 @@ def _run_in(
         "arguments": arguments,
         **summary,
         "merged_model_dir": str(merged) if merged else None,
+        "would_register": registration_preview(
+            arguments, dict(outputs["metrics"].metadata), Path(outputs["adapter"].path), merged,
+            output_dir.name),
     }
     run_dir.complete(summary)
     return summary

@@ -32,6 +32,13 @@ def test_kftune_run_with_merge_exports_the_demo_model(tmp_path: Path) -> None:
     assert manifest["merged_from"]["eval_metrics"]["tuned_accuracy"] == summary["tuned"][
         "accuracy"]
     assert f"merged     : {merged}" in completed.stdout
+    # What register_model would record, shown without a registry.
+    planned = {(entry["name"], entry["format"]): entry for entry in summary["would_register"]}
+    assert sorted(planned) == [("kftune-lora", "peft-lora"), ("kftune-lora-merged", "huggingface")]
+    assert planned[("kftune-lora-merged", "huggingface")]["uri"] == str(merged)
+    assert planned[("kftune-lora", "peft-lora")]["metadata"]["eval_tuned_accuracy"] == summary[
+        "tuned"]["accuracy"]
+    assert "registers  : kftune-lora-merged:" in completed.stdout
 
     from transformers import AutoModelForSequenceClassification
 

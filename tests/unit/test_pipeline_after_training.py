@@ -12,30 +12,69 @@ def pipeline_spec() -> dict[str, Any]:
     return next(yaml.safe_load_all(compiling.compile_all()[compiling.PIPELINE_FILE]))
 
 
-def _group(spec: dict[str, Any], switch: str) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The `dsl.If` group task named after `switch` and the tasks inside it."""
-    (name, group), = [(name, task) for name, task in spec["root"]["dag"]["tasks"].items()
-                      if task["taskInfo"]["name"] == switch]
+def _dags(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [spec["root"]["dag"]] + [component["dag"] for component in spec["components"].values()
+                                    if "dag" in component]
+
+
+def _group(spec: dict[str, Any], display_name: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The `dsl.If`/`dsl.Else` group task shown as `display_name` and the tasks inside it."""
+    (group,) = [task for dag in _dags(spec) for task in dag["tasks"].values()
+                if task["taskInfo"]["name"] == display_name]
     return group, spec["components"][group["componentRef"]["name"]]["dag"]["tasks"]
 
 
-def test_switches_default_off(pipeline_spec: dict[str, Any]) -> None:
-    parameters = pipeline_spec["root"]["inputDefinitions"]["parameters"]
-    assert parameters["merge"]["defaultValue"] is False
-    assert parameters["merge"]["parameterType"] == "BOOLEAN"
+def _wired(task: dict[str, Any]) -> dict[str, str]:
+    return {name: value["componentInputArtifact"]
+            for name, value in task["inputs"]["artifacts"].items()}
+
+
+SWITCHES = [("merge", "BOOLEAN", False), ("register", "BOOLEAN", False),
+            ("registry_address", "STRING",
+             "http://model-registry-service.kubeflow.svc.cluster.local:8080"),
+            ("registered_model_name", "STRING", "kftune-lora"), ("model_version", "STRING", "")]
+
+
+@pytest.mark.parametrize(("name", "kind", "default"), SWITCHES, ids=[s[0] for s in SWITCHES])
+def test_switches_default_off(pipeline_spec: dict[str, Any], name: str, kind: str,
+                              default: Any) -> None:
+    parameter = pipeline_spec["root"]["inputDefinitions"]["parameters"][name]
+    assert (parameter["parameterType"], parameter["defaultValue"]) == (kind, default)
 
 
 def test_merge_runs_export_model_on_the_evaluated_adapter(pipeline_spec: dict[str, Any]) -> None:
     group, tasks = _group(pipeline_spec, "merge")
     assert group["triggerPolicy"]["condition"] == (
         "inputs.parameter_values['pipelinechannel--merge'] == true")
-    assert sorted(group["dependentTasks"]) == ["download-model", "evaluate", "train-lora"]
     export = tasks["export-model"]
     assert export["taskInfo"]["name"] == "Merge adapter into the base model"
-    wired = {name: value["componentInputArtifact"]
-             for name, value in export["inputs"]["artifacts"].items()}
-    assert wired == {"adapter": "pipelinechannel--train-lora-adapter",
-                     "base_model": "pipelinechannel--download-model-model",
-                     "eval_metrics": "pipelinechannel--evaluate-metrics"}
+    assert _wired(export) == {"adapter": "pipelinechannel--train-lora-adapter",
+                              "base_model": "pipelinechannel--download-model-model",
+                              "eval_metrics": "pipelinechannel--evaluate-metrics"}
     assert export["inputs"]["parameters"]["task"] == {"componentInputParameter":
                                                       "pipelinechannel--task"}
+
+
+@pytest.mark.parametrize(("group_name", "merged"), [("register", True),
+                                                    ("register adapter", False)])
+def test_register_records_what_exists(pipeline_spec: dict[str, Any], group_name: str,
+                                      merged: bool) -> None:
+    group, tasks = _group(pipeline_spec, group_name)
+    assert group["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--register'] == true")
+    (register,) = tasks.values()
+    wired = _wired(register)
+    assert wired["adapter"] == "pipelinechannel--train-lora-adapter"
+    assert wired["eval_metrics"] == "pipelinechannel--evaluate-metrics"
+    assert ("merged_model" in wired) is merged
+    parameters = register["inputs"]["parameters"]
+    assert parameters["pipeline_run_name"]["runtimeValue"]["constant"] == (
+        "{{$.pipeline_job_name}}")
+    assert parameters["model_name"] == {"componentInputParameter":
+                                        "pipelinechannel--registered_model_name"}
+
+
+def test_adapter_only_branch_is_the_merge_else(pipeline_spec: dict[str, Any]) -> None:
+    group, _ = _group(pipeline_spec, "adapter only")
+    assert group["triggerPolicy"]["condition"] == (
+        "!(inputs.parameter_values['pipelinechannel--merge'] == true)")

@@ -1,0 +1,1 @@
+"""register_model: the adapter (and the merged model) in the Kubeflow Model Registry."""
