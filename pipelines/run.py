@@ -145,6 +145,7 @@ _STEP_INDENT = "    "
 _KFP_LOG_LINE = re.compile(r"^\d\d:\d\d:\d\d\.\d+ - ")
 _SEPARATOR = re.compile(r"^-{20,}$")
 _NODE_LINE = re.compile(r"\[node-(\d+)\] (.*)$")
+_RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?")
 # torch.distributed.elastic's glog-style lines ("E1202 04:04:07.629000 21761 torch/...").
 _TORCH_ELASTIC_LINE = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ \d+ ")
 _LAUNCHER_NOTES = ("Looking for component `", 'Loading KFP component "',
@@ -153,6 +154,11 @@ _LAUNCHER_NOTES = ("Looking for component `", 'Loading KFP component "',
 
 def _strip_ansi(text: str) -> str:
     return _ANSI.sub("", text)
+
+
+def _node_content(node: re.Match[str]) -> str:
+    """A node's line without torchrun's `[rank<N>]: ` prefix of a worker's own output."""
+    return _RANK_PREFIX.sub("", node.group(2))
 
 
 class QuietFilter:
@@ -182,7 +188,7 @@ class QuietFilter:
             self._state = ""
         node = _NODE_LINE.search(line)
         if self._state.startswith("node-") and node and node.group(1) == self._node:
-            return self._keep_node_line(node.group(2))
+            return self._keep_node_line(_node_content(node))
         self._state = ""
         if "Got executor_input:" in line:
             self._state = "json"
@@ -196,7 +202,7 @@ class QuietFilter:
             self._state = "traceback"
             return False
         if node:
-            content = node.group(2)
+            content = _node_content(node)
             if content.startswith("Traceback (most recent call last):"):
                 self._state, self._node = "node-traceback", node.group(1)
                 return False

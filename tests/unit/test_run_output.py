@@ -125,6 +125,12 @@ QUIET_CASES = [
         f"{EXECUTOR}[node-1] step 2/4 (50.0%) | loss 1.0",
     ], [f"{EXECUTOR}[node-0] step 1/4 (25.0%) | loss 1.1",
         f"{EXECUTOR}[node-1] step 2/4 (50.0%) | loss 1.0"]),
+    QuietCase("a worker's own traceback (torchrun's [rankN]: prefix) is hidden", [
+        f"{EXECUTOR}[node-0] [rank0]: Traceback (most recent call last):",
+        f'{EXECUTOR}[node-0] [rank0]:   File "trainer.py", line 884, in <module>',
+        f"{EXECUTOR}[node-0] [rank0]: RuntimeError: Connection closed by peer",
+        f"{EXECUTOR}[node-1] step 3/4 (75.0%) | loss 0.9",
+    ], [f"{EXECUTOR}[node-1] step 3/4 (75.0%) | loss 0.9"]),
 ]
 
 
