@@ -1,9 +1,11 @@
 """The local backend end to end: 2 "nodes" x 2 processes on CPU through the real trainer."""
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -200,4 +202,42 @@ def test_a_full_disk_is_named_in_the_first_line(artifacts, small_disk):
     assert "No space left on device" in first
     assert first.endswith("-- the disk is full: free space on it, or point the run's output "
                           "elsewhere"), first
+    assert not Path(args["adapter_dir"]).exists()
+
+
+STEP = """
+import json, logging, sys
+logging.basicConfig(level=logging.INFO)
+from kftune.components.train_lora.step.launch import run_training
+run_training(**json.loads(sys.argv[1]))
+"""
+
+
+def test_sigterm_of_the_step_stops_its_nodes(artifacts, tmp_path):
+    """The KFP step (what a cluster's pod runs) with the local backend, stopped by SIGTERM."""
+    import psutil
+
+    args = training(artifacts, tmp_path, metrics=None,
+                    training_parameters={**PARAMETERS, "max_steps": 100_000})
+    log = tmp_path / "step.log"
+    with log.open("w") as handle:
+        step = subprocess.Popen([sys.executable, "-c", STEP, json.dumps(args)], stdout=handle,
+                                stderr=subprocess.STDOUT)
+    tree = []
+    try:
+        deadline = time.monotonic() + 600
+        while "step 1/100000" not in log.read_text() and time.monotonic() < deadline:
+            assert step.poll() is None, log.read_text()[-3000:]
+            time.sleep(0.5)
+        tree = psutil.Process(step.pid).children(recursive=True)
+        assert sum("pod.trainer" in " ".join(child.cmdline()) for child in tree) >= 6, tree
+        step.terminate()
+        assert step.wait(timeout=120) == 143, log.read_text()[-3000:]
+        _, alive = psutil.wait_procs(tree, timeout=5)
+        assert [child for child in alive if child.status() != psutil.STATUS_ZOMBIE] == []
+    finally:
+        for child in [step, *tree]:
+            with contextlib.suppress(Exception):
+                child.kill()
+    assert "cancelled: deleting the training job" in log.read_text()
     assert not Path(args["adapter_dir"]).exists()

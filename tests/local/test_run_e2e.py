@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -46,7 +47,39 @@ def test_kftune_run_failing_step_is_one_line_naming_step_and_cause(tmp_path: Pat
                                "failed: InputError: `uri`"), last[-2:]
     assert str(tmp_path / "missing.csv") in last[-2]
     assert last[-1].startswith("hint:")
-    assert "Traceback" not in completed.stderr
+    assert "Traceback" not in completed.stderr + completed.stdout
+
+
+def test_kftune_run_killed_trainer_is_one_line_naming_rank_and_signal(tmp_path: Path) -> None:
+    from kftune.components.common.demo import tiny_causal_lm
+
+    model_dir = tiny_causal_lm(tmp_path / "tiny")
+    data = tmp_path / "qa.jsonl"
+    data.write_text("".join(json.dumps({"question": f"What is {number}?", "answer": f" {number}."})
+                            + "\n" for number in range(40)))
+    completed = subprocess.run(
+        [sys.executable, "-m", "kftune.pipelines.cli", "run", "--output-dir", str(tmp_path / "r"),
+         "--task", "causal-lm", "--model-uri", str(model_dir), "--dataset-uri", str(data),
+         "--column-mapping", '{"prompt": "question", "completion": "answer"}',
+         "--eval-fraction", "0.1", "--num-workers", "2",
+         "--lora-config", '{"r": 4, "lora_alpha": 8, "target_modules": "all-linear"}',
+         "--training-parameters", '{"max_steps": 4, "per_device_train_batch_size": 4}',
+         "--kubernetes-options", json.dumps({"backoff_limit": 0, "env": {
+             "KFTUNE_DEBUG_KILL_AT_STEP": "2", "KFTUNE_DEBUG_KILL_RANK": "1"}})],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert completed.returncode == 1, completed.stdout[-3000:] + completed.stderr[-3000:]
+    last = completed.stderr.strip().splitlines()
+    assert re.fullmatch(
+        r"kftune run: error: the pipeline failed: step 'train-lora' failed: RuntimeError: "
+        r"training failed on node 1 of 2: trainer rank 1 \(pid \d+\) was killed by SIGKILL "
+        r"\(out of memory, or killed from outside\)", last[-2]), last[-2:]
+    assert last[-1].startswith("hint: re-run with --debug")
+    # No traceback of the executor, torchrun or the surviving rank before that line.
+    assert "Traceback" not in completed.stderr + completed.stdout
+    assert "ChildFailedError" not in completed.stdout
 
 
 def test_kftune_run_causal_lm_on_a_tiny_model(tmp_path: Path) -> None:
