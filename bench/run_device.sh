@@ -78,6 +78,26 @@ case $phase in
     $B --runs kftune --shapes 8b --lora r16all --gpus 4 --topologies 2nodes --steps 40
     $B --runs kftune --shapes 1b --lora r8qv --gpus 1,4 --topologies 1node,2nodes --steps 40
     ;;
+  s7a)  # session 4 (1 GPU lent): the GPU tests (fast path vs the plain HF forward; DDP and FSDP2
+         # on 1 GPU), 8B r16all kftune vs reference after the trainer split, and kftune with the
+         # base sharded by FSDP2 over a mesh of one GPU (the sharded code path; no memory saved)
+    python3 -m pytest -v -s -m gpu tests/gpu -p no:cacheprovider
+    $B --runs kftune,reference --shapes 8b --lora r16all --steps 20
+    $B --runs kftune --shapes 8b --lora r16all --steps 20 --tag fsdp1 \
+       --kftune-extra '{\"fsdp\": \"full_shard\"}'
+    ;;
+  s7b|s7c)  # s7c: without the tests. Session 4: the 1-GPU trainer tests (DDP and FSDP2; they need the demo corpus wheel),
+         # then QLoRA 8B r16all on 1 GPU, kftune vs HF Trainer + PEFT + bitsandbytes (the reference
+         # recipe with a 4-bit base); kftune compiled first, eager if compiling fails
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ../whl/*.whl
+    export PYTHONPATH=/tmp/site:\$PYTHONPATH
+    [ "$phase" = s7b ] && python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -k 'one_gpu' -p no:cacheprovider
+    Q='{\"quantization\": {\"load_in_4bit\": true, \"bnb_4bit_quant_type\": \"nf4\", \"bnb_4bit_compute_dtype\": \"bfloat16\", \"bnb_4bit_use_double_quant\": true}}'
+    $B --runs kftune,reference-qlora --shapes 8b --lora r16all --steps \${QSTEPS:-20} --tag qlora --kftune-extra \"\$Q\"
+    if grep '\"tag\": \"qlora\"' $OUT/results.jsonl | grep -q '\"error\"'; then
+      KFTUNE_COMPILE=0 $B --runs kftune --shapes 8b --lora r16all --steps 20 --tag qlora --kftune-extra \"\$Q\"
+    fi
+    ;;
   gputests)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:\$PYTHONPATH python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -p no:cacheprovider

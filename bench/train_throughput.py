@@ -30,6 +30,9 @@ sys.path.insert(0, str(HERE))
 import synth  # noqa: E402
 
 REF_MICRO_BATCH = {"1b": 8, "8b": 4}
+# BitsAndBytesConfig of both QLoRA runs (kftune gets it as `training_parameters.quantization`).
+QLORA = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16",
+         "bnb_4bit_use_double_quant": True}
 NCCL_SAFE_ENV = {
     "NCCL_NVLS_ENABLE": "0",
     "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1",
@@ -250,7 +253,19 @@ def cmd_reference(args):
         counts.append(int(batch["attention_mask"].sum()))
         return batch
 
-    model = _model_for(args.shape, torch.float32, args.model_dir)  # operator: fp32 load
+    if args.quant:
+        # The common QLoRA recipe: bitsandbytes NF4 with double quantization, bf16 compute,
+        # PEFT's prepare_model_for_kbit_training (without gradient checkpointing: memory is
+        # not short on this GPU, and recomputation would only slow the peer down).
+        from peft import prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model_dir, dtype=torch.bfloat16, device_map="cuda",
+            quantization_config=BitsAndBytesConfig(**QLORA))
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        model = _model_for(args.shape, torch.float32, args.model_dir)  # operator: fp32 load
     lora = synth.LORA_CONFIGS[args.lora]
     model = get_peft_model(model, LoraConfig(task_type="CAUSAL_LM", **lora))
     lora_params = sum(p.numel() for p in model.parameters() if p.requires_grad)
@@ -301,6 +316,7 @@ def cmd_reference(args):
     trainer.train()
     result = {
         "kind": "reference",
+        "tag": "qlora" if args.quant else "",
         "shape": args.shape,
         "lora": args.lora,
         "gpus": 1,
@@ -755,7 +771,7 @@ def table(out: Path | None) -> None:
         if line.strip()
     ]
     ref = {
-        (r["shape"], r["lora"]): r
+        (r["shape"], r["lora"], r.get("tag") or ""): r
         for r in rows
         if r.get("kind") == "reference" and "tokens_per_s" in r
     }
@@ -763,6 +779,7 @@ def table(out: Path | None) -> None:
         (r["shape"], r["lora"]): r
         for r in rows
         if r.get("kind") == "kftune" and r.get("gpus") == 1 and "tokens_per_s_per_gpu" in r
+        and not r.get("tag")
     }
     header = (
         "run",
@@ -784,7 +801,8 @@ def table(out: Path | None) -> None:
         if r.get("kind") not in ("reference", "fastpath", "kftune"):
             continue
         tps = r.get("tokens_per_s_per_gpu")
-        base = ref.get((r.get("shape"), r.get("lora")))
+        key = (r.get("shape"), r.get("lora"))
+        base = ref.get((*key, r.get("tag") or "")) or ref.get((*key, ""))
         ratio = (
             f"{tps / base['tokens_per_s']:.2f}" if tps and base and r["kind"] != "reference" else ""
         )
@@ -876,6 +894,7 @@ def main(argv=None):
     parser.add_argument("--micro-batch", type=int, default=0)
     parser.add_argument("--model-dir")
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--quant", action="store_true", help="reference: 4-bit QLoRA")
     args = parser.parse_args(argv)
     args.scratch = args.scratch or args.work / "scratch"
     args.scratch.mkdir(parents=True, exist_ok=True)
@@ -901,7 +920,7 @@ def main(argv=None):
     log("dataset:", synth.write_dataset(args.work / "data", args.rows), "GPUs:", total_gpus)
     if "env" in runs:
         run_jobs(args, [worker_job(args, "_env", "env")], total_gpus)
-    if "kftune" in runs:
+    if "kftune" in runs or "reference-qlora" in runs:
         run_jobs(args, [write_model_job(args, shape) for shape in shapes], total_gpus)
     single: list[Job] = []
     pairs = [(shape, lora) for shape in reversed(shapes) for lora in reversed(loras)]
@@ -911,6 +930,11 @@ def main(argv=None):
         if "reference" in runs:
             single.append(
                 worker_job(args, "_reference", f"reference-{shape}-{lora}", shape=shape, lora=lora)
+            )
+        if "reference-qlora" in runs:
+            single.append(
+                worker_job(args, "_reference", f"reference-qlora-{shape}-{lora}", shape=shape,
+                           lora=lora, quant=True, **{"model-dir": args.work / f"model-{shape}"})
             )
         if "fastpath-eager" in runs:
             single.append(

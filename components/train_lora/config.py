@@ -44,6 +44,7 @@ from typing import Any
 
 from ..common.errors import Problems
 from ..common.tasks import TASKS, Task, check_task
+from . import parallelism
 
 Check = Callable[[str, Any], "str | None"]
 
@@ -336,6 +337,22 @@ class TrainingSettings:
         "Round each micro-batch's row length up to a multiple of this (fewer shapes for the GPU "
         "kernels); the padding carries no loss and is not counted in the token figures.",
         kftune=True)
+    fsdp: str | list[str] = setting(
+        "", parallelism.check_fsdp,
+        "Shard the frozen base per layer over the job's GPUs (FSDP2) instead of one copy per GPU: "
+        "\"full_shard\", \"shard_grad_op\", \"hybrid_shard\" (shard in a node, replicate across "
+        "nodes), \"hybrid_shard_zero2\", with or without \"auto_wrap\"; \"auto\": DDP when one "
+        "copy fits a GPU, else full_shard; \"\" or \"no_shard\": DDP.")
+    fsdp_config: dict[str, Any] | None = setting(
+        None, parallelism.check_fsdp_config,
+        "FSDP settings that apply to LoRA: reshard_after_forward, activation_checkpointing, "
+        "transformer_layer_cls_to_wrap (a few more accepted without effect; others refused).")
+    quantization: dict[str, Any] | None = setting(
+        None, parallelism.check_quantization,
+        "`BitsAndBytesConfig` fields to load the base in 4-bit (QLoRA), e.g. {\"load_in_4bit\": "
+        "true, \"bnb_4bit_quant_type\": \"nf4\", \"bnb_4bit_compute_dtype\": \"bfloat16\", "
+        "\"bnb_4bit_use_double_quant\": true}; needs CUDA and bitsandbytes; not with fsdp.",
+        kftune=True)
 
     @classmethod
     def from_parameters(cls, training_parameters: Mapping[str, Any]) -> TrainingSettings:
@@ -362,6 +379,11 @@ class TrainingSettings:
             )
             problems.raise_if_any()
         return self.global_batch_size // per_step
+
+    @property
+    def parallelism(self) -> parallelism.Parallelism:
+        """The layout of the base model over the job's GPUs (parallelism.py)."""
+        return parallelism.resolve(dataclasses.asdict(self))
 
     @property
     def order_seed(self) -> int:
@@ -415,7 +437,6 @@ ACCEPTED_WITHOUT_EFFECT: dict[str, Accepted] = {
     "fp16": Accepted(_off(False, why="use bf16"), "only false"),
     "torch_compile": Accepted(_off(False), "only false"),
     "use_liger_kernel": Accepted(_off(False), "only false"),
-    "fsdp": Accepted(_off("", None, [], why=_DATA_PARALLEL), "only off"),
     "deepspeed": Accepted(_off(None, why=_DATA_PARALLEL), "only null"),
     "auto_find_batch_size": Accepted(_off(False), "only false"),
     "load_best_model_at_end": Accepted(_off(False), "only false"),
@@ -634,6 +655,7 @@ def _cross_field_problems(training_parameters: Mapping[str, Any], task: str | No
             "(global_batch_size derives the accumulation steps from the world size)"
         )
     problems.extend(_token_budget_problems(training_parameters, task))
+    problems.extend(parallelism.cross_problems(training_parameters))
     return problems
 
 

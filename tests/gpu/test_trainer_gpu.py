@@ -114,3 +114,69 @@ def test_two_nodes_four_gpus_operator_environment(job, tmp_path):
         assert process.returncode == 0, stdout[-4000:]
         outputs.append(stdout)
     check_outputs(tmp_path, outputs[0], world_size=4)
+
+
+@pytest.mark.gpu(count=1)
+@pytest.mark.parametrize("fsdp", ["", "full_shard"], ids=["ddp", "fsdp2 (a mesh of one)"])
+def test_one_gpu_token_budget_ddp_and_sharded(tmp_path, fsdp):
+    """The fast path (varlen, chunked loss, compiled layers) under DDP and under FSDP2 on 1 GPU."""
+    config = write_job(tmp_path, {**BY_TOKENS, "fsdp": fsdp})
+    payload = json.loads(config.read_text())
+    config.write_text(json.dumps({**payload, "merge": False}))
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "1",
+         "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", TRAINER,
+         "--config", str(config)],
+        env=torchrun_env.clean_env(KFTUNE_DEBUG_SEEN_DIR=str(tmp_path / "seen")),
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert ("FSDP2: 2 FSDPLlamaDecoderLayer units sharded over (1,)" in result.stdout) == bool(fsdp)
+    assert "torch.compile x" in result.stdout  # the first step's note: the layers compiled
+    metrics = json.loads((tmp_path / "out" / "final" / "metrics.json").read_text())
+    losses = [loss for _, loss in metrics["train_loss"]]
+    assert metrics["examples_seen"] == 128 and losses[-1] < losses[0], losses
+    (tmp_path / "losses.json").write_text(json.dumps(losses))
+    print(fsdp or "ddp", "losses:", [round(loss, 4) for loss in losses])
+
+
+QLORA = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16",
+         "bnb_4bit_use_double_quant": True}
+
+
+@pytest.mark.gpu(count=1)
+def test_one_gpu_qlora_and_a_prequantized_model(tmp_path):
+    """4-bit NF4 from `quantization`, then from a model directory saved already quantized."""
+    pytest.importorskip("bitsandbytes")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+    config = write_job(tmp_path, {**BY_TOKENS, "quantization": QLORA})
+    payload = {**json.loads(config.read_text()), "merge": False}
+    config.write_text(json.dumps(payload))
+    runs = {}
+    prequantized = tmp_path / "model-bnb-4bit"
+    model = AutoModelForCausalLM.from_pretrained(
+        payload["model_dir"], dtype=torch.bfloat16, device_map={"": "cuda"},
+        quantization_config=BitsAndBytesConfig(**QLORA))
+    model.save_pretrained(prequantized)
+    AutoTokenizer.from_pretrained(payload["model_dir"]).save_pretrained(prequantized)
+    manifest = json.loads((Path(payload["model_dir"]) / "manifest.json").read_text())
+    (prequantized / "manifest.json").write_text(json.dumps(manifest))
+    assert "quantization_config" in json.loads((prequantized / "config.json").read_text())
+    for name, overrides in (("qlora", {}), ("prequantized", {
+            "model_dir": str(prequantized), "training_parameters": BY_TOKENS})):
+        output = tmp_path / f"out-{name}"
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({**payload, **overrides, "output_dir": str(output)}))
+        result = subprocess.run(
+            [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "1",
+             "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", TRAINER,
+             "--config", str(path)],
+            env=torchrun_env.clean_env(), capture_output=True, text=True, timeout=600)
+        assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+        metrics = json.loads((output / "final" / "metrics.json").read_text())
+        losses = [loss for _, loss in metrics["train_loss"]]
+        assert losses[-1] < losses[0], losses
+        assert (output / "final" / "adapter_model.safetensors").is_file()
+        runs[name] = losses
+    print("qlora losses:", runs)

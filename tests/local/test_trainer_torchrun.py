@@ -273,16 +273,26 @@ def test_corrupt_checkpoint_is_skipped_and_other_lora_shape_is_an_error(
          "per_device_train_batch_size x world size = 4 x 1 = 4, got 6"),
         ({"task": "sequence-classification"},
          "`train_data` must have columns text and label for task sequence-classification"),
+        ({"training_parameters": {"quantization": {"load_in_4bit": True}}},
+         "`training_parameters.quantization` (4-bit QLoRA) needs a CUDA GPU; this process runs "
+         "on cpu"),
+        ({"training_parameters": {"fsdp": "full_shard",
+                                  "fsdp_config": {"transformer_layer_cls_to_wrap": "NoLayer"}}},
+         "`training_parameters.fsdp_config.transformer_layer_cls_to_wrap` = ['NoLayer'] names no "
+         "layer of the model"),
     ],
     ids=["target modules match nothing", "batch larger than data",
-         "global batch does not fit world size", "columns do not fit task"],
+         "global batch does not fit world size", "columns do not fit task", "4-bit on CPU",
+         "fsdp layer class matches nothing"],
 )
 def test_bad_input_is_a_clear_error(tmp_path, tiny_model, causal_data, capsys, monkeypatch,
                                     overrides, fragment):
     fields = {"task": "causal-lm", "model_dir": str(tiny_model), "data_dir": str(causal_data),
               "output_dir": str(tmp_path / "out"), **overrides}
     assert run_in_process(write_config(tmp_path, "config", **fields), monkeypatch) == 2
-    assert fragment in capsys.readouterr().err
+    captured = capsys.readouterr()
+    assert fragment in captured.err
+    assert "step 1/" not in captured.out  # before any step
 
 
 def test_model_the_task_cannot_load_is_a_clear_error(tmp_path, tiny_model, causal_data, capsys,
@@ -370,3 +380,111 @@ def test_lora_sequence_classification_beats_the_base_model(tmp_path):
     print(f"held-out accuracy: base {base_accuracy:.3f}, LoRA {tuned_accuracy:.3f}")
     assert tuned_accuracy > base_accuracy + 0.12
     assert tuned_accuracy > 0.5
+
+
+# -- sharded (FSDP2) against DDP -------------------------------------------------------------------
+# On CPU every rank computes in fp32 and the only difference between the layouts is the order in
+# which gradients are summed (reduce-scatter over the shard group, or DDP's all-reduce buckets),
+# a few fp32 roundings (~1e-7 relative) per step. AdamW's first updates are close to lr x
+# sign(gradient), so a gradient that is ~0 can round to the other sign and move one adapter
+# element by up to 2 x lr x steps; the loss and the adapter's norm average that out. The bounds
+# below are 100 x what the runs show (losses equal to ~1e-7, adapters to ~1e-7 here).
+LOSS_RTOL = 1e-5
+ADAPTER_RTOL = 1e-4
+
+
+def adapter_tensors(output_dir: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(output_dir / "final" / "adapter_model.safetensors")
+
+
+def assert_same_training(output: Path, baseline: Path, steps: int = 8) -> None:
+    losses = [loss for _, loss in final_metrics(output)["train_loss"]]
+    expected = [loss for _, loss in final_metrics(baseline)["train_loss"]][:steps]
+    assert len(losses) == steps and losses == pytest.approx(expected, rel=LOSS_RTOL)
+    sharded, reference = adapter_tensors(output), adapter_tensors(baseline)
+    assert sorted(sharded) == sorted(reference)
+    for name, tensor in reference.items():
+        assert (sharded[name] - tensor).norm() <= ADAPTER_RTOL * tensor.norm() + 1e-7, name
+
+
+@pytest.mark.parametrize(
+    ("fsdp", "nodes"),
+    [("full_shard auto_wrap", 1), (["shard_grad_op"], 1), ("hybrid_shard", 2)],
+    ids=["full_shard, 1 node x 2", "shard_grad_op, 1 node x 2", "hybrid_shard, 2 nodes x 2"],
+)
+def test_sharded_training_matches_ddp(one_node_run, tmp_path, tiny_model, causal_data, fsdp,
+                                      nodes):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    baseline, _ = one_node_run
+    config = write_config(tmp_path, "config", task="causal-lm", model_dir=str(tiny_model),
+                          data_dir=str(causal_data), output_dir=str(tmp_path / "out"),
+                          training_parameters={**CAUSAL_PARAMETERS, "fsdp": fsdp,
+                                               "per_device_train_batch_size": 4 // nodes},
+                          lora_config=CAUSAL_LORA)
+    env = {"KFTUNE_DEBUG_SEEN_DIR": str(tmp_path / "seen")}
+    results = [torchrun(config, env=env)] if nodes == 1 else operator_nodes(config, env=env)
+    for result in results:
+        assert_ok(result)
+    assert "parallelism: FSDP2 sharding" in results[0].stdout
+    mesh = "(2, 2) (hybrid: replicate x shard)" if nodes == 2 else "(2,) (shard)"
+    assert f"2 FSDPLlamaDecoderLayer units sharded over {mesh}" in results[0].stdout
+    assert_same_training(tmp_path / "out", baseline / "out")
+    for epoch, indices in read_seen(tmp_path / "seen").items():
+        assert sorted(indices) == list(range(30)), epoch
+    base = AutoModelForCausalLM.from_pretrained(tiny_model)
+    PeftModel.from_pretrained(base, tmp_path / "out" / "final")  # the PEFT layout loads
+
+
+def test_sharded_checkpoint_resumes_at_another_world_size(one_node_run, tmp_path, tiny_model,
+                                                          causal_data, capsys, monkeypatch):
+    baseline, _ = one_node_run
+    config = write_config(tmp_path, "config", task="causal-lm", model_dir=str(tiny_model),
+                          data_dir=str(causal_data), output_dir=str(tmp_path / "out"),
+                          training_parameters={**CAUSAL_PARAMETERS, "fsdp": "full_shard"},
+                          lora_config=CAUSAL_LORA)
+    seen = tmp_path / "seen"
+    # 2 processes, sharded; rank 1 dies after step 5 (checkpoint at 3) and is not restarted.
+    killed = torchrun(config, env={"KFTUNE_DEBUG_KILL_AT_STEP": "5",
+                                   "KFTUNE_DEBUG_SEEN_DIR": str(seen)})
+    assert killed.returncode != 0
+    assert (tmp_path / "out" / "checkpoints" / "step-3").is_dir()
+    # Resumed by 1 process, still sharded (a mesh of one).
+    monkeypatch.setenv("KFTUNE_DEBUG_SEEN_DIR", str(seen))
+    assert run_in_process(config, monkeypatch) == 0, capsys.readouterr().err
+    assert "resumed from checkpoint step 3" in capsys.readouterr().out
+    metrics = final_metrics(tmp_path / "out")
+    assert metrics["steps"] == 8 and metrics["resumed_from_step"] == 3
+    assert metrics["world_size"] == 1
+    assert_same_training(tmp_path / "out", baseline / "out")
+    trained = set()
+    for path in seen.glob("seen-rank*.txt"):
+        trained.update(tuple(map(int, line.split())) for line in path.read_text().splitlines())
+    for epoch in (0, 1):
+        assert sorted(index for e, _, index in trained if e == epoch) == list(range(30))
+
+
+def test_sharded_sequence_classification_matches_ddp(tmp_path):
+    model_dir = demo.demo_classifier_model(tmp_path / "minilm")
+    rows = demo.sentiment_rows(64, seed=0)
+    train_dir = demo.write_dataset_artifact(tmp_path / "train", rows,
+                                            label_names=demo.SENTIMENT_LABELS)
+    parameters = {"learning_rate": 4e-3, "max_steps": 4, "per_device_train_batch_size": 8,
+                  "global_batch_size": 16, "logging_steps": 1, "save_strategy": "no",
+                  "max_seq_length": 40}
+    outputs = {}
+    for name, extra in (("sharded", {"fsdp": "full_shard"}), ("ddp", {})):
+        outputs[name] = tmp_path / f"out-{name}"
+        config = write_config(
+            tmp_path, name, task="sequence-classification", model_dir=str(model_dir),
+            data_dir=str(train_dir), output_dir=str(outputs[name]),
+            training_parameters={**parameters, **extra}, lora_config={"r": 8, "lora_alpha": 16})
+        # Both with 2 processes: BERT's dropout draws from each rank's generator, so the same
+        # ranks must see the same examples for the same masks.
+        result = torchrun(config)
+        assert_ok(result)
+        assert ("FSDPBertLayer units sharded" in result.stdout) == (name == "sharded")
+    assert_same_training(outputs["sharded"], outputs["ddp"], steps=4)

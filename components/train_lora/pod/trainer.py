@@ -45,8 +45,9 @@ from torch.distributed.elastic.multiprocessing.errors import get_error_handler, 
 
 from ...common.artifacts import atomic_directory, read_manifest, write_manifest
 from ...common.errors import InputError, Problems
+from .. import fit
 from ..config import TrainConfig, TrainingSettings, build_lora_config, lora_config_problem
-from . import checkpoint, data, kernels
+from . import checkpoint, data, kernels, sharding
 
 LOG = logging.getLogger("kftune.trainer")
 
@@ -133,8 +134,12 @@ def setup_logging(runtime: Runtime) -> None:
 
 
 def load_model(cfg: TrainConfig, manifest: dict[str, Any], label_names: list[str] | None,
-               runtime: Runtime) -> torch.nn.Module:
-    """Loads the base model for the task from the Model artifact, frozen, on the device."""
+               runtime: Runtime, sharded: bool = False) -> torch.nn.Module:
+    """Loads the base model for the task from the Model artifact, frozen, on the device.
+
+    A model to be sharded stays on the CPU: sharding moves each process's shards to its GPU.
+    With `quantization` the base is loaded in 4-bit by bitsandbytes (QLoRA).
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
 
@@ -151,8 +156,11 @@ def load_model(cfg: TrainConfig, manifest: dict[str, Any], label_names: list[str
         "attn_implementation": kernels.attention_implementation(runtime.device, cfg.task),
         "trust_remote_code": False,
     }
-    if runtime.device.type == "cuda":
+    if runtime.device.type == "cuda" and not sharded:
         common["device_map"] = {"": runtime.device}
+    quantization = cfg.settings.quantization
+    if quantization or _prequantized(cfg.model_dir):
+        common.update(_quantization_options(quantization, runtime))
     try:
         if cfg.task == "sequence-classification":
             model = AutoModelForSequenceClassification.from_pretrained(
@@ -170,7 +178,47 @@ def load_model(cfg: TrainConfig, manifest: dict[str, Any], label_names: list[str
         )
         problems.raise_if_any()
     model.requires_grad_(False)
+    if sharded or getattr(model, "hf_quantizer", None) is not None:
+        return model  # sharding places the shards; bitsandbytes placed the 4-bit weights
     return model.to(runtime.device)
+
+
+def _prequantized(model_dir: str) -> bool:
+    """Whether the model directory holds bitsandbytes 4-bit weights (a `*-bnb-4bit` model)."""
+    try:
+        config = json.loads((Path(model_dir) / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    quantization = config.get("quantization_config") or {}
+    return bool(quantization.get("load_in_4bit")) or quantization.get("bnb_4bit_quant_type") in (
+        "nf4", "fp4")
+
+
+def _quantization_options(quantization: dict[str, Any] | None,
+                          runtime: Runtime) -> dict[str, Any]:
+    """`from_pretrained` options for a 4-bit base: a BitsAndBytesConfig, or none if pre-quantized.
+
+    Raises:
+        InputError: without a CUDA device, or without bitsandbytes.
+    """
+    problems = Problems()
+    if runtime.device.type != "cuda":
+        problems.add(
+            "`training_parameters.quantization` (4-bit QLoRA) needs a CUDA GPU; this process "
+            f"runs on {runtime.device.type}; give the workers GPUs or remove quantization")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        problems.add(
+            "`training_parameters.quantization` needs the bitsandbytes package in the trainer "
+            "image; install kftune[qlora] there or remove quantization")
+    problems.raise_if_any()
+    if not quantization:
+        return {}  # a pre-quantized (*-bnb-4bit) model: its config carries the quantization
+    from transformers import BitsAndBytesConfig
+
+    fields = {key: value for key, value in quantization.items() if key != "quant_method"}
+    return {"quantization_config": BitsAndBytesConfig(**fields)}
 
 
 def _linear_module_names(model: torch.nn.Module) -> list[str]:
@@ -364,15 +412,23 @@ def save_checkpoint(cfg: TrainConfig, runtime: Runtime, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
                     position: data.DataPosition, identity: dict[str, Any],
                     settings: TrainingSettings, history: list[list[float]]) -> None:
-    """Checkpoint `step` (collective: every rank calls it; global rank 0 writes)."""
+    """Checkpoint `step` (collective: every rank calls it; global rank 0 writes).
+
+    The adapter and, for a sharded model, the optimizer state are whole tensors keyed by
+    parameter name, so a checkpoint resumes at any world size.
+    """
     rng_states: list[Any] = [None] * runtime.world_size
     dist.all_gather_object(rng_states, _rng_state())
+    sharded = sharding.is_sharded(model)
+    adapter = sharding.trainable_state(model)
+    optimizer_state = (sharding.optimizer_state(model, optimizer) if sharded
+                       else optimizer.state_dict())
     if runtime.is_main:
         state = {
             "step": step,
-            "adapter": {name: param.detach().cpu() for name, param in model.named_parameters()
-                        if param.requires_grad},
-            "optimizer": optimizer.state_dict(),
+            "adapter": adapter,
+            "optimizer": optimizer_state,
+            "optimizer_by_name": sharded,
             "scheduler": scheduler.state_dict(),
             "position": dataclasses.asdict(position),
             "rng": rng_states,
@@ -402,11 +458,16 @@ def restore_checkpoint(cfg: TrainConfig, runtime: Runtime, model: torch.nn.Modul
         return None
     if "error" in state:
         raise state["error"]
-    parameters = dict(model.named_parameters())
-    with torch.no_grad():
-        for name, tensor in state["adapter"].items():
-            parameters[name].copy_(tensor.to(parameters[name].device))
-    optimizer.load_state_dict(state["optimizer"])
+    sharding.load_trainable(model, state["adapter"])
+    if state.get("optimizer_by_name"):
+        sharding.load_optimizer(model, optimizer, state["optimizer"])
+    elif sharding.is_sharded(model):
+        raise InputError([
+            f"the checkpoint at step {state['step']} in {cfg.output_dir} was written without "
+            "sharding and cannot resume a sharded run; resume it with the same "
+            "`training_parameters.fsdp` or start a new output location"])
+    else:
+        optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     rng = state["rng"][runtime.rank] if runtime.rank < len(state["rng"]) else None
     if rng is not None:
@@ -423,8 +484,11 @@ def restore_checkpoint(cfg: TrainConfig, runtime: Runtime, model: torch.nn.Modul
 
 def save_final(cfg: TrainConfig, model: Any, tokenizer: Any, model_manifest: dict[str, Any],
                data_manifest: dict[str, Any], metrics: dict[str, Any],
-               training: dict[str, Any]) -> Path:
-    """Writes `<output_dir>/final/`: the adapter artifact (global rank 0 only)."""
+               training: dict[str, Any], adapter: dict[str, torch.Tensor] | None = None) -> Path:
+    """Writes `<output_dir>/final/`: the adapter artifact (global rank 0 only).
+
+    `adapter`: the whole trainable tensors of a sharded model (`sharding.trainable_state`).
+    """
     peft_config = model.peft_config["default"]
     lora = {
         "r": peft_config.r, "lora_alpha": peft_config.lora_alpha,
@@ -436,7 +500,7 @@ def save_final(cfg: TrainConfig, model: Any, tokenizer: Any, model_manifest: dic
         "task_type": str(peft_config.task_type),
     }
     with atomic_directory(Path(cfg.output_dir) / "final") as staging:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, **({"state_dict": adapter} if adapter else {}))
         tokenizer.save_pretrained(staging)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
         write_manifest(staging, {
@@ -490,7 +554,9 @@ class Job:
     model: Any
     """The PEFT model (what is saved and checkpointed)."""
     wrapped: torch.nn.Module
-    """What the loop calls: the model under DistributedDataParallel."""
+    """What the loop calls: the model under DistributedDataParallel, or the sharded model."""
+    root: torch.nn.Module | None
+    """The FSDP2 root module when the base is sharded, else None (DDP)."""
     tokenizer: Any
     pad_id: int
     examples: list[data.Example]
@@ -525,6 +591,29 @@ class Resumed:
     history: list[list[float]] = dataclasses.field(default_factory=list)
 
 
+def choose_sharding(cfg: TrainConfig, runtime: Runtime, model_manifest: dict[str, Any]) -> bool:
+    """Whether to shard the base (FSDP2) or keep a copy per process (DDP); logs which and why."""
+    settings = cfg.settings
+    layout = settings.parallelism
+    if layout.mode != "auto":
+        LOG.info("parallelism: %s (training_parameters.fsdp = %r)",
+                 "FSDP2 sharding" if layout.mode == "shard" else "DDP", settings.fsdp)
+        return layout.mode == "shard"
+    if runtime.device.type != "cuda":
+        LOG.info("parallelism: DDP (fsdp auto: on CPU every process holds the model in host "
+                 "memory either way)")
+        return False
+    available = torch.cuda.get_device_properties(runtime.device).total_memory
+    config = json.loads((Path(cfg.model_dir) / "config.json").read_text())
+    need = fit.estimate_for(model_manifest, config, dataclasses.asdict(settings),
+                            cfg.lora_config, shards=1).total
+    sharded = need > available * fit.USABLE_FRACTION
+    LOG.info("parallelism: %s (fsdp auto: one whole copy needs about %.1f GiB per GPU, the GPU "
+             "has %.1f GiB)", "FSDP2 sharding" if sharded else "DDP", need / 2**30,
+             available / 2**30)
+    return sharded
+
+
 def _load_inputs(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime) -> tuple[
     list[dict[str, Any]], dict[str, Any], dict[str, Any], list[str] | None
 ]:
@@ -551,21 +640,33 @@ def _load_inputs(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime)
 
 def _build_model(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
                  model_manifest: dict[str, Any], label_names: list[str] | None,
-                 pad_id: int) -> Any:
+                 pad_id: int, sharded: bool) -> Any:
     """The base model, loaded and wrapped with LoRA, ready for the fast path (setup, 2/4)."""
     torch.manual_seed(settings.seed)
-    model = load_model(cfg, model_manifest, label_names, runtime)
+    model = load_model(cfg, model_manifest, label_names, runtime, sharded)
     if model.config.pad_token_id is None:
         # Sequence classification finds each row's last token by the pad id.
         model.config.pad_token_id = pad_id
-    if settings.gradient_checkpointing:
+    if settings.gradient_checkpointing or settings.parallelism.activation_checkpointing:
         model.gradient_checkpointing_enable(
             gradient_checkpointing_kwargs=settings.gradient_checkpointing_kwargs
             or {"use_reentrant": False})
         # Reentrant checkpointing needs an input that requires grad to run the backward at all.
         model.enable_input_require_grads()
     model = wrap_with_lora(model, cfg)
-    return kernels.prepare_model(model, runtime.device)
+    if not sharded:
+        return kernels.prepare_model(model, runtime.device)
+    # Compiled first, then sharded (as torchtitan does): FSDP2's hooks run outside the compiled
+    # layer code (torch._dynamo skips FSDP hooks).
+    model = kernels.prepare_model(model, runtime.device)
+    try:
+        sharding.shard(model, model.get_base_model(), settings.parallelism, runtime.device,
+                       runtime.world_size)
+    except ValueError as error:
+        problems = Problems()
+        problems.add(str(error))
+        problems.raise_if_any()
+    return model
 
 
 def _plan_steps(settings: TrainingSettings, runtime: Runtime, examples: list[data.Example],
@@ -601,7 +702,8 @@ def setup(cfg: TrainConfig, runtime: Runtime, auto_tokenizer: Any) -> tuple[Job,
     tokenizer = auto_tokenizer.from_pretrained(cfg.model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
         tokenizer.eos_token_id or 0)
-    model = _build_model(cfg, settings, runtime, model_manifest, label_names, pad_id)
+    sharded = choose_sharding(cfg, runtime, model_manifest)
+    model = _build_model(cfg, settings, runtime, model_manifest, label_names, pad_id, sharded)
     trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
     total = sum(param.numel() for param in model.parameters())
     LOG.info("LoRA: %s trainable parameters of %s (%.3f%%)", f"{trainable:,}", f"{total:,}",
@@ -617,15 +719,16 @@ def setup(cfg: TrainConfig, runtime: Runtime, auto_tokenizer: Any) -> tuple[Job,
     resumed = Resumed(restored["step"], data.DataPosition(**restored["position"]),
                       restored["history"]) if restored else Resumed()
 
-    wrapped = torch.nn.parallel.DistributedDataParallel(
+    root = model.get_base_model() if sharded else None
+    wrapped = model if sharded else torch.nn.parallel.DistributedDataParallel(
         model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
     wrapped.train()
     # Packed causal-lm micro-batches are dealt out by tokens, not example count, so that every
     # rank's micro-batch takes about as long (a step waits for the slowest rank).
     deal_lengths = ([len(example.input_ids) for example in examples]
                     if cfg.task == "causal-lm" and settings.packing else None)
-    job = Job(cfg, settings, runtime, model, wrapped, tokenizer, pad_id, examples, order, budget,
-              global_batch, accumulation, total_steps, optimizer, scheduler, identity,
+    job = Job(cfg, settings, runtime, model, wrapped, root, tokenizer, pad_id, examples, order,
+              budget, global_batch, accumulation, total_steps, optimizer, scheduler, identity,
               model_manifest, data_manifest, trainable, deal_lengths)
     return job, resumed
 
@@ -658,13 +761,13 @@ def train_step(job: Job, step_examples: list[int], hooks: DebugHooks, step: int,
         batch = _to_device(_collate(job.cfg.task, [job.examples[index] for index in indices],
                                     job.pad_id, settings), runtime)
         last = micro == len(micro_batches) - 1
-        with nullcontext() if last else job.wrapped.no_sync():
+        with nullcontext() if last else sharding.no_gradient_sync(job.wrapped, job.root):
             if job.cfg.task == "causal-lm":
                 loss_sum, _ = kernels.causal_lm_loss(job.wrapped, batch)
             else:
                 loss_sum, _ = kernels.classification_loss(
                     job.wrapped, batch, settings.label_smoothing_factor)
-            # DDP averages gradients over ranks; scaling by world / step targets makes the
+            # DDP and FSDP average gradients over ranks; scaling by world / step targets makes the
             # result the mean over every target token of the whole optimizer step.
             (loss_sum * (runtime.world_size / step_targets)).backward()
         loss_total += loss_sum.detach()
@@ -726,7 +829,7 @@ class Progress:
             step, job.total_steps, 100 * step / job.total_steps,
             position.epoch + position.consumed / len(job.examples), loss,
             job.scheduler.get_last_lr()[0],
-            f"{grad_norm.item():.3f}" if grad_norm is not None else "-",
+            f"{sharding.full(grad_norm).item():.3f}" if grad_norm is not None else "-",
             self.window_tokens / max(now - self.window_started, 1e-9),
             _format_seconds(now - self.started), _format_seconds(eta), stall_note)
         self.window_loss.zero_()
@@ -770,6 +873,7 @@ class Progress:
 
 def finish(job: Job, metrics: dict[str, Any]) -> dict[str, Any]:
     """Writes the adapter artifact on global rank 0 (collective); returns `metrics`."""
+    adapter = sharding.trainable_state(job.model) if job.root is not None else None
     if job.runtime.is_main:
         training = {**dataclasses.asdict(job.settings),
                     "gradient_accumulation_steps": job.accumulation,
@@ -777,7 +881,7 @@ def finish(job: Job, metrics: dict[str, Any]) -> dict[str, Any]:
                     "global_batch_size": None if job.budget else job.global_batch,
                     "total_steps": job.total_steps}
         path = save_final(job.cfg, job.model, job.tokenizer, job.model_manifest,
-                          job.data_manifest, metrics, training)
+                          job.data_manifest, metrics, training, adapter)
         LOG.info("done: %d steps, final loss %s, %.0f tokens/s, %s; adapter saved to %s",
                  metrics["steps"],
                  f"{metrics['final_loss']:.4f}" if metrics["final_loss"] is not None else "-",

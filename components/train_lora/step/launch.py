@@ -45,6 +45,7 @@ from typing import Any
 from ...common.artifacts import MetricsSink, atomic_directory, read_manifest
 from ...common.errors import InputError, Problems
 from ...common.images import unset_image_problems
+from .. import fit
 from . import inputs
 from . import job as job_lib
 from .backends.base import Backend, deleting_on_exit
@@ -237,6 +238,12 @@ def run_training(
         model_dir, data_dir, task, whole_numbers_as_ints(training_parameters),
         local=choose_backend(backend) == "local", nodes=(num_workers, num_procs_per_worker),
     )
+    if not input_problems:  # the artifacts are readable: does the job fit its GPUs?
+        input_problems += fit.fit_problems(
+            model_dir, training_parameters, whole_numbers_as_ints(lora_config),
+            num_workers=num_workers, procs_per_worker=num_procs_per_worker,
+            resources=whole_numbers_as_ints(resources_per_worker),
+            options=whole_numbers_as_ints(kubernetes_options))
     pod_uris = {"model": model_uri, "train_data": data_uri, "adapter": adapter_uri}
     chosen = plan(
         task=task,

@@ -21,8 +21,11 @@ from ...common.errors import Problems
 from ...common.images import TRAINER_IMAGE
 from ...common.tasks import check_task
 from ..config import TrainConfig, validate_lora_config, validate_training_parameters
+from ..parallelism import merge_problems
 
-RESOURCE_KEYS = ("gpu", "cpu", "memory", "ephemeral-storage")
+RESOURCE_KEYS = ("gpu", "cpu", "memory", "ephemeral-storage", "gpu_memory")
+# Read by the fit estimate (fit.py), not requested from Kubernetes: one GPU's memory.
+NOT_REQUESTED = ("gpu_memory",)
 GPU_RESOURCE = "nvidia.com/gpu"
 DEFAULT_TIMEOUT_MINUTES = 1440
 
@@ -103,7 +106,8 @@ def parse_resources(value: Any) -> tuple[Resources, list[str]]:
                 continue
             if quantity <= 0:
                 problems.append(f"`resources_per_worker.{key}` must be > 0, got {item!r}")
-            quantities[key] = str(item)
+            if key not in NOT_REQUESTED:
+                quantities[key] = str(item)
     return Resources(gpus=gpus, quantities=quantities), problems
 
 
@@ -207,6 +211,8 @@ class TrainingSpec:
         problems.extend(check_task(self.task))
         problems.extend(_check_trainer_input(self.training_parameters, self.lora_config,
                                              self.task))
+        if isinstance(self.training_parameters, Mapping):
+            problems.extend(merge_problems(self.training_parameters, self.merge))
         if isinstance(self.num_workers, bool) or not isinstance(self.num_workers, int):
             problems.add(f"`num_workers` must be a whole number >= 1, got {self.num_workers!r}")
         elif self.num_workers < 1:
