@@ -399,6 +399,24 @@ def adapter_tensors(output_dir: Path) -> dict[str, torch.Tensor]:
     return load_file(output_dir / "final" / "adapter_model.safetensors")
 
 
+def assert_read_only_their_rows(stdout: str, shards: int, world: int) -> None:
+    """Each process read its 1/shards of the checkpoint, by the trainer's count of bytes read.
+
+    With every tensor read, and each one by its owners only, the loss of step 1 equal to DDP's
+    (which loads with `from_pretrained`) also shows that the model is the same.
+    """
+    import re
+
+    line = next(line for line in stdout.splitlines() if "loading: meta device" in line)
+    total = float(re.search(r"checkpoint \(([\d.]+) MiB\)", line).group(1))
+    reads = [(float(mib), int(count)) for mib, count in
+             re.findall(r"read ([\d.]+) MiB in (\d+) tensors", line)]
+    assert len(reads) == world, line
+    for mib, count in reads:
+        assert mib <= total / shards + 0.02 and count == 21, (line, total)
+    assert sum(mib for mib, _ in reads[:shards]) >= total - 0.02, line  # one node: all of it
+
+
 def assert_same_training(output: Path, baseline: Path, steps: int = 8) -> None:
     losses = [loss for _, loss in final_metrics(output)["train_loss"]]
     expected = [loss for _, loss in final_metrics(baseline)["train_loss"]][:steps]
@@ -432,6 +450,7 @@ def test_sharded_training_matches_ddp(one_node_run, tmp_path, tiny_model, causal
     assert "parallelism: FSDP2 sharding" in results[0].stdout
     mesh = "(2, 2) (hybrid: replicate x shard)" if nodes == 2 else "(2,) (shard)"
     assert f"2 FSDPLlamaDecoderLayer units sharded over {mesh}" in results[0].stdout
+    assert_read_only_their_rows(results[0].stdout, shards=2, world=2 * nodes)
     assert_same_training(tmp_path / "out", baseline / "out")
     for epoch, indices in read_seen(tmp_path / "seen").items():
         assert sorted(indices) == list(range(30)), epoch
@@ -487,4 +506,8 @@ def test_sharded_sequence_classification_matches_ddp(tmp_path):
         result = torchrun(config)
         assert_ok(result)
         assert ("FSDPBertLayer units sharded" in result.stdout) == (name == "sharded")
+        if name == "sharded":  # a new classification head: whole copies, loaded in turns
+            assert "loading: whole copies, one process of a node at a time (the checkpoint " \
+                "lacks" in result.stdout
+            assert "host memory after loading in turns" in result.stdout
     assert_same_training(outputs["sharded"], outputs["ddp"], steps=4)

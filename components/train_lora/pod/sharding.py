@@ -52,7 +52,7 @@ def device_mesh(world_size: int, device: torch.device, hybrid: bool) -> Any:
 
 
 def shard(model: torch.nn.Module, base: torch.nn.Module, layout: Parallelism,
-          device: torch.device, world_size: int) -> torch.nn.Module:
+          device: torch.device, mesh: Any) -> torch.nn.Module:
     """Shards `base` (the transformers model inside the PEFT `model`) in place; returns it.
 
     Raises:
@@ -66,7 +66,6 @@ def shard(model: torch.nn.Module, base: torch.nn.Module, layout: Parallelism,
         raise ValueError(
             f"`training_parameters.fsdp_config.transformer_layer_cls_to_wrap` = "
             f"{list(layout.layer_classes)} names no layer of the model; its classes are {names}")
-    mesh = device_mesh(world_size, device, layout.hybrid)
     options: dict[str, Any] = {"mesh": mesh}
     if device.type == "cuda":
         options["mp_policy"] = MixedPrecisionPolicy(param_dtype=torch.bfloat16,
@@ -79,6 +78,19 @@ def shard(model: torch.nn.Module, base: torch.nn.Module, layout: Parallelism,
              "hybrid: replicate x shard" if layout.hybrid else "shard",
              layout.reshard_after_forward)
     return base
+
+
+def host_memory_gib() -> tuple[float, float]:
+    """(peak, current) resident memory of this process in GiB (Linux)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
+    try:
+        pages = int(open("/proc/self/statm").read().split()[1])  # noqa: SIM115
+        now = pages * os.sysconf("SC_PAGE_SIZE") / 2**30
+    except (OSError, ValueError, IndexError):
+        now = float("nan")
+    return peak, now
 
 
 def is_sharded(model: torch.nn.Module) -> bool:

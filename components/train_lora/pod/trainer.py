@@ -5,7 +5,8 @@
 
 `CONFIG.json` is described in config.py. The recipe, top to bottom: join the process group (gloo
 and fp32 on CPU, NCCL and bf16 weights on GPU), load the base model (no remote code, SDPA
-attention), wrap it with LoRA, wrap it with DDP, tokenize the data, then loop: each optimizer step
+attention; 4-bit with `quantization`), wrap it with LoRA, wrap it with DDP or shard it with FSDP2
+(`fsdp`: sharding.py, loading.py), tokenize the data, then loop: each optimizer step
 takes the next global batch of the job-wide example order (data.py), accumulates gradients over
 micro-batches, clips, steps the optimizer and the schedule, logs on global rank 0, and checkpoints
 every `save_steps` (checkpoint.py). A restarted job resumes from the newest complete checkpoint.
@@ -47,7 +48,7 @@ from ...common.artifacts import atomic_directory, read_manifest, write_manifest
 from ...common.errors import InputError, Problems
 from .. import fit
 from ..config import TrainConfig, TrainingSettings, build_lora_config, lora_config_problem
-from . import checkpoint, data, kernels, sharding
+from . import checkpoint, data, kernels, loading, sharding
 
 LOG = logging.getLogger("kftune.trainer")
 
@@ -641,9 +642,74 @@ def _load_inputs(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime)
 def _build_model(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
                  model_manifest: dict[str, Any], label_names: list[str] | None,
                  pad_id: int, sharded: bool) -> Any:
-    """The base model, loaded and wrapped with LoRA, ready for the fast path (setup, 2/4)."""
+    """The base model, loaded and wrapped with LoRA, ready for the fast path (setup, 2/4).
+
+    A sharded model is loaded by the processes of a node one at a time: each reads the whole
+    checkpoint into host memory, moves its shards to its GPU and frees the rest before the next
+    one starts, so a node holds about one copy at a time instead of one per process.
+    """
+    if not sharded:
+        return _load_and_wrap(cfg, settings, runtime, model_manifest, label_names, pad_id, False)
+    layout = settings.parallelism
+    mesh = sharding.device_mesh(runtime.world_size, runtime.device, layout.hybrid)
     torch.manual_seed(settings.seed)
-    model = load_model(cfg, model_manifest, label_names, runtime, sharded)
+    model = _load_from_meta(cfg, settings, runtime, pad_id, mesh)
+    if model is not None:
+        return model
+    for turn in range(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))):
+        if runtime.local_rank == turn:
+            model = _load_and_wrap(cfg, settings, runtime, model_manifest, label_names, pad_id,
+                                   True)
+            try:
+                sharding.shard(model, model.get_base_model(), layout, runtime.device, mesh)
+            except ValueError as error:
+                problems = Problems()
+                problems.add(str(error))
+                problems.raise_if_any()
+            gc.collect()
+        dist.barrier()
+    peaks: list[Any] = [None] * runtime.world_size
+    dist.all_gather_object(peaks, sharding.host_memory_gib())
+    LOG.info("host memory after loading in turns (GiB, per process: peak, now): %s",
+             ", ".join(f"{peak:.1f}/{now:.1f}" for peak, now in peaks))
+    return model
+
+
+def _load_from_meta(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime, pad_id: int,
+                    mesh: Any) -> Any:
+    """The sharded model built on the meta device, each process reading only its rows.
+
+    None (the caller loads whole copies in turns) where loading.py's path does not apply.
+    """
+    from transformers import AutoModelForCausalLM
+
+    if cfg.task != "causal-lm" or settings.quantization or _prequantized(cfg.model_dir):
+        return None
+    base = loading.empty_base(AutoModelForCausalLM, cfg.model_dir, runtime.dtype,
+                              kernels.attention_implementation(runtime.device, cfg.task))
+    model = wrap_with_lora(_ready_base(base, settings, pad_id), cfg)
+    why = loading.can_load(model, cfg.model_dir, cfg.lora_config)
+    if why:
+        LOG.info("loading: whole copies, one process of a node at a time (%s)", why)
+        return None
+    lora = loading.make_lora(model, settings.seed, cfg.lora_config.get("init_lora_weights", True),
+                             runtime.dtype)
+    model = kernels.prepare_model(model, runtime.device)
+    sharding.shard(model, model.get_base_model(), settings.parallelism, runtime.device, mesh)
+    buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
+    stats = loading.fill_shards(model, cfg.model_dir, runtime.device, buffers, lora)
+    everyone: list[Any] = [None] * runtime.world_size
+    dist.all_gather_object(everyone, (stats, sharding.host_memory_gib()))
+    LOG.info("loading: meta device; each process read only its rows of the checkpoint "
+             "(%.2f MiB): %s", stats["checkpoint_bytes"] / 2**20, "; ".join(
+                 f"rank {rank} read {item['bytes_read'] / 2**20:.2f} MiB in "
+                 f"{item['tensors_read']} tensors, peak RSS {peak:.1f} GiB"
+                 for rank, (item, (peak, _)) in enumerate(everyone)))
+    return model
+
+
+def _ready_base(model: Any, settings: TrainingSettings, pad_id: int) -> Any:
+    """The loaded base model with its pad id and activation checkpointing set."""
     if model.config.pad_token_id is None:
         # Sequence classification finds each row's last token by the pad id.
         model.config.pad_token_id = pad_id
@@ -653,20 +719,18 @@ def _build_model(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
             or {"use_reentrant": False})
         # Reentrant checkpointing needs an input that requires grad to run the backward at all.
         model.enable_input_require_grads()
-    model = wrap_with_lora(model, cfg)
-    if not sharded:
-        return kernels.prepare_model(model, runtime.device)
-    # Compiled first, then sharded (as torchtitan does): FSDP2's hooks run outside the compiled
-    # layer code (torch._dynamo skips FSDP hooks).
-    model = kernels.prepare_model(model, runtime.device)
-    try:
-        sharding.shard(model, model.get_base_model(), settings.parallelism, runtime.device,
-                       runtime.world_size)
-    except ValueError as error:
-        problems = Problems()
-        problems.add(str(error))
-        problems.raise_if_any()
     return model
+
+
+def _load_and_wrap(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
+                   model_manifest: dict[str, Any], label_names: list[str] | None,
+                   pad_id: int, sharded: bool) -> Any:
+    torch.manual_seed(settings.seed)
+    model = load_model(cfg, model_manifest, label_names, runtime, sharded)
+    model = wrap_with_lora(_ready_base(model, settings, pad_id), cfg)
+    # Before sharding (as torchtitan does): FSDP2's hooks run outside the compiled layer code
+    # (torch._dynamo skips FSDP hooks).
+    return kernels.prepare_model(model, runtime.device)
 
 
 def _plan_steps(settings: TrainingSettings, runtime: Runtime, examples: list[data.Example],
