@@ -658,14 +658,8 @@ def _build_model(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
         return model
     for turn in range(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))):
         if runtime.local_rank == turn:
-            model = _load_and_wrap(cfg, settings, runtime, model_manifest, label_names, pad_id,
-                                   True)
-            try:
-                sharding.shard(model, model.get_base_model(), layout, runtime.device, mesh)
-            except ValueError as error:
-                problems = Problems()
-                problems.add(str(error))
-                problems.raise_if_any()
+            model = _sharded(_load_and_wrap(cfg, settings, runtime, model_manifest, label_names,
+                                            pad_id, True), settings, runtime, mesh)
             gc.collect()
         dist.barrier()
     peaks: list[Any] = [None] * runtime.world_size
@@ -683,19 +677,19 @@ def _load_from_meta(cfg: TrainConfig, settings: TrainingSettings, runtime: Runti
     """
     from transformers import AutoModelForCausalLM
 
-    if cfg.task != "causal-lm" or settings.quantization or _prequantized(cfg.model_dir):
-        return None
-    base = loading.empty_base(AutoModelForCausalLM, cfg.model_dir, runtime.dtype,
-                              kernels.attention_implementation(runtime.device, cfg.task))
-    model = wrap_with_lora(_ready_base(base, settings, pad_id), cfg)
-    why = loading.can_load(model, cfg.model_dir, cfg.lora_config)
+    why = ("the task's head is new, not in the checkpoint" if cfg.task != "causal-lm"
+           else "the checkpoint is 4-bit" if _prequantized(cfg.model_dir) else None)
+    if why is None:
+        base = loading.empty_base(AutoModelForCausalLM, cfg.model_dir, runtime.dtype,
+                                  kernels.attention_implementation(runtime.device, cfg.task))
+        model = wrap_with_lora(_ready_base(base, settings, pad_id), cfg)
+        why = loading.can_load(model, cfg.model_dir, cfg.lora_config)
     if why:
         LOG.info("loading: whole copies, one process of a node at a time (%s)", why)
         return None
     lora = loading.make_lora(model, settings.seed, cfg.lora_config.get("init_lora_weights", True),
                              runtime.dtype)
-    model = kernels.prepare_model(model, runtime.device)
-    sharding.shard(model, model.get_base_model(), settings.parallelism, runtime.device, mesh)
+    model = _sharded(kernels.prepare_model(model, runtime.device), settings, runtime, mesh)
     buffers = {name: buffer.detach().clone() for name, buffer in model.named_buffers()}
     stats = loading.fill_shards(model, cfg.model_dir, runtime.device, buffers, lora)
     everyone: list[Any] = [None] * runtime.world_size
@@ -705,6 +699,17 @@ def _load_from_meta(cfg: TrainConfig, settings: TrainingSettings, runtime: Runti
                  f"rank {rank} read {item['bytes_read'] / 2**20:.2f} MiB in "
                  f"{item['tensors_read']} tensors, peak RSS {peak:.1f} GiB"
                  for rank, (item, (peak, _)) in enumerate(everyone)))
+    return model
+
+
+def _sharded(model: Any, settings: TrainingSettings, runtime: Runtime, mesh: Any) -> Any:
+    """`model` with its base sharded over `mesh` (sharding.shard), a bad layer class an error."""
+    try:
+        sharding.shard(model, model.get_base_model(), settings.parallelism, runtime.device, mesh)
+    except ValueError as error:
+        problems = Problems()
+        problems.add(str(error))
+        problems.raise_if_any()
     return model
 
 
