@@ -166,7 +166,7 @@ def gpu_memory_bytes(resources: Mapping[str, Any],
     return None, "no resources_per_worker.gpu_memory and no known GPU product in the node selector"
 
 
-def fit_problems(model_dir: str, training_parameters: Any, lora_config: Any, *,
+def fit_problems(model_dir: str, training_parameters: Any, lora_config: Any,
                  num_workers: Any, procs_per_worker: Any, resources: Any,
                  options: Any) -> list[str]:
     """One problem (with the numbers and the options that would fit) if the job cannot fit.

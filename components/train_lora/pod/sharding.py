@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -86,7 +87,7 @@ def host_memory_gib() -> tuple[float, float]:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # KiB on Linux
     try:
-        pages = int(open("/proc/self/statm").read().split()[1])  # noqa: SIM115
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
         now = pages * os.sysconf("SC_PAGE_SIZE") / 2**30
     except (OSError, ValueError, IndexError):
         now = float("nan")

@@ -237,13 +237,7 @@ def run_training(
     training_parameters, input_problems = _input_problems(
         model_dir, data_dir, task, whole_numbers_as_ints(training_parameters),
         local=choose_backend(backend) == "local", nodes=(num_workers, num_procs_per_worker),
-    )
-    if not input_problems:  # the artifacts are readable: does the job fit its GPUs?
-        input_problems += fit.fit_problems(
-            model_dir, training_parameters, whole_numbers_as_ints(lora_config),
-            num_workers=num_workers, procs_per_worker=num_procs_per_worker,
-            resources=whole_numbers_as_ints(resources_per_worker),
-            options=whole_numbers_as_ints(kubernetes_options))
+        job=(lora_config, resources_per_worker, kubernetes_options))
     pod_uris = {"model": model_uri, "train_data": data_uri, "adapter": adapter_uri}
     chosen = plan(
         task=task,
@@ -251,9 +245,7 @@ def run_training(
         lora_config=whole_numbers_as_ints(lora_config),
         num_workers=num_workers, num_procs_per_worker=num_procs_per_worker,
         resources_per_worker=whole_numbers_as_ints(resources_per_worker),
-        backend=backend,
-        image=image,
-        timeout_minutes=timeout_minutes,
+        backend=backend, image=image, timeout_minutes=timeout_minutes,
         kubernetes_options=whole_numbers_as_ints(kubernetes_options),
         uris=None if choose_backend(backend) == "local" else pod_uris,
         extra_problems=tuple(input_problems),
@@ -270,9 +262,12 @@ def run_training(
 
 def _input_problems(
     model_dir: str, data_dir: str, task: str, training_parameters: Mapping[str, Any], *,
-    local: bool, nodes: tuple[Any, Any],
+    local: bool, nodes: tuple[Any, Any], job: tuple[Any, Any, Any] = ({}, {}, {}),
 ) -> tuple[Mapping[str, Any], list[str]]:
     """What the input artifacts (and, for the local backend, this host) allow.
+
+    `job` is (lora_config, resources_per_worker, kubernetes_options): with the artifacts
+    readable, fit.py checks that the job fits its GPUs.
 
     Returns:
         The training parameters (`max_seq_length` fitted to the model) and the problems.
@@ -283,6 +278,8 @@ def _input_problems(
         problems += fitted
         if task == "sequence-classification":
             problems += inputs.class_problems(data_dir)
+        problems += fit.fit_problems(model_dir, training_parameters,
+                                     *map(whole_numbers_as_ints, (job[0], *nodes, *job[1:])))
     if local:
         problems += inputs.local_process_problems(*nodes)
     return training_parameters, problems
