@@ -36,7 +36,7 @@ CASES = [
          " kftune.components.train_lora.pod.entrypoint"),
     Case("trainer: nothing of the step side", "trainer",
          "import importlib.util as u;"
-         "extra = [m for m in ('kfp', 'kubernetes', 'kubeflow', 'kubeflow_trainer_api', 'psutil')"
+         "extra = [m for m in ('kfp', 'kubernetes', 'kubeflow', 'kubeflow_trainer_api')"
          " if u.find_spec(m)];"
          "assert not extra, extra"),
     *(Case(f"{image}: no source, wheel or pip cache", image,
