@@ -204,6 +204,12 @@ FAILURE_CASES = [
                 ["ValueError: boom", *REPORT, "  exitcode  : 1 (pid: 41)",
                  "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: "],
                 ("trainer rank 3 exited with code 1: ValueError: boom", False, False)),
+    FailureCase("a sibling stopped in the same second is not the root cause", 1, "",
+                ["Failures:", "[1]:", "  rank      : 2 (local_rank: 0)",
+                 "  exitcode  : -9 (pid: 40)", *REPORT[:2], "  rank      : 3 (local_rank: 1)",
+                 "  exitcode  : -15 (pid: 41)"],
+                ("trainer rank 2 (pid 40) was killed by SIGKILL (out of memory, or killed from "
+                 "outside)", False, True)),
     FailureCase("torchrun itself killed", -9, "", ["starting"],
                 ("its torchrun was killed by SIGKILL", False, True)),
 ]

@@ -346,12 +346,7 @@ def node_failure(code: int, recorded: str, tail: Sequence[str]) -> tuple[str, bo
         recorded: the exception its failed worker recorded (`TORCHELASTIC_ERROR_FILE`), or "".
         tail: the node's last log lines (torchrun's failure report among them).
     """
-    rank, exitcode, pid = None, None, None
-    for line in tail:
-        if match := _REPORT_RANK.match(line):
-            rank = int(match.group(1))
-        elif match := _REPORT_EXIT.match(line):
-            exitcode, pid = int(match.group(1)), int(match.group(2))
+    rank, exitcode, pid = _root_failure(tail)
     who = f"trainer rank {rank}" if rank is not None else "the trainer"
     if recorded:
         first = recorded.splitlines()[0]
@@ -371,6 +366,30 @@ def node_failure(code: int, recorded: str, tail: Sequence[str]) -> tuple[str, bo
         return f"its torchrun was killed by {_signal_name(-code)}", False, True
     return _with_disk_hint(f"torchrun exited with code {code}{_last_words(tail)}", tail), (
         code == BAD_INPUT_STATUS), False
+
+
+def _root_failure(tail: Sequence[str]) -> tuple[int | None, int | None, int | None]:
+    """(rank, exit code, pid) of the worker whose failure brought the node down.
+
+    torchrun's report lists the other failures first and its root cause ("first observed
+    failure") last. The root cause is chosen by a timestamp in whole seconds, so when a worker dies
+    and torchrun stops its siblings with SIGTERM in the same second, a sibling's SIGTERM can be
+    named instead: a failure other than SIGTERM is then the real cause.
+    """
+    failures: list[list[int | None]] = []
+    for line in tail:
+        if match := _REPORT_RANK.match(line):
+            failures.append([int(match.group(1)), None, None])
+        elif (match := _REPORT_EXIT.match(line)) and failures:
+            failures[-1][1:] = [int(match.group(1)), int(match.group(2))]
+    if not failures:
+        return None, None, None
+    rank, exitcode, pid = failures[-1]
+    if exitcode == -signal.SIGTERM:
+        for other in reversed(failures[:-1]):
+            if other[1] is not None and other[1] != -signal.SIGTERM:
+                return other[0], other[1], other[2]
+    return rank, exitcode, pid
 
 
 def _lost_peer(cause: str) -> bool:
