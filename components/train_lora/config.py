@@ -900,3 +900,16 @@ def readme_table() -> str:
 
 if __name__ == "__main__":
     sys.stdout.write(readme_table())
+
+
+TRAINER_MODULE = "kftune.components.train_lora.pod.trainer"
+
+
+def trainer_command(config_path: str | os.PathLike) -> list[str]:
+    """The torchrun command that runs the trainer on one node (its layout comes from `PET_*`).
+
+    One definition for both sides: the pod entrypoint runs it in each training pod, the local
+    backend runs it as each local "node".
+    """
+    return [sys.executable, "-m", "torch.distributed.run", "-m", TRAINER_MODULE,
+            "--config", str(config_path)]

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 from kftune.components.common import demo
+from kftune.components.train_lora.config import trainer_command
 from kftune.components.train_lora.step.backends.local import free_port
-from kftune.components.train_lora.step.launch import trainer_command
 from kftune.components.train_lora.step.spec import TrainingSpec
 from kftune.components.train_lora.step.trainjob import trainjob_env
 from support.torchrun_env import clean_env

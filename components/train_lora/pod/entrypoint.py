@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 from ...common.transfer import download_directory, upload_directory
-from ..config import TrainConfig
+from ..config import TrainConfig, trainer_command
 from .checkpoint_store import CheckpointStore, Uploader, store_uri
 
 logger = logging.getLogger("kftune.pod")
@@ -155,10 +155,7 @@ def run_trainer(config_path: Path) -> int:
     When it fails, the trainer's own error (which torchrun copies into `TORCHELASTIC_ERROR_FILE`
     from its failed worker) is the pod's last log line, which the launch step quotes.
     """
-    command = [
-        sys.executable, "-m", "torch.distributed.run",
-        "-m", "kftune.components.train_lora.pod.trainer", "--config", str(config_path),
-    ]
+    command = trainer_command(config_path)
     error_file = config_path.with_name("trainer-error.json")
     error_file.unlink(missing_ok=True)
     process = subprocess.Popen(command, env={**os.environ,

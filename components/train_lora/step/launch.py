@@ -36,7 +36,6 @@ import logging
 import math
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -46,6 +45,7 @@ from ...common.artifacts import MetricsSink, atomic_directory, read_manifest
 from ...common.errors import InputError, Problems
 from ...common.images import unset_image_problems
 from .. import fit
+from ..config import trainer_command
 from . import inputs
 from . import job as job_lib
 from .backends.base import Backend, deleting_on_exit
@@ -319,19 +319,6 @@ def _check_inputs(model_dir: str, data_dir: str, task: str) -> list[str]:
 
 
 # -- local -----------------------------------------------------------------------------------------
-
-
-def trainer_command(config_path: str | os.PathLike) -> list[str]:
-    """The torchrun command running the trainer (the node layout comes from `PET_*`)."""
-    return [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "-m",
-        "kftune.components.train_lora.pod.trainer",
-        "--config",
-        str(config_path),
-    ]
 
 
 def _local_procs(spec: TrainingSpec) -> int:
