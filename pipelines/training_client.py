@@ -209,6 +209,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _untouched_like(arguments: Any) -> Any:
+    """A default `TrainingArguments` of the same class and `output_dir`, as a notebook makes it.
+
+    `disable_tqdm` is derived from transformers' log level when the object is built, so the default
+    is built at transformers' own default level (warning): otherwise a log level changed since the
+    user built theirs (kfp.local's quiet steps set "error") would make an explicit value look
+    untouched.
+    """
+    from transformers.utils import logging as transformers_logging
+
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_warning()
+    try:
+        return type(arguments)(output_dir=arguments.output_dir)
+    finally:
+        transformers_logging.set_verbosity(previous)
+
+
 def training_parameters_from(arguments: Any, task: str | None) -> tuple[dict[str, Any], list[str]]:
     """The fields of a `transformers.TrainingArguments` changed from their defaults, checked.
 
@@ -225,7 +243,7 @@ def training_parameters_from(arguments: Any, task: str | None) -> tuple[dict[str
             f"`{parameter}` must be a transformers.TrainingArguments, got "
             f"{type(arguments).__name__}"
         ]
-    default = type(arguments)(output_dir=arguments.output_dir)
+    default = _untouched_like(arguments)
     given, untouched = arguments.to_dict(), default.to_dict()
     changed = {key: _plain(value) for key, value in given.items()
                if key not in untouched or untouched[key] != value}

@@ -286,3 +286,20 @@ def test_the_job_goes_to_the_clusters_training_backend(
     assert training.get_adapter_uri("fine-tune-bert") == "s3://team-bucket/adapters/bert-yelp"
     training.delete_job("fine-tune-bert")
     assert fake.jobs == {}
+
+
+def test_a_set_field_counts_as_changed_whatever_the_log_level_is_now():
+    # disable_tqdm is derived from transformers' log level when TrainingArguments is built; a
+    # level raised since (kfp.local's quiet steps set "error") must not hide an explicit value.
+    from kftune.pipelines.training_client import training_parameters_from
+    from transformers.utils import logging as transformers_logging
+
+    previous = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()
+    try:
+        arguments = transformers.TrainingArguments(output_dir="out", disable_tqdm=True)
+        changed, problems = training_parameters_from(arguments, "sequence-classification")
+    finally:
+        transformers_logging.set_verbosity(previous)
+    assert problems == []
+    assert changed == {"disable_tqdm": True}
