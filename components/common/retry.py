@@ -7,7 +7,7 @@ pipeline run can tune them without new component parameters:
 
 - `KFTUNE_RETRIES`: attempts in total, default 4.
 - `KFTUNE_RETRY_DELAY_SECONDS`: the first backoff delay, doubled per attempt (capped at 30 s),
-  default 1.0.
+  default 1.0; 0 retries at once the first time, then waits 0.1 s, 0.2 s, ...
 - `KFTUNE_TIMEOUT_SECONDS`: connect/read timeout of one request, default 60.
 """
 
@@ -29,6 +29,8 @@ RETRIES_ENV = "KFTUNE_RETRIES"
 RETRY_DELAY_ENV = "KFTUNE_RETRY_DELAY_SECONDS"
 TIMEOUT_ENV = "KFTUNE_TIMEOUT_SECONDS"
 MAX_DELAY_SECONDS = 30.0
+# The delay after a zero one: where a ladder that starts at 0 begins to double.
+ZERO_FIRST_STEP_SECONDS = 0.1
 TRANSIENT_HTTP_STATUS = frozenset({408, 429, 500, 502, 503, 504})
 _TRANSIENT_S3_CODES = frozenset(
     {
@@ -167,10 +169,22 @@ class Backoff:
     """Exponential delays: `first`, doubled after each use, at most `maximum`; `reset` restarts.
 
     The one backoff policy of kftune's retries: downloads, Kubernetes API calls and the watch of a
-    training job all wait through it.
+    training job all wait through it. A `first` of 0 retries at once, then grows from
+    `ZERO_FIRST_STEP_SECONDS` like any other ladder (0, 0.1, 0.2, 0.4, ...), so a loop that waits
+    through it never spins: a watch that keeps ending without news costs a few requests a minute.
+
+    Raises:
+        ValueError: when `first` or `maximum` is negative.
     """
 
     def __init__(self, first: float, maximum: float = MAX_DELAY_SECONDS) -> None:
+        problems = [
+            f"`{name}` must be >= 0 seconds, got {value!r}"
+            for name, value in (("first", first), ("maximum", maximum))
+            if value < 0
+        ]
+        if problems:
+            raise ValueError("; ".join(problems))
         self.first = first
         self.maximum = maximum
         self._next = first
@@ -178,7 +192,8 @@ class Backoff:
     def next(self) -> float:
         """The delay to wait now (and doubles the one after it)."""
         delay = min(self._next, self.maximum)
-        self._next = min(self._next * 2, self.maximum) if self._next else self.maximum
+        grown = self._next * 2 if self._next else ZERO_FIRST_STEP_SECONDS
+        self._next = min(grown, self.maximum)
         return delay
 
     def reset(self) -> None:

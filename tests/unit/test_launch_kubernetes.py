@@ -408,17 +408,21 @@ def test_an_elastic_job_streams_worker_zero(fake, master_lines):
     assert master_lines == ["rendezvous complete: 2 nodes"]
 
 
-def test_watches_that_end_at_once_are_renewed_with_backoff_not_in_a_tight_loop(fake, master_lines):
+@pytest.mark.parametrize("poll_seconds", [0.05, 0.0], ids=["first_wait", "no_first_wait"])
+def test_watches_that_end_at_once_are_renewed_with_backoff_not_in_a_tight_loop(
+    fake, master_lines, poll_seconds
+):
     fake.on_create = run_forever
     fake.end_watches_at_once = True
-    backend = make_backend(fake, make_manifest(), master_lines, poll_seconds=0.05,
+    backend = make_backend(fake, make_manifest(), master_lines, poll_seconds=poll_seconds,
                            max_backoff_seconds=0.2)
     backend.submit()
 
     with pytest.raises(TimeoutError):
         backend.wait(timeout_seconds=2)
 
-    # Backoff 0.05, 0.1, 0.2, 0.2, ... over 2 s allows about 12 watches; without it, thousands.
+    # Backoff 0.05 (or 0, 0.1), 0.2, 0.2, ... over 2 s allows about 12 watches; without it,
+    # thousands.
     watches = [path for _, path in fake.requests if "watch=" in path]
     assert 3 <= len(watches) <= 15, len(watches)
 

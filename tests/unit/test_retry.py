@@ -1,0 +1,60 @@
+"""The one backoff policy of kftune's retries and waits (`common.retry.Backoff`)."""
+
+from typing import NamedTuple
+
+import pytest
+from kftune.components.common.retry import Backoff
+
+
+class Case(NamedTuple):
+    name: str
+    first: float
+    maximum: float
+    expected: list[float]
+
+
+SEQUENCES = [
+    Case("doubles from one second", 1.0, 30.0, [1, 2, 4, 8, 16, 30, 30]),
+    Case("capped at a maximum below the first", 5.0, 2.0, [2, 2, 2]),
+    Case("maximum reached exactly", 0.05, 0.2, [0.05, 0.1, 0.2, 0.2]),
+    # A zero first delay retries at once, then grows from the floor like any other ladder (it
+    # used to jump from 0 straight to the maximum: 0, 30, 30, ...).
+    Case("zero first delay grows from the floor", 0.0, 30.0, [0, 0.1, 0.2, 0.4, 0.8, 1.6, 3.2]),
+    Case("zero first delay, maximum under the floor", 0.0, 0.05, [0, 0.05, 0.05]),
+    Case("zero first delay reaches the maximum", 0.0, 0.3, [0, 0.1, 0.2, 0.3, 0.3]),
+    Case("all zero: never waits", 0.0, 0.0, [0, 0, 0]),
+]
+
+
+@pytest.mark.parametrize("case", SEQUENCES, ids=[case.name for case in SEQUENCES])
+def test_delays_grow_exponentially_up_to_the_maximum(case):
+    backoff = Backoff(case.first, case.maximum)
+
+    assert [backoff.next() for _ in case.expected] == pytest.approx(case.expected)
+
+
+@pytest.mark.parametrize("case", SEQUENCES, ids=[case.name for case in SEQUENCES])
+def test_reset_starts_the_sequence_again(case):
+    backoff = Backoff(case.first, case.maximum)
+    for _ in range(5):
+        backoff.next()
+
+    backoff.reset()
+
+    assert [backoff.next() for _ in case.expected] == pytest.approx(case.expected)
+
+
+def test_sleep_waits_at_most_the_limit_and_still_advances():
+    backoff = Backoff(0.02, 1.0)
+
+    assert backoff.sleep(limit=0.0) == 0.0
+    assert backoff.sleep() == pytest.approx(0.04)
+
+
+@pytest.mark.parametrize(("first", "maximum", "message"), [
+    (-1.0, 30.0, "`first` must be >= 0 seconds, got -1.0"),
+    (1.0, -2.0, "`maximum` must be >= 0 seconds, got -2.0"),
+])
+def test_negative_delays_are_refused(first, maximum, message):
+    with pytest.raises(ValueError, match=message):
+        Backoff(first, maximum)
