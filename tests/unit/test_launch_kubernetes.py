@@ -12,6 +12,8 @@ import time
 
 import pytest
 import yaml
+from kftune.components.common.errors import InputError
+from kftune.components.train_lora.pod import entrypoint
 from kftune.components.train_lora.step import job as job_lib
 from kftune.components.train_lora.step import launch
 from kftune.components.train_lora.step.backends import deleting_on_exit
@@ -450,6 +452,23 @@ def test_launch_from_sources_gives_the_pods_what_to_fetch(capsys):
     assert token["valueFrom"]["secretKeyRef"] == {"name": "hf-token", "key": "token"}
 
 
+def test_num_labels_reaches_the_pods_which_check_the_rows_against_it(capsys, tmp_path):
+    assert launch_main(SOURCE_ARGS + ["--num-labels", "5"]) == 0
+    job = yaml.safe_load(capsys.readouterr().out)
+    args = job["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"]
+    settings = json.loads(args[args.index("--data-source") + 1])
+    assert settings["num_labels"] == 5
+
+    # What a pod does with those settings: rows with three labels are not the five promised.
+    rows = tmp_path / "reviews.csv"
+    rows.write_text("text,label\n" + "".join(f"review {index},{index % 3}\n"
+                                             for index in range(9)))
+    settings["split"] = "train"
+    with pytest.raises(InputError, match="`num_labels` is 5 but the rows selected by split "
+                       "'train' have 3 label"):
+        entrypoint.fetch_data_source(f"file://{rows}", settings, tmp_path / "data")
+
+
 def _replaced(args, flag, value):
     args = list(args)
     if value is None:
@@ -478,6 +497,17 @@ LAUNCH_REFUSED = [
     ("split_without_source",
      _replaced(SOURCE_ARGS, "--dataset-source", None) + ["--dataset-uri", "s3://bucket/data"],
      "`--split, --column-mapping` apply to a source: give `--dataset-source`"),
+    ("one_label", SOURCE_ARGS + ["--num-labels", "1"],
+     "`--num-labels` must be an integer >= 2, got 1"),
+    ("labels_not_a_number", SOURCE_ARGS + ["--num-labels", "five"],
+     "argument --num-labels: invalid int value: 'five'"),
+    ("labels_for_causal_lm", _replaced(SOURCE_ARGS, "--task", "causal-lm") + ["--num-labels", "5"],
+     "`--num-labels` applies to `--task sequence-classification`, got `--task` 'causal-lm'"),
+    ("labels_without_source",
+     _replaced(_replaced(_replaced(SOURCE_ARGS, "--dataset-source", None), "--split", None),
+               "--column-mapping", None) + ["--dataset-uri", "s3://bucket/data",
+                                            "--num-labels", "5"],
+     "`--num-labels` applies to a source: give `--dataset-source`"),
 ]
 
 

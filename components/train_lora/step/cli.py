@@ -84,6 +84,9 @@ def _parser() -> argparse.ArgumentParser:
     sources.add_argument("--dataset-revision", default=None, help="Hub revision of the dataset")
     sources.add_argument("--column-mapping", default=None,
                          help='JSON role -> column, e.g. \'{"text": "review", "label": "stars"}\'')
+    sources.add_argument("--num-labels", type=int, default=None,
+                         help="sequence-classification: the label count the rows must have "
+                         "(default: counted)")
     parser.add_argument("--output-uri", required=True, help="where node rank 0 uploads the adapter")
     parser.add_argument("--name", "--job-name", dest="job_name", default="",
                         help="job name; default: derived from --output-uri")
@@ -188,14 +191,18 @@ def _pod_inputs(
             )
     data_flags = {"--split": args.split, "--subset": args.subset,
                   "--dataset-revision": args.dataset_revision,
-                  "--column-mapping": args.column_mapping}
+                  "--column-mapping": args.column_mapping, "--num-labels": args.num_labels}
     model_flags = {"--model-revision": args.model_revision,
                    "--trust-remote-code": args.trust_remote_code}
     for flags, source in ((model_flags, args.model_source), (data_flags, args.dataset_source)):
         stray = [flag for flag, value in flags.items() if value not in (None, "", False)]
         if stray and not source:
-            problems.append(f"`{', '.join(stray)}` apply to a source: give "
+            problems.append(f"`{', '.join(stray)}` {'apply' if stray[1:] else 'applies'} to a "
+                            "source: give "
                             f"`{'--model-source' if flags is model_flags else '--dataset-source'}`")
+    if args.num_labels is not None and args.task != "sequence-classification":
+        problems.append(f"`--num-labels` applies to `--task sequence-classification`, got "
+                        f"`--task` {args.task!r}; remove `--num-labels`")
     model_source = data_source = None
     reach: dict[str, str] = {}
     if args.model_source:
@@ -212,10 +219,12 @@ def _pod_inputs(
             args.column_mapping) else {}
         data_source, found = sources.data_source(
             args.dataset_source, split=args.split or "train", subset=args.subset or "",
-            revision=args.dataset_revision or "", column_mapping=mapping or {})
+            revision=args.dataset_revision or "", column_mapping=mapping or {},
+            num_labels=args.num_labels)
         problems += sources.renamed(found, {
             "uri": "--dataset-source", "split": "--split", "subset": "--subset",
-            "revision": "--dataset-revision", "column_mapping": "--column-mapping"})
+            "revision": "--dataset-revision", "column_mapping": "--column-mapping",
+            "num_labels": "--num-labels"})
         reach["--dataset-source"] = args.dataset_source
     elif args.dataset_uri:
         artifact_uris["--dataset-uri"] = args.dataset_uri
