@@ -34,8 +34,9 @@ import dataclasses
 import enum
 import logging
 import os
+import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +67,8 @@ DEFAULT_LOCAL_OUTPUT = "runs/{name}/adapter"
 # arguments then say what it trains.
 CORE_LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "bias")
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+# Where the local backend logs its nodes' lines when nobody collects them.
+LOCAL_BACKEND_LOGGER = "kftune.components.train_lora.step.backends.local"
 
 
 def _default_training_arguments() -> Any:
@@ -427,6 +430,73 @@ def _cluster_configuration(config_file: str | None, context: str | None) -> Any:
     return configuration
 
 
+class NodeLogs:
+    """A local job's log, per node (`node-<rank>`, the local "pods"), as its lines come.
+
+    Fed by the local backend's `[node-<rank>] ...` lines while `train` runs; read by
+    `get_job_logs`, which with `follow` streams them until the job ends.
+    """
+
+    def __init__(self, num_nodes: int = 1) -> None:
+        # Every node has a log, if only an empty one (the workers often print nothing).
+        self._lines: dict[str, list[str]] = {f"node-{rank}": [] for rank in range(num_nodes)}
+        self._changed = threading.Condition()
+        self._over = False
+
+    def add(self, line: str) -> None:
+        """Takes one `[node-<rank>] text` line (and logs it, as the local backend would)."""
+        prefix, _, text = line.partition(" ")
+        with self._changed:
+            self._lines.setdefault(prefix.strip("[]"), []).append(text)
+            self._changed.notify_all()
+        logging.getLogger(LOCAL_BACKEND_LOGGER).info("%s", line)
+
+    def end(self) -> None:
+        """The job is over: followers stop once they have read everything."""
+        with self._changed:
+            self._over = True
+            self._changed.notify_all()
+
+    def text(self, nodes: Callable[[str], bool]) -> dict[str, str]:
+        """`{node: its log}` of the selected nodes, as far as it has come."""
+        with self._changed:
+            return {node: "".join(f"{line}\n" for line in lines)
+                    for node, lines in sorted(self._lines.items()) if nodes(node)}
+
+    def follow(self, nodes: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
+        """Yields (node, line) of the selected nodes as they come, until the job is over."""
+        read: dict[str, int] = {}
+        while True:
+            with self._changed:
+                fresh = [(node, lines[read.get(node, 0):])
+                         for node, lines in sorted(self._lines.items()) if nodes(node)]
+                over = self._over
+                if not any(lines for _, lines in fresh) and not over:
+                    self._changed.wait(timeout=1.0)
+                    continue
+            for node, lines in fresh:
+                read[node] = read.get(node, 0) + len(lines)
+                for line in lines:
+                    yield node, line
+            if over and not any(lines for _, lines in fresh):
+                return
+
+
+def _local_nodes(
+    is_master: bool, replica_type: str | None, replica_index: int | None
+) -> Callable[[str], bool]:
+    """Which local nodes `get_job_logs` selects: node 0 is the Master, node i+1 Worker i."""
+    def selected(node: str) -> bool:
+        rank = int(node.removeprefix("node-"))
+        if is_master or (replica_type or "").lower() == "master":
+            return rank == 0 and replica_index in (None, 0)
+        if (replica_type or "").lower() == "worker":
+            return rank >= 1 and replica_index in (None, rank - 1)
+        return True
+
+    return selected
+
+
 class TrainingClient:
     """kftune's `TrainingClient`: the reference's `train` and the calls that go with it.
 
@@ -646,16 +716,18 @@ class TrainingClient:
         from ..components.train_lora.step.launch import run_training
 
         work = self.output_root / name
+        logs = NodeLogs(plan.spec.num_workers)
         record: dict[str, Any] = {"conditions": [{"type": "Created", "status": "True"}],
-                                  "adapter": output_uri}
+                                  "adapter": output_uri, "logs": logs}
         self._local_jobs[(namespace, name)] = record
-        # The pods' own staging: the same fetching code, onto this machine's disk.
-        model_dir, data_dir = stage_inputs(
-            translated.model_uri, translated.data_uri, work / "inputs", wait_for_other_node=False,
-            model_source=translated.model_source, data_source=translated.data_source,
-        )
-        record["conditions"].append({"type": "Running", "status": "True"})
         try:
+            # The pods' own staging: the same fetching code, onto this machine's disk.
+            model_dir, data_dir = stage_inputs(
+                translated.model_uri, translated.data_uri, work / "inputs",
+                wait_for_other_node=False, model_source=translated.model_source,
+                data_source=translated.data_source,
+            )
+            record["conditions"].append({"type": "Running", "status": "True"})
             run_training(
                 model_dir=str(model_dir), model_uri=translated.model_uri,
                 data_dir=str(data_dir), data_uri=translated.data_uri,
@@ -665,11 +737,14 @@ class TrainingClient:
                 num_procs_per_worker=plan.spec.num_procs_per_worker,
                 resources_per_worker=resources, backend="local", image="",
                 timeout_minutes=plan.spec.timeout_minutes, kubernetes_options=options,
+                log_line=logs.add,
             )
-        except (RuntimeError, TimeoutError) as error:
+        except Exception as error:
             record["conditions"].append({"type": "Failed", "status": "True",
                                          "message": str(error)})
             raise
+        finally:
+            logs.end()
         record["conditions"].append({"type": "Succeeded", "status": "True"})
         print(f"kftune: {name} succeeded; the adapter is in {output_uri}")
 
@@ -772,12 +847,21 @@ class TrainingClient:
     ) -> tuple[dict[str, str], dict[str, list[str]]]:
         """The logs of the job's pods: `({pod name: log}, {})`; node 0's by default.
 
-        A local job's processes printed their log while `train` ran: `({}, {})`.
+        A local job's "pods" are its nodes, `node-<rank>` (node 0 the Master, node i+1 Worker i).
+        With `follow` the lines are printed as they come, until the job ends.
+
+        Raises:
+            RuntimeError: when there is no such job.
         """
         namespace = namespace or self.namespace
         if self.backend == "local":
             self.get_job(name, namespace)
-            return {}, {}
+            logs = self._local_jobs[(namespace, name)]["logs"]
+            nodes = _local_nodes(is_master, replica_type, replica_index)
+            if follow:
+                for node, line in logs.follow(nodes):
+                    print(f"[{node}] {line}")
+            return logs.text(nodes), {}
         from kubernetes import client
 
         from ..components.train_lora.step import job as job_lib

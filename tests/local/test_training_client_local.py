@@ -25,7 +25,7 @@ def _split_with_two_labels(rows: int = 64) -> str:
 
 
 def test_the_reference_call_trains_locally_and_returns_a_loadable_adapter(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from kftune import (
         HuggingFaceDatasetParams,
@@ -67,6 +67,17 @@ def test_the_reference_call_trains_locally_and_returns_a_loadable_adapter(
         num_workers=2,
         num_procs_per_worker=1,
     )
+
+    # The notebook's next cell: the job's log, node 0's (the Master's) by default.
+    logs, _ = training.get_job_logs("fine-tune-minilm")
+    assert list(logs) == ["node-0"]
+    assert "step 3/3" in logs["node-0"] and "| loss " in logs["node-0"]
+    every_node, _ = training.get_job_logs("fine-tune-minilm", is_master=False)
+    assert list(every_node) == ["node-0", "node-1"]
+    capsys.readouterr()
+    followed, _ = training.get_job_logs("fine-tune-minilm", follow=True)
+    assert followed == logs
+    assert "[node-0] " in capsys.readouterr().out
 
     job = training.wait_for_job_conditions("fine-tune-minilm")
     assert {"Created", "Running", "Succeeded"} <= {

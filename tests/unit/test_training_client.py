@@ -303,3 +303,56 @@ def test_a_set_field_counts_as_changed_whatever_the_log_level_is_now():
         transformers_logging.set_verbosity(previous)
     assert problems == []
     assert changed == {"disable_tqdm": True}
+
+
+SELECTIONS = [
+    # (is_master, replica_type, replica_index) -> the local nodes whose log get_job_logs returns
+    ("master by default", (True, None, None), ["node-0"]),
+    ("every node, one silent", (False, None, None), ["node-0", "node-1", "node-2", "node-3"]),
+    ("the master replica", (False, "Master", None), ["node-0"]),
+    ("the workers", (False, "worker", None), ["node-1", "node-2", "node-3"]),
+    ("one worker", (False, "worker", 1), ["node-2"]),
+    ("no such master", (False, "master", 1), []),
+]
+
+
+@pytest.mark.parametrize("case", SELECTIONS, ids=[case[0] for case in SELECTIONS])
+def test_local_logs_are_selected_as_the_references_pods_are(case: Any) -> None:
+    from kftune.pipelines.training_client import NodeLogs, _local_nodes
+
+    _, selection, expected = case
+    logs = NodeLogs(num_nodes=4)
+    for rank in (2, 0, 1):
+        logs.add(f"[node-{rank}] hello from {rank}")
+
+    assert logs.text(_local_nodes(*selection)) == {
+        node: f"hello from {node[-1]}\n" if node != "node-3" else "" for node in expected}
+
+
+def test_following_a_local_log_streams_its_lines_until_the_job_ends() -> None:
+    import threading
+
+    from kftune.pipelines.training_client import NodeLogs, _local_nodes
+
+    logs = NodeLogs()
+    received: list[tuple[str, str]] = []
+    first_seen = threading.Event()
+    streamed: list[bool] = []
+
+    def run_job() -> None:
+        logs.add("[node-0] step 1/2 | loss 1.5")
+        # The follower has the first line while the job still runs (not only once it ended).
+        streamed.append(first_seen.wait(timeout=5))
+        logs.add("[node-1] a worker's line")
+        logs.add("[node-0] step 2/2 | loss 1.2")
+        logs.end()
+
+    job = threading.Thread(target=run_job)
+    job.start()
+    for node, line in logs.follow(_local_nodes(True, None, None)):
+        received.append((node, line))
+        first_seen.set()
+    job.join(timeout=10)
+
+    assert streamed == [True]
+    assert received == [("node-0", "step 1/2 | loss 1.5"), ("node-0", "step 2/2 | loss 1.2")]

@@ -37,7 +37,7 @@ import math
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -200,6 +200,7 @@ def run_training(
     timeout_minutes: int,
     kubernetes_options: Mapping[str, Any],
     api_client: Any = None,
+    log_line: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Trains a LoRA adapter and writes it to `adapter_dir`.
 
@@ -223,6 +224,7 @@ def run_training(
         kubernetes_options: the other job settings (`options.KUBERNETES_OPTION_KEYS`; locally
             only `env`, the others are refused).
         api_client: a `kubernetes.client.ApiClient`; None to use the in-cluster configuration.
+        log_line: where the local nodes' `[node-<rank>] ...` lines go (default: the log).
 
     Returns:
         The adapter's metrics (`metrics.json`).
@@ -252,7 +254,7 @@ def run_training(
     )
     if chosen.backend == "local":
         result = _run_local(chosen.spec, model_dir, data_dir, adapter_dir,
-                            restarts=chosen.options.run_policy.backoff_limit)
+                            chosen.options.run_policy.backoff_limit, log_line)
     else:
         io = job_lib.PodIO(model_uri=model_uri, data_uri=data_uri, output_uri=adapter_uri)
         result = _run_kubernetes(chosen, io, adapter_dir, api_client)
@@ -331,7 +333,8 @@ def _local_procs(spec: TrainingSpec) -> int:
 
 
 def _run_local(
-    spec: TrainingSpec, model_dir: str, data_dir: str, adapter_dir: str, restarts: int | None
+    spec: TrainingSpec, model_dir: str, data_dir: str, adapter_dir: str, restarts: int | None,
+    log_line: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     from .backends.local import LocalBackend
 
@@ -354,6 +357,7 @@ def _run_local(
             # Like the operator restarting a failed pod; the checkpoints in `work` outlive the
             # attempts, so the trainer resumes from the last one.
             max_restarts=restarts if restarts is not None else LOCAL_RESTARTS,
+            log_line=log_line,
         )
         _run(backend, spec.timeout_seconds)
         return publish_adapter(output_dir / "final", adapter_path)
