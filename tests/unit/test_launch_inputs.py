@@ -41,6 +41,13 @@ def model_artifact(directory: Path, config: dict | None, tokenizer: dict | None 
 
 
 BERT = {"model_type": "bert", "max_position_embeddings": 512}
+# The context-extension parts of real configs (Qwen2.5-7B-Instruct's README YaRN recipe,
+# Llama-3.1-8B's config.json).
+QWEN_YARN = {"model_type": "qwen2", "max_position_embeddings": 32768, "rope_scaling": {
+    "type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768}}
+LLAMA_31 = {"model_type": "llama", "max_position_embeddings": 131072, "rope_scaling": {
+    "rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    "original_max_position_embeddings": 8192}}
 SEQ_LENGTH = [
     Case("default above BERT's positions is lowered", (BERT, None, {}), {"max_seq_length": 512}),
     Case("default within GPT-2's positions stays", ({"n_positions": 2048}, None, {}), {}),
@@ -58,6 +65,49 @@ SEQ_LENGTH = [
          ({"max_position_embeddings": 4096}, {"model_max_length": int(1e30)},
           {"max_seq_length": 2048}), {"max_seq_length": 2048}),
     Case("no position limit (relative positions): unchanged", ({"model_type": "t5"}, None, {}), {}),
+    # RoPE scaling (transformers' rope_scaling / rope_parameters): for yarn, llama3 and longrope a
+    # `factor` of x covers x times `original_max_position_embeddings` (default: the config's
+    # max_position_embeddings); the longer of that and max_position_embeddings is the context.
+    Case("Qwen2.5 with YaRN x4 takes 4 x 32768",
+         (QWEN_YARN, None, {"max_seq_length": 65536}), {"max_seq_length": 65536}),
+    Case("Qwen2.5 with YaRN x4: beyond 131072 refused, naming rope_scaling",
+         (QWEN_YARN, None, {"max_seq_length": 200000}),
+         expected_error=["must be <= 131072", "(rope_scaling yarn: factor 4.0 x "
+                         "original_max_position_embeddings 32768 in its config.json), got 200000"]),
+    Case("YaRN without original_max_position_embeddings scales max_position_embeddings",
+         ({"max_position_embeddings": 4096, "rope_scaling": {"rope_type": "yarn", "factor": 2.0}},
+          None, {"max_seq_length": 8192}), {"max_seq_length": 8192}),
+    Case("transformers 5 spelling: rope_parameters",
+         ({"max_position_embeddings": 32768, "rope_parameters": {
+             "rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32768,
+             "rope_theta": 1e6}}, None, {"max_seq_length": 131072}), {"max_seq_length": 131072}),
+    Case("DeepSeek-V3: 40 x 4096 is its max_position_embeddings",
+         ({"max_position_embeddings": 163840, "rope_scaling": {
+             "type": "yarn", "factor": 40, "original_max_position_embeddings": 4096}},
+          None, {"max_seq_length": 163841}), expected_error=["must be <= 163840"]),
+    Case("Llama 3.1: max_position_embeddings is already the extended context",
+         (LLAMA_31, None, {"max_seq_length": 131072}), {"max_seq_length": 131072}),
+    Case("Llama 3.1: beyond 131072 refused",
+         (LLAMA_31, None, {"max_seq_length": 131073}),
+         expected_error=["must be <= 131072", "(max_position_embeddings in its config.json)"]),
+    Case("Phi-3 longrope (no factor; original at the top level): max_position_embeddings",
+         ({"max_position_embeddings": 131072, "original_max_position_embeddings": 4096,
+           "rope_scaling": {"type": "longrope", "long_factor": [1.0], "short_factor": [1.0]}},
+          None, {"max_seq_length": 131073}), expected_error=["must be <= 131072"]),
+    Case("the tokenizer's pre-extension length does not undo the extension",
+         (QWEN_YARN, {"model_max_length": 32768}, {"max_seq_length": 65536}),
+         {"max_seq_length": 65536}),
+    Case("a tokenizer limit below the positions still counts under YaRN",
+         (QWEN_YARN, {"model_max_length": 16384}, {"max_seq_length": 65536}),
+         expected_error=["must be <= 16384", "(model_max_length in its tokenizer_config.json)"]),
+    # Linear and dynamic scaling name no original length, and checkpoints disagree on whether
+    # max_position_embeddings is the extended context (Gemma 3, LLaMA-2-7B-32K) or the original
+    # one: the cap stays at max_position_embeddings rather than guess a longer context.
+    Case("linear scaling: max_position_embeddings",
+         ({"max_position_embeddings": 4096, "rope_scaling": {"type": "linear", "factor": 2.0}},
+          None, {"max_seq_length": 8192}), expected_error=["must be <= 4096"]),
+    Case("rope_scaling null", ({"max_position_embeddings": 2048, "rope_scaling": None}, None,
+                               {"max_seq_length": 4096}), expected_error=["must be <= 2048"]),
 ]
 
 

@@ -25,32 +25,72 @@ PROCESSES_PER_CPU = 2
 _POSITION_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "max_sequence_length")
 # A tokenizer's model_max_length above this is transformers' "no limit" placeholder.
 _NO_TOKENIZER_LIMIT = 1_000_000
+# RoPE types whose `factor` multiplies a named pre-training length (transformers'
+# `standardize_rope_params` gives them `original_max_position_embeddings`).
+_ORIGINAL_LENGTH_ROPE = ("yarn", "llama3", "longrope")
+
+
+def _document(path: Path) -> Mapping[str, Any]:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return document if isinstance(document, Mapping) else {}
+
+
+def _count(value: Any) -> int | None:
+    """`value` when it is a real position count (not a bool, not a "no limit" placeholder)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 < value < _NO_TOKENIZER_LIMIT:
+        return value
+    return None
+
+
+def _rope_extension(config: Mapping[str, Any], positions: int) -> tuple[int, str] | None:
+    """The context a RoPE-scaled config covers beyond `positions`, as transformers reads it.
+
+    For yarn, llama3 and longrope a `factor` of x covers x times the pre-training length,
+    `original_max_position_embeddings` (in the RoPE parameters, else at the config's top level as
+    Phi-3 has it, else `max_position_embeddings`: transformers' `standardize_rope_params`). Linear
+    and dynamic scaling name no pre-training length, and checkpoints disagree on whether their
+    `max_position_embeddings` is the extended context or the original one: not extended here.
+    """
+    rope = config.get("rope_parameters") or config.get("rope_scaling")
+    if not isinstance(rope, Mapping):
+        return None
+    kind = rope.get("rope_type") or rope.get("type")
+    factor = rope.get("factor")
+    if kind not in _ORIGINAL_LENGTH_ROPE or isinstance(factor, bool) or not isinstance(
+        factor, (int, float)
+    ):
+        return None
+    original = (_count(rope.get("original_max_position_embeddings"))
+                or _count(config.get("original_max_position_embeddings")) or positions)
+    extended = int(factor * original)
+    if extended <= positions:
+        return None
+    return extended, (f"rope_scaling {kind}: factor {float(factor)} x "
+                      f"original_max_position_embeddings {original} in its config.json")
 
 
 def model_positions(model_dir: str | os.PathLike) -> tuple[int, str] | None:
     """The longest sequence the model can take and where that number comes from.
 
-    The smaller of its config's position count and its tokenizer's `model_max_length` (RoBERTa-
-    style models reserve 2 of their 514 positions; the tokenizer says 512). None when neither
-    file says (relative-position models such as T5).
+    The config's position count, extended by its RoPE scaling (`_rope_extension`: Qwen2.5 with
+    YaRN x4 takes 4 x 32768), unless the tokenizer's `model_max_length` is below the unscaled
+    count (RoBERTa-style models reserve 2 of their 514 positions; the tokenizer says 512). None
+    when neither file says (relative-position models such as T5).
     """
-    found: list[tuple[int, str]] = []
-    for name, keys in (("config.json", _POSITION_KEYS), ("tokenizer_config.json",
-                                                         ("model_max_length",))):
-        try:
-            document = json.loads((Path(model_dir) / name).read_text())
-        except (OSError, ValueError):
-            continue
-        if not isinstance(document, Mapping):
-            continue
-        for key in keys:
-            value = document.get(key)
-            if isinstance(value, int) and not isinstance(value, bool) and 0 < value < (
-                _NO_TOKENIZER_LIMIT
-            ):
-                found.append((value, f"{key} in its {name}"))
-                break
-    return min(found) if found else None
+    config = _document(Path(model_dir) / "config.json")
+    tokenizer_limit = _count(
+        _document(Path(model_dir) / "tokenizer_config.json").get("model_max_length"))
+    found = next(((value, f"{key} in its config.json") for key in _POSITION_KEYS
+                  if (value := _count(config.get(key))) is not None), None)
+    tokenizer = (tokenizer_limit, "model_max_length in its tokenizer_config.json")
+    if found is None:
+        return tokenizer if tokenizer_limit is not None else None
+    if tokenizer_limit is not None and tokenizer_limit < found[0]:
+        return tokenizer
+    return _rope_extension(config, found[0]) or found
 
 
 def fit_max_seq_length(
