@@ -17,7 +17,9 @@ logits by a share of the adapter's whole effect, which is reported beside it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import gc
 import json
 import logging
 from pathlib import Path
@@ -131,9 +133,60 @@ def _logits(model: Any, batch: dict[str, Any]) -> Any:
         return model(**batch).logits.float()
 
 
+def compute_in_float32(model: Any) -> Any:
+    """Runs `model` in float32 while its weights stay stored in their own (lower) dtype.
+
+    Every module whose weights are all bfloat16 or float16 gets accelerate's layerwise casting
+    hook: up to float32 for its own forward, back after. The logits are those of the model upcast
+    to float32 (the upcast is exact), with one module at a time in float32.
+    """
+    import torch
+    from accelerate.hooks import LayerwiseCastingHook, add_hook_to_module
+
+    for module in model.modules():
+        dtypes = {parameter.dtype for parameter in module.parameters()}
+        owns = next(module.parameters(recurse=False), None) is not None
+        if owns and len(dtypes) == 1 and dtypes <= {torch.bfloat16, torch.float16}:
+            add_hook_to_module(module, LayerwiseCastingHook(
+                storage_dtype=dtypes.pop(), compute_dtype=torch.float32, non_blocking=False),
+                append=True)
+    return model
+
+
+def _load(task: str, directory: Path, **extra: Any) -> Any:
+    """The task model in the dtype its files hold (one copy of them), computing in float32."""
+    model = _auto_class(task).from_pretrained(str(directory), dtype="auto",
+                                              trust_remote_code=False, **extra)
+    return compute_in_float32(model.eval())
+
+
+def _merge_rounded(model: Any, dtype: Any) -> None:
+    """PEFT's merge in float32, one LoRA layer at a time, then every weight rounded to `dtype`."""
+    import torch
+    from accelerate.hooks import remove_hook_from_module
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    remove_hook_from_module(model, recurse=True)
+    for module in model.modules():
+        if isinstance(module, BaseTunerLayer):
+            module.get_base_layer().to(torch.float32)
+            module.merge()
+            module.get_base_layer().to(dtype)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(dtype)
+    compute_in_float32(model)
+
+
 def reference_logits(base_dir: Path, adapter_dir: Path, task: str, label_names: list[str] | None,
                      batch: dict[str, Any], dtype: str) -> dict[str, Any]:
-    """Base + adapter (PeftModel, float32), the base alone, and PEFT's merge rounded to `dtype`."""
+    """Base + adapter (PeftModel, float32), the base alone, and PEFT's merge rounded to `dtype`.
+
+    The base is held in its stored dtype and computed in float32 (`compute_in_float32`), the
+    adapter's tensors in float32: the same logits as a float32 copy, in half the memory for a
+    bf16 base. The modules the adapter replaces in full (a classification head) are made float32
+    before PEFT loads them, so their saved values are kept exactly.
+    """
     import torch
     from peft import PeftModel
 
@@ -142,18 +195,20 @@ def reference_logits(base_dir: Path, adapter_dir: Path, task: str, label_names: 
         names = list(label_names or [])
         extra = {"num_labels": len(names), "id2label": dict(enumerate(names)),
                  "label2id": {name: index for index, name in enumerate(names)}}
-    base = _auto_class(task).from_pretrained(str(base_dir), dtype=torch.float32,
+    base = _auto_class(task).from_pretrained(str(base_dir), dtype="auto",
                                              trust_remote_code=False, **extra)
-    model = PeftModel.from_pretrained(base, str(adapter_dir)).eval()
+    for name in merge.read_adapter(adapter_dir)[2]:
+        module = name.rpartition(".")[0]
+        with contextlib.suppress(AttributeError):
+            base.get_submodule(module).to(torch.float32)
+    model = compute_in_float32(PeftModel.from_pretrained(base, str(adapter_dir)).eval())
     reference = _logits(model, batch)
     with model.disable_adapter():
         base_only = _logits(model, batch)
-    model.merge_adapter()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.data = parameter.data.to(getattr(torch, dtype)).float()
+    _merge_rounded(model, getattr(torch, dtype))
     rounded = _logits(model, batch)
     del model, base
+    gc.collect()
     return {"reference": reference, "base": base_only, "rounded": rounded}
 
 
@@ -161,10 +216,11 @@ def check_logits(base_dir: Path, adapter_dir: Path, merged_dir: Path, task: str,
                  label_names: list[str] | None, dtype: str, count: int) -> dict[str, Any]:
     """Compares the exported model's logits with base + adapter; returns the figures.
 
+    Each model is held in the dtype of its files and computed in float32, one at a time.
+
     Raises:
         RuntimeError: when the exported logits are off by more than the tolerance.
     """
-    import torch
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(merged_dir))
@@ -172,9 +228,10 @@ def check_logits(base_dir: Path, adapter_dir: Path, merged_dir: Path, task: str,
         tokenizer.pad_token = tokenizer.eos_token
     batch = dict(tokenizer(list(CHECK_TEXTS[:count]), return_tensors="pt", padding=True))
     expected = reference_logits(base_dir, adapter_dir, task, label_names, batch, dtype)
-    merged = _auto_class(task).from_pretrained(str(merged_dir), dtype=torch.float32).eval()
+    merged = _load(task, merged_dir)
     exported = _logits(merged, batch)
     del merged
+    gc.collect()
     mask = batch["attention_mask"].bool() if task == "causal-lm" else slice(None)
 
     def deviation(left: Any, right: Any) -> float:

@@ -232,3 +232,101 @@ def test_export_config_reports_every_problem() -> None:
     with pytest.raises(InputError) as raised:
         ExportConfig(dtype="int8", max_shard_size="huge", check_inputs=9)
     assert len(raised.value.problems) == 3
+
+
+def _bf16_artifacts(tmp_path: Path, tokenizer_dir: Path, case: Case) -> tuple[Path, Path]:
+    """A base saved in bf16 (as download_model writes Llama-3) and an adapter trained in float32
+    on its exact upcast: float32 LoRA tensors and, for classification, a float32 head."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    base_dir, adapter_dir = tmp_path / "base", tmp_path / "adapter"
+    model = case.build().to(torch.bfloat16)
+    model.save_pretrained(base_dir)
+    _tokenizer(tokenizer_dir, base_dir)
+    write_manifest(base_dir, {"kind": "model", "task": case.task, "trust_remote_code": False})
+    if case.task == "sequence-classification":
+        model = BertForSequenceClassification.from_pretrained(base_dir, num_labels=3,
+                                                              dtype=torch.float32)
+    peft_model = get_peft_model(model.float(), LoraConfig(**case.lora))
+    with torch.no_grad():
+        for name, parameter in peft_model.named_parameters():
+            if any(part in name for part in ("lora_B", "lora_embedding_B", "modules_to_save")):
+                parameter.normal_(0, 0.3)
+    peft_model.save_pretrained(adapter_dir)
+    _tokenizer(tokenizer_dir, adapter_dir)
+    write_manifest(adapter_dir, {"kind": "adapter", "task": case.task,
+                                 "label_names": ["neg", "neu", "pos"] if case.task == (
+                                     "sequence-classification") else None})
+    return base_dir, adapter_dir
+
+
+def _float32_figures(base_dir: Path, adapter_dir: Path, task: str, batch: dict[str, Any],
+                     dtype: Any) -> dict[str, Any]:
+    """The check's three logits computed the plain way: a float32 copy of the model."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    auto = AutoModelForCausalLM if task == "causal-lm" else AutoModelForSequenceClassification
+    extra = {"num_labels": 3} if task == "sequence-classification" else {}
+    model = PeftModel.from_pretrained(auto.from_pretrained(
+        base_dir, dtype=torch.float32, **extra), str(adapter_dir)).eval()
+    with torch.no_grad():
+        reference = model(**batch).logits
+        with model.disable_adapter():
+            base_only = model(**batch).logits
+        model.merge_adapter()
+        for parameter in model.parameters():
+            parameter.data = parameter.data.to(dtype).float()
+        rounded = model(**batch).logits
+    return {"reference": reference, "base": base_only, "rounded": rounded}
+
+
+BF16_BASES = [SUPPORTED[0], SUPPORTED[1], SUPPORTED[3]]
+
+
+@pytest.mark.parametrize("case", BF16_BASES, ids=lambda case: case.name)
+def test_check_of_a_bf16_base_computes_what_a_float32_copy_computes(
+        tmp_path: Path, tokenizer_dir: Path, case: Case) -> None:
+    # The check holds the bf16 base as bf16 and computes in float32 layer by layer: its logits
+    # are those of the float32 model (the head and the LoRA tensors keep their float32 values).
+    from transformers import AutoTokenizer
+
+    from kftune.components.export_model.export import CHECK_TEXTS, reference_logits
+
+    base_dir, adapter_dir = _bf16_artifacts(tmp_path, tokenizer_dir, case)
+    batch = dict(AutoTokenizer.from_pretrained(adapter_dir)(
+        list(CHECK_TEXTS), return_tensors="pt", padding=True))
+    labels = ["neg", "neu", "pos"] if case.task == "sequence-classification" else None
+    got = reference_logits(base_dir, adapter_dir, case.task, labels, batch, "bfloat16")
+    want = _float32_figures(base_dir, adapter_dir, case.task, batch, torch.bfloat16)
+    # The classifier's "base alone" is the base's newly initialised head: random in both.
+    keys = ("reference", "rounded") if labels else ("reference", "base", "rounded")
+    for key in keys:
+        scale = float(want[key].abs().max())
+        assert float((got[key] - want[key]).abs().max()) <= 1e-6 * scale, key
+
+
+def test_check_holds_each_model_in_the_dtype_of_its_files(
+        tmp_path: Path, tokenizer_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # A float32 copy of an 8B bf16 model is 32 GB: twice the model. Every model the check runs
+    # must hold its weights as stored (bf16 here), and the check must still pass and see the
+    # adapter.
+    from kftune.components.export_model import export
+
+    held: list[set[Any]] = []
+    logits = export._logits
+
+    def recording(model: Any, batch: dict[str, Any]) -> Any:
+        held.append({parameter.dtype for parameter in model.parameters()
+                     if parameter.numel() >= 30522 * 32})  # the embedding and the LM head
+        return logits(model, batch)
+
+    monkeypatch.setattr(export, "_logits", recording)
+    base_dir, adapter_dir = _bf16_artifacts(tmp_path, tokenizer_dir, SUPPORTED[0])
+    manifest = export_model(str(base_dir), str(adapter_dir), str(tmp_path / "merged"),
+                            task="causal-lm")
+    assert held == [{torch.bfloat16}] * 4  # base + adapter, base alone, PEFT merged, exported
+    check = manifest["check"]
+    assert check["max_abs_error"] <= check["tolerance"] < check["adapter_effect"] / 20
