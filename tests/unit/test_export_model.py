@@ -291,9 +291,8 @@ def test_check_of_a_bf16_base_computes_what_a_float32_copy_computes(
         tmp_path: Path, tokenizer_dir: Path, case: Case) -> None:
     # The check holds the bf16 base as bf16 and computes in float32 layer by layer: its logits
     # are those of the float32 model (the head and the LoRA tensors keep their float32 values).
-    from transformers import AutoTokenizer
-
     from kftune.components.export_model.export import CHECK_TEXTS, reference_logits
+    from transformers import AutoTokenizer
 
     base_dir, adapter_dir = _bf16_artifacts(tmp_path, tokenizer_dir, case)
     batch = dict(AutoTokenizer.from_pretrained(adapter_dir)(
