@@ -1,15 +1,22 @@
 """A Kubernetes API server double on 127.0.0.1, for the real `kubernetes` client.
 
-It speaks the real HTTP API for the endpoints kftune's Kubernetes backends use — discovery of
-`kubeflow.org/v1` and `trainer.kubeflow.org/v1alpha1`; create, get, delete, list and watch
-`pytorchjobs.kubeflow.org/v1` and `trainjobs.trainer.kubeflow.org/v1alpha1`; list and get
+It speaks the real HTTP API for the endpoints kftune's Kubernetes backends and deploy_model use —
+discovery of `kubeflow.org/v1`, `trainer.kubeflow.org/v1alpha1`, `serving.kserve.io/v1alpha1` and
+`serving.kserve.io/v1beta1`; create, get, replace, delete, list and watch
+`pytorchjobs.kubeflow.org/v1`, `trainjobs.trainer.kubeflow.org/v1alpha1`,
+`llminferenceservices.serving.kserve.io/v1alpha1` and `inferenceservices.serving.kserve.io/v1beta1`
+(KServe v0.20); list and get
 `clustertrainingruntimes`; list pods; read a pod and its log (with `follow`, `tailLines`,
 `timestamps`, `previous`) — and rejects what a real server rejects: 409 for a taken name, 404 for
 a missing object or an unserved kind, 400 for a namespace mismatch, 422 for an invalid name or an
 object its CRD's structural schema refuses (the vendored CRDs of `tests/crds/`), and 403 for what
 the operators' validating webhooks deny: the rules of training-operator v1.9's
 `pytorchjob_webhook.go` and of trainer v2.3's TrainJob webhook (runtime must exist, no reserved
-PET_* env, runtime patches only for replicated jobs and containers the runtime has). Unknown
+PET_* env, runtime patches only for replicated jobs and containers the runtime has), and of
+KServe v0.20's validators (LoRA adapter names; InferenceService name and storage URIs). A replace
+needs the stored `resourceVersion` (409 when it is stale) and bumps `metadata.generation` when
+the spec changed; `status` is a subresource, so create and replace keep what the controller
+wrote (`set_status`) rather than what the client sent. Unknown
 fields are pruned as a structural schema prunes them, and recorded in `pruned`: leaving the
 context with anything pruned fails the test (a field the real server would silently drop), unless
 `allow_pruning` is set.
@@ -23,7 +30,9 @@ it does not validate names (no 422) and has no pod logs; each would need a patch
 reaction, which together are more code than these endpoints.
 
 A test drives the jobs like the Training Operator would, through `set_condition`, `add_pod`,
-`log` and `finish_pod`; `on_create` runs a scenario (in a thread) for every new job.
+`log` and `finish_pod`, and the served models like KServe's controllers, through `set_status`;
+`on_create` runs a scenario (in a thread) for every new object, `on_replace` for every replaced
+one.
 """
 
 from __future__ import annotations
@@ -43,11 +52,13 @@ from typing import Any
 _DNS1123_SUBDOMAIN = re.compile(
     r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
 )
+_GROUP_VERSIONS = (r"kubeflow\.org/v1|trainer\.kubeflow\.org/v1alpha1|serving\.kserve\.io/v1alpha1"
+                   r"|serving\.kserve\.io/v1beta1")
 _JOBS = re.compile(
-    r"^/apis/(kubeflow\.org/v1|trainer\.kubeflow\.org/v1alpha1)/namespaces/([^/]+)/"
-    r"(pytorchjobs|trainjobs)(?:/([^/]+))?$"
+    rf"^/apis/({_GROUP_VERSIONS})/namespaces/([^/]+)/"
+    r"(pytorchjobs|trainjobs|llminferenceservices|inferenceservices)(?:/([^/]+))?$"
 )
-_DISCOVERY = re.compile(r"^/apis/(kubeflow\.org/v1|trainer\.kubeflow\.org/v1alpha1)/?$")
+_DISCOVERY = re.compile(rf"^/apis/({_GROUP_VERSIONS})/?$")
 _RUNTIMES = re.compile(
     r"^/apis/trainer\.kubeflow\.org/v1alpha1/clustertrainingruntimes(?:/([^/]+))?$"
 )
@@ -56,7 +67,13 @@ KINDS = {
     "pytorchjobs": ("kubeflow.org/v1", "PyTorchJob", "kubeflow.org_pytorchjobs.yaml", "pytorch"),
     "trainjobs": ("trainer.kubeflow.org/v1alpha1", "TrainJob",
                   "trainer.kubeflow.org_trainjobs.yaml", "node"),
+    # KServe v0.20 (tests/crds/): served models, created by kftune's deploy_model.
+    "llminferenceservices": ("serving.kserve.io/v1alpha1", "LLMInferenceService",
+                             "serving.kserve.io_llminferenceservices.yaml", "main"),
+    "inferenceservices": ("serving.kserve.io/v1beta1", "InferenceService",
+                          "serving.kserve.io_inferenceservices.yaml", "kserve-container"),
 }
+SERVING = ("llminferenceservices", "inferenceservices")
 _PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?(/log)?$")
 
 
@@ -99,6 +116,8 @@ class FakeKubernetes:
         self._watch_generation = 0
         self._log_generation = 0
         self.on_create: Callable[[FakeKubernetes, dict[str, Any]], None] | None = None
+        self.on_replace: Callable[[FakeKubernetes, dict[str, Any]], None] | None = None
+        self.replaced: list[str] = []
         # Like a proxy that closes idle streams: every watch ends cleanly at once, with no event.
         self.end_watches_at_once = False
         self._server: ThreadingHTTPServer | None = None
@@ -292,6 +311,15 @@ class FakeKubernetes:
             }
             self._cond.notify_all()
 
+    def set_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
+        """Writes an object's whole `status` (as a controller does through the subresource)."""
+        with self._cond:
+            found = self.jobs.get((namespace, name))
+            if found is None:
+                return
+            found["status"] = copy.deepcopy(status)
+            self._touch(found, "MODIFIED")
+
     def job(self, namespace: str, name: str) -> dict[str, Any] | None:
         """A copy of the stored job, or None."""
         with self._cond:
@@ -453,6 +481,105 @@ def trainjob_webhook_problems(job: dict[str, Any], runtimes: dict[str, dict]) ->
     return problems
 
 
+_DNS1035_ISVC = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+
+def llmisvc_webhook_problems(service: dict[str, Any]) -> list[str]:
+    """`validateLoRAAdapters` of KServe v0.20 (`llm_inference_service_validation.go.txt`).
+
+    The v1alpha2 validator, which the API server also calls for a v1alpha1 object (converted):
+    every adapter has a name, not `.`/`..`, unique, and other than the base model's name
+    (`spec.model.name`, else `metadata.name`).
+    """
+    model = (service.get("spec") or {}).get("model") or {}
+    lora = model.get("lora") or {}
+    problems = []
+    base_name = model.get("name") or service["metadata"]["name"]
+    seen: dict[str, int] = {}
+    for index, adapter in enumerate(lora.get("adapters") or []):
+        path = f"spec.model.lora.adapters[{index}].name"
+        name = (adapter or {}).get("name") if isinstance(adapter, dict) else None
+        if not name:
+            problems.append(f"{path}: Required value: adapter name is required")
+            continue
+        if name in (".", ".."):
+            problems.append(f'{path}: Invalid value: "{name}": adapter name must not include "." '
+                            'or ".." (path traversal risk)')
+            continue
+        if name in seen:
+            problems.append(f'{path}: Invalid value: "{name}": duplicate name (same as '
+                            f"adapters[{seen[name]}])")
+        else:
+            seen[name] = index
+        if name == base_name:
+            problems.append(f'{path}: Invalid value: "{name}": adapter name must differ from base '
+                            f'model name "{base_name}"')
+    return problems
+
+
+def _common_parent(paths: list[str]) -> str:
+    parts = [path.strip("/").split("/") if path.strip("/") else [] for path in paths]
+    common = []
+    for pieces in zip(*parts, strict=False):
+        if len(set(pieces)) != 1:
+            break
+        common.append(pieces[0])
+    return "/" + "/".join(common)
+
+
+def isvc_webhook_problems(service: dict[str, Any]) -> list[str]:
+    """The InferenceService validator of KServe v0.20, as far as kftune's manifests reach it.
+
+    `validateInferenceServiceName` and `validateMultipleStorageURIs`
+    (`tests/crds/inference_service_validation.go.txt`); like the Go code, the first error only.
+    """
+    name = service["metadata"]["name"]
+    if not _DNS1035_ISVC.match(name):
+        return [f'the InferenceService "{name}" is invalid: a InferenceService name must consist '
+                "of lower case alphanumeric characters or '-', and must start with alphabetical "
+                'character. (e.g. "my-name" or "abc-123", regex used for validation is '
+                "'[a-z]([-a-z0-9]*[a-z0-9])?')"]
+    predictor = (service.get("spec") or {}).get("predictor") or {}
+    storage_uris = predictor.get("storageUris")
+    if storage_uris is not None and (predictor.get("model") or {}).get("storageUri") is not None:
+        return ["Setting both StorageURI and StorageURIs is not supported."]
+    paths = []
+    for entry in storage_uris or []:
+        mount = entry.get("mountPath", "/mnt/models")
+        if not entry.get("uri"):
+            return ["storage URI cannot be empty"]
+        if mount == "/":
+            return ["storage path cannot be empty"]
+        if not mount.startswith("/"):
+            return [f"storage path must be absolute: {mount}"]
+        if ".." in mount:
+            return [f"storage path cannot contain '..' for security reasons: {mount}"]
+        if not entry["uri"].startswith("pvc://"):
+            paths.append(mount)
+    if len(paths) > 1 and _common_parent(paths) == "/":
+        return [f"storage paths must have a common parent directory. Current paths: "
+                f"[{' '.join(paths)}] have no common parent beyond root"]
+    return []
+
+
+def _serving_admission(plural: str, name: str,
+                       stored: dict[str, Any]) -> tuple[int, str, dict | None]:
+    """KServe's validating webhooks: LLMInferenceService answers 422 (a field.ErrorList),
+    InferenceService 403 (a plain error), as controller-runtime passes them on."""
+    if plural == "llminferenceservices":
+        denied = llmisvc_webhook_problems(stored)
+        if denied:
+            return 422, ('admission webhook "llminferenceservice.kserve-webhook-server.v1alpha2.'
+                         'validator" denied the request: LLMInferenceService.serving.kserve.io '
+                         f'"{name}" is invalid: [{", ".join(denied)}]'), None
+        return 201, "", stored
+    denied = isvc_webhook_problems(stored)
+    if denied:
+        return 403, ('admission webhook "inferenceservice.kserve-webhook-server.validator" denied '
+                     f"the request: {denied[0]}"), None
+    return 201, "", stored
+
+
 class _Handler(BaseHTTPRequestHandler):
     server_double: FakeKubernetes
     plural = "pytorchjobs"
@@ -530,6 +657,8 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._get_job(namespace, name)
             if method == "DELETE" and name is not None:
                 return self._delete_job(namespace, name)
+            if method == "PUT" and name is not None:
+                return self._replace_job(namespace, name)
         if pods and method == "GET":
             namespace, name, log = pods.groups()
             if name is None:
@@ -547,6 +676,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_DELETE(self) -> None:
         self._route("DELETE")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
 
     # -- pytorchjobs -----------------------------------------------------------------------------
 
@@ -607,6 +739,8 @@ class _Handler(BaseHTTPRequestHandler):
                          + "; ".join(errors)), None
         with fake._cond:
             fake.pruned += [f"{kind} {name}: {path}" for path in dropped]
+        if self.plural in SERVING:
+            return _serving_admission(self.plural, name, stored)
         if self.plural == "pytorchjobs":
             denied = pytorchjob_webhook_problems(stored)
             webhook = "validator.pytorchjob.training-operator.kubeflow.org"
@@ -643,6 +777,8 @@ class _Handler(BaseHTTPRequestHandler):
                             {"name": name, "kind": self.plural}),
                 )
             job = copy.deepcopy(stored)
+            if self.plural in SERVING:
+                job.pop("status", None)  # the status subresource: only the controller writes it
             job["metadata"].update(
                 namespace=namespace,
                 uid=str(uuid.uuid4()),
@@ -656,6 +792,49 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(201, response)
         if fake.on_create is not None:
             scenario = fake.on_create
+            fake.run_in_background(lambda: scenario(fake, copy.deepcopy(response)))
+
+    def _replace_job(self, namespace: str, name: str) -> None:
+        """PUT: the whole object again, at the stored resourceVersion (an update)."""
+        fake = self.server_double
+        body = self._body()
+        metadata = body.get("metadata") or {}
+        if metadata.get("name") != name or metadata.get("namespace") not in (None, namespace):
+            return self._error(400, "BadRequest", "the name or namespace of the provided object "
+                               "does not match the request")
+        code, message, stored = self._admission_problems(body)
+        if stored is None:
+            reason = {400: "BadRequest", 403: "Forbidden", 422: "Invalid"}[code]
+            return self._send(code, _status(code, reason, message, {"name": name}))
+        with fake._cond:
+            current = fake.jobs.get((namespace, name))
+            if current is None or current["kind"] != KINDS[self.plural][1]:
+                return self._error(404, "NotFound", f'{self._resource} "{name}" not found')
+            version = metadata.get("resourceVersion")
+            if not version:
+                return self._error(422, "Invalid", f'{KINDS[self.plural][1]} "{name}" is invalid: '
+                                   "metadata.resourceVersion: Invalid value: 0x0: must be "
+                                   "specified for an update")
+            if version != current["metadata"]["resourceVersion"]:
+                return self._error(409, "Conflict", f'Operation cannot be fulfilled on '
+                                   f'{self._resource} "{name}": the object has been modified; '
+                                   "please apply your changes to the latest version and try again")
+            job = copy.deepcopy(stored)
+            job["status"] = copy.deepcopy(current.get("status") or {})
+            if not job["status"]:
+                job.pop("status")
+            kept = {key: current["metadata"][key] for key in
+                    ("uid", "creationTimestamp", "generation", "namespace")}
+            if job.get("spec") != current.get("spec"):
+                kept["generation"] += 1
+            job["metadata"].update(kept)
+            fake.jobs[(namespace, name)] = job
+            fake.replaced.append(name)
+            fake._touch(job, "MODIFIED")
+            response = copy.deepcopy(job)
+        self._send(200, response)
+        if fake.on_replace is not None:
+            scenario = fake.on_replace
             fake.run_in_background(lambda: scenario(fake, copy.deepcopy(response)))
 
     def _get_job(self, namespace: str, name: str) -> None:
