@@ -124,9 +124,11 @@ class DeployConfig:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
                     low <= value <= high):
-                shown = "timeout_minutes` (in minutes: 1 to 1440)" if field == "timeout_seconds" \
-                    else f"{field}` ({low} to {high} s)"
-                problems.add(f"`{shown} is out of range, got {value!r}")
+                if field == "timeout_seconds":
+                    shown = value / 60 if isinstance(value, (int, float)) else value
+                    problems.add(f"`timeout_minutes` must be 1 to 1440, got {shown!r}")
+                else:
+                    problems.add(f"`{field}` must be {low} to {high} s, got {value!r}")
         problems.raise_if_any()
 
 
