@@ -62,6 +62,9 @@ class RunSummary:
     """The merged model (export_model's output) when the run had `merge` on."""
     would_register: list[dict[str, Any]] | None = None
     """What register_model records for these artifacts: name, version, URI, format, metadata."""
+    would_deploy: dict[str, Any] | None = None
+    """With `deploy`: what deploy_model would serve (kinds, model URI and name, adapters, the
+    manifests), since `kftune run` has no cluster to deploy to."""
 
     @classmethod
     def from_dict(cls, summary: dict[str, Any]) -> RunSummary:

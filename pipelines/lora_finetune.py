@@ -1,8 +1,9 @@
 """The LoRA fine-tuning pipeline: download data and model, fine-tune, compare with the base model.
 
-    download_dataset ─┐
-                      ├─> train_lora ─> evaluate ─> [merge] export_model ─> [register] register
-    download_model ───┘
+    download_dataset ─┐                          ┌─> [merge] export_model ─┬─> [register] register
+                      ├─> train_lora ─> evaluate ─┤                         └─> [deploy] deploy
+    download_model ───┘                          └─> (no merge) ─┬─> [register] register
+                                                                 └─> [deploy] deploy (+ base)
 
 Every pipeline parameter is a field of the KFP UI's run form; the defaults are kftune's demo (a
 22M-parameter BERT sentence encoder fine-tuned for 3-class tweet sentiment) so that a run with no
@@ -18,6 +19,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import Markdown, Metrics, Model
 
 from ..components.common import demo
+from ..components.deploy_model.component import deploy_model
 from ..components.download_dataset.component import download_dataset
 from ..components.download_model.component import download_model
 from ..components.evaluate.component import evaluate
@@ -134,6 +136,16 @@ Args:
     registered_model_name: Registered model name of the adapter; the merged model is
         `<name>-merged`.
     model_version: Version name in the registry; empty for the KFP run's name.
+    deploy: Serve the model with KServe and wait until it is Ready (deploy_model): the
+        base model with the adapter, or with `merge` the merged model.
+    serving_name: Name of the KServe service, and the `model` name clients call the
+        fine-tuned model by (the base model is `<name>-base`).
+    serving_kind: `llm-inference-service` (LLMInferenceService, vLLM), `inference-service`
+        (InferenceService, Hugging Face runtime), or `auto` (what the cluster serves).
+    serving_service_account: The predictor's ServiceAccount, whose Secrets give KServe the
+        artifact store's credentials; empty for the namespace's `default`.
+    serving_resources: Requests = limits of the model server, e.g. `{"gpu": 1,
+        "memory": "24Gi"}`; empty for the runtime's defaults.
 """
 
 
@@ -188,6 +200,11 @@ def make_pipeline(
         registry_address: str = REGISTRY_ADDRESS,
         registered_model_name: str = "kftune-lora",
         model_version: str = "",
+        deploy: bool = False,
+        serving_name: str = "kftune-lora",
+        serving_kind: str = "auto",
+        serving_service_account: str = "",
+        serving_resources: dict = {},  # noqa: B006
     ) -> PipelineOutputs:
         # locals(): the pipeline's parameters (KFP channels while the pipeline is built).
         return _add_steps(locals(), download_retries=download_retries, pvc_claims=pvc_claims)
@@ -254,9 +271,10 @@ def _add_after_training(arguments: Mapping[str, Any], model_task: Any, train_tas
 
     `merge`: export_model merges the adapter into the base model (the evaluation's metrics go
     into its manifest). `register`: register_model records the adapter, and the merged model
-    when there is one, in the Model Registry. The switches are run parameters, so the compiled
-    pipeline holds the steps inside `dsl.If` groups: a registration of the merged model inside
-    the merge group, one of the adapter alone in its `dsl.Else`.
+    when there is one, in the Model Registry. `deploy`: deploy_model serves the merged model, or
+    the base model with the adapter, with KServe. The switches are run parameters, so the
+    compiled pipeline holds the steps inside `dsl.If` groups: the registration and deployment of
+    the merged model inside the merge group, those of the adapter alone in its `dsl.Else`.
     """
     adapter = train_task.outputs["adapter"]
     with dsl.If(arguments["merge"] == True, name="merge"):  # noqa: E712 (a KFP condition)
@@ -270,10 +288,31 @@ def _add_after_training(arguments: Mapping[str, Any], model_task: Any, train_tas
         with dsl.If(arguments["register"] == True, name="register"):  # noqa: E712
             register_both = _register(arguments, adapter, eval_task,
                                       merged_model=export_task.outputs["merged_model"])
+        with dsl.If(arguments["deploy"] == True, name="deploy"):  # noqa: E712
+            deploy_merged = _deploy(arguments, adapter, model_task,
+                                    merged_model=export_task.outputs["merged_model"])
     with dsl.Else(name="adapter only"):
         with dsl.If(arguments["register"] == True, name="register adapter"):  # noqa: E712
             register_adapter = _register(arguments, adapter, eval_task)
-    return [export_task, register_both, register_adapter]
+        with dsl.If(arguments["deploy"] == True, name="deploy adapter"):  # noqa: E712
+            deploy_adapter = _deploy(arguments, adapter, model_task)
+    return [export_task, register_both, deploy_merged, register_adapter, deploy_adapter]
+
+
+def _deploy(arguments: Mapping[str, Any], adapter: Any, model_task: Any,
+            merged_model: Any = None) -> Any:
+    extra = {"merged_model": merged_model} if merged_model is not None else {}
+    task = deploy_model(
+        adapter=adapter,
+        base_model=model_task.outputs["model"],
+        serving_name=arguments["serving_name"],
+        kind=arguments["serving_kind"],
+        service_account=arguments["serving_service_account"],
+        resources=arguments["serving_resources"],
+        **extra,
+    ).set_display_name("Serve with KServe")
+    task.set_caching_options(False)
+    return task
 
 
 def _register(arguments: Mapping[str, Any], adapter: Any, eval_task: Any,

@@ -197,6 +197,7 @@ def validate_arguments(arguments: dict[str, Any], *, on_this_host: bool = False)
     for name in ("eval_batch_size", "eval_max_examples"):
         if arguments[name] < 1:
             problems.add(f"`{name}` must be >= 1, got {arguments[name]}")
+    problems.extend(serving_problems(arguments))
     backend = arguments["backend"]
     try:
         plan(
@@ -221,6 +222,23 @@ def validate_arguments(arguments: dict[str, Any], *, on_this_host: bool = False)
             for problem in error.problems
         )
     return problems.messages
+
+
+def serving_problems(arguments: dict[str, Any]) -> list[str]:
+    """deploy_model's checks of the serving parameters (and, with `deploy`, of the task)."""
+    from ..components.deploy_model import deploy
+
+    problems: list[str] = []
+    try:
+        deploy.DeployConfig(name=arguments["serving_name"], kind=arguments["serving_kind"],
+                            service_account=arguments["serving_service_account"],
+                            resources=arguments["serving_resources"])
+    except InputError as error:
+        problems += error.problems
+    if arguments["deploy"]:
+        problems += deploy.task_problems(arguments["task"], arguments["serving_kind"],
+                                         merged=bool(arguments["merge"]))
+    return problems
 
 
 def parse_arguments(

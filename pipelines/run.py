@@ -107,6 +107,13 @@ def format_table(summary: dict[str, Any]) -> str:
     for entry in summary.get("would_register") or []:
         lines.append(f"registers  : {entry['name']}:{entry['version']} ({entry['format']}) "
                      f"{entry['uri']}")
+    served = summary.get("would_deploy")
+    if served:
+        lines.append(f"deploys    : {' or '.join(served['kinds'])} {served['name']}: "
+                     f"{served['model_name']} = {served['model_uri']}")
+        lines += [f"             + LoRA adapter {adapter['name']} = {adapter['uri']}"
+                  for adapter in served["adapters"]]
+        lines.append(f"             called with model={served['call_with_model']!r}")
     return "\n".join(lines)
 
 
@@ -130,6 +137,42 @@ def registration_preview(arguments: dict[str, Any], metrics: dict[str, Any], ada
     return [{"name": entry["name"], "version": entry["version"], "uri": entry["uri"],
              "format": entry["model_format_name"], "metadata": entry["metadata"]}
             for entry in entries]
+
+
+def deployment_preview(arguments: dict[str, Any], adapter_dir: Path, merged: Path | None,
+                       base: Path | None) -> dict[str, Any] | None:
+    """What deploy_model would serve for this run's artifacts, with `deploy` on (else None).
+
+    The manifests name this machine's artifact paths; on a cluster they are the artifact
+    store's URIs (`minio://` written as `s3://`).
+    """
+    from ..components.deploy_model import deploy
+
+    if not arguments.get("deploy"):
+        return None
+    try:
+        config = deploy.DeployConfig(
+            name=arguments["serving_name"], kind=arguments["serving_kind"],
+            service_account=arguments["serving_service_account"],
+            resources=arguments["serving_resources"])
+        plan = deploy.serving_plan(
+            str(adapter_dir), str(adapter_dir), config, base_uri=str(base or ""),
+            merged_dir=str(merged) if merged else None, merged_uri=str(merged) if merged else None,
+            check_uris=False)
+    except (ValueError, KeyError, OSError) as error:
+        logger.debug("no deployment preview: %s", error)
+        return None
+    kinds = plan.kinds if config.kind == "auto" else (config.kind,)
+    return {"kind": config.kind, "kinds": [deploy.RESOURCES[kind][2] for kind in kinds],
+            "name": config.name, **plan.summary(config.name),
+            "manifests": {deploy.RESOURCES[kind][2]: deploy.manifest(kind, plan, config, "")
+                          for kind in kinds}}
+
+
+def base_model_dir(artifacts: Path) -> Path | None:
+    """download_model's output under a kfp.local run's artifacts."""
+    found = sorted(artifacts.glob("*/download-model/model/manifest.json"))
+    return found[-1].parent if found else None
 
 
 def merged_model_dir(artifacts: Path) -> Path | None:
@@ -498,6 +541,10 @@ def _run_in(
     )
     (output_dir / "workspace").mkdir(exist_ok=True)
     pipeline = make_pipeline(download_retries=0)
+    if overrides.get("deploy"):
+        # The deploy step needs a cluster: here it is shown (`would_deploy`), not run.
+        logger.info("deploy: kftune run shows what it would deploy; a KFP run deploys")
+        overrides = {**overrides, "deploy": False}
     started = time.monotonic()
     tail = _OutputTail(sys.stdout, quiet=not debug)
     sys.stdout = tail
@@ -528,27 +575,26 @@ def _run_in(
         raise
     finally:
         sys.stdout = tail.stream
-    wall = time.monotonic() - started
-    outputs = task.outputs
-    summary = summarize(
-        dict(outputs["metrics"].metadata),
-        Path(outputs["adapter"].path),
-        Path(outputs["report"].path),
-        wall,
-    )
+    summary = _summary(arguments, task.outputs, output_dir, time.monotonic() - started)
+    run_dir.complete(summary)
+    return summary
+
+
+def _summary(arguments: dict[str, Any], outputs: Any, output_dir: Path,
+             wall: float) -> dict[str, Any]:
+    metrics, adapter = dict(outputs["metrics"].metadata), Path(outputs["adapter"].path)
     merged = merged_model_dir(output_dir / "artifacts")
-    summary = {
+    return {
         "kftune_version": __version__,
         "output_dir": str(output_dir),
         "arguments": arguments,
-        **summary,
+        **summarize(metrics, adapter, Path(outputs["report"].path), wall),
         "merged_model_dir": str(merged) if merged else None,
-        "would_register": registration_preview(
-            arguments, dict(outputs["metrics"].metadata), Path(outputs["adapter"].path), merged,
-            output_dir.name),
+        "would_register": registration_preview(arguments, metrics, adapter, merged,
+                                               output_dir.name),
+        "would_deploy": deployment_preview(arguments, adapter, merged,
+                                           base_model_dir(output_dir / "artifacts")),
     }
-    run_dir.complete(summary)
-    return summary
 
 
 def command_run(args: argparse.Namespace) -> int:

@@ -220,6 +220,23 @@ class ServingPlan:
                 "call_with_model": self.adapters[0][0] if self.adapters else name}
 
 
+def serving_kinds(task: str) -> tuple[str, ...]:
+    """The kinds that serve a model trained for `task`, preferred first."""
+    return tuple(RESOURCES) if task == "causal-lm" else ("inference-service",)
+
+
+def task_problems(task: str, kind: str, *, merged: bool) -> list[str]:
+    """Why `kind` cannot serve a `task` model (merged or as base + adapter), if it cannot."""
+    problems = []
+    if task != "causal-lm" and not merged:
+        problems.append(f"a {task} adapter is served only merged (vLLM serves LoRA adapters of "
+                        "generative models only): run with `merge` true")
+    if kind not in ("auto", *serving_kinds(task)):
+        problems.append(f"`serving_kind` {kind!r} serves causal LMs only (vLLM); a {task} model "
+                        "is served by `inference-service` (the Hugging Face runtime)")
+    return problems
+
+
 def _adapter_rank(adapter_dir: str, manifest: dict[str, Any]) -> int:
     config_file = Path(adapter_dir) / "adapter_config.json"
     config = json.loads(config_file.read_text()) if config_file.is_file() else {}
@@ -247,13 +264,8 @@ def serving_plan(adapter_dir: str, adapter_uri: str, config: DeployConfig, *,
         problems.add("`merged_model` must be export_model's output (its manifest has no "
                      "merged_from)")
     task = manifest.get("task") or "causal-lm"
-    kinds = tuple(RESOURCES) if task == "causal-lm" else ("inference-service",)
-    if task != "causal-lm" and merged_dir is None:
-        problems.add(f"a {task} adapter is served only merged (vLLM serves LoRA adapters of "
-                     "generative models only): run with `merge` true")
-    if config.kind not in ("auto", *kinds):
-        problems.add(f"`serving_kind` {config.kind!r} serves causal LMs only (vLLM); a {task} "
-                     "model is served by `inference-service` (the Hugging Face runtime)")
+    kinds = serving_kinds(task)
+    problems.extend(task_problems(task, config.kind, merged=merged_dir is not None))
 
     def served(uri: str, parameter: str) -> str:
         translated, found = storage_uri(uri, parameter)
@@ -277,7 +289,8 @@ def serving_plan(adapter_dir: str, adapter_uri: str, config: DeployConfig, *,
 
 
 def _metadata(config: DeployConfig, namespace: str) -> dict[str, Any]:
-    return {"name": config.name, "namespace": namespace, "labels": dict(MANAGED_BY)}
+    namespaced = {"namespace": namespace} if namespace else {}  # a preview names none
+    return {"name": config.name, **namespaced, "labels": dict(MANAGED_BY)}
 
 
 def llm_inference_service(plan: ServingPlan, config: DeployConfig,

@@ -1,4 +1,5 @@
-"""`kftune run --merge true` on kfp.local: the demo adapter merged for real, and checked."""
+"""`kftune run --merge true --deploy true` on kfp.local: the demo adapter merged for real, and
+checked; what deploy_model would serve shown without a cluster."""
 
 import json
 import os
@@ -15,7 +16,8 @@ def test_kftune_run_with_merge_exports_the_demo_model(tmp_path: Path) -> None:
     output_dir = tmp_path / "run"
     completed = subprocess.run(
         [sys.executable, "-m", "kftune.pipelines.cli", "run", "--output-dir", str(output_dir),
-         "--merge", "true", "--param", "training_parameters.max_steps=10",
+         "--merge", "true", "--deploy", "true", "--serving-name", "sentiment",
+         "--param", "training_parameters.max_steps=10",
          "--eval-max-examples", "64"],
         capture_output=True, text=True, timeout=1200,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
@@ -39,6 +41,16 @@ def test_kftune_run_with_merge_exports_the_demo_model(tmp_path: Path) -> None:
     assert planned[("kftune-lora", "peft-lora")]["metadata"]["eval_tuned_accuracy"] == summary[
         "tuned"]["accuracy"]
     assert "registers  : kftune-lora-merged:" in completed.stdout
+    # What deploy_model would serve: the merged classifier, by the Hugging Face runtime.
+    served = summary["would_deploy"]
+    assert (served["kinds"], served["model_uri"], served["adapters"]) == (
+        ["InferenceService"], str(merged), [])
+    predictor = served["manifests"]["InferenceService"]["spec"]["predictor"]
+    assert predictor["model"]["storageUri"] == str(merged)
+    assert predictor["model"]["args"] == ["--model_name=sentiment", "--backend=huggingface",
+                                          "--task=sequence_classification"]
+    assert f"deploys    : InferenceService sentiment: sentiment = {merged}" in completed.stdout
+    assert summary["arguments"]["deploy"] is True
 
     from transformers import AutoModelForSequenceClassification
 

@@ -151,6 +151,14 @@ CHECK_CASES = [
          expected_error="`training_parameters.lr_scheduler_kwargs.num_cyclez` is not an argument "
                         "of the cosine scheduler (transformers.get_cosine_schedule_with_warmup); "
                         "it takes num_cycles, last_epoch"),
+    Case("deploy_a_classifier_adapter", ["--deploy", "true"],
+         expected_error="a sequence-classification adapter is served only merged (vLLM serves "
+                        "LoRA adapters of generative models only): run with `merge` true"),
+    Case("serving_kind", ["--serving-kind", "knative"],
+         expected_error="`serving_kind` must be one of auto, llm-inference-service, "
+                        "inference-service, got 'knative'"),
+    Case("serving_resources", ["--serving-resources", '{"gpus": 1}'],
+         expected_error="`serving_resources` has an unknown key 'gpus'; use gpu, cpu, memory"),
     Case("checkpointing_kwargs",
          ["--param", 'training_parameters.gradient_checkpointing_kwargs={"reentrant": false}'],
          expected_error="`training_parameters.gradient_checkpointing_kwargs.reentrant` is not an "
@@ -280,6 +288,48 @@ def test_run_passes_overrides_to_the_pipeline_and_writes_summary(
     assert summary["adapter_dir"] == str(adapter)
     out = capsys.readouterr().out
     assert "accuracy" in out and "0.7000" in out and "train time : 12.5 s" in out
+    assert summary["would_deploy"] is None
+
+
+def test_run_with_deploy_shows_instead_of_deploying(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    received: dict[str, Any] = {}
+    artifacts = tmp_path / "run" / "artifacts" / "lora-finetune-1"
+    adapter, base = artifacts / "train-lora" / "adapter", artifacts / "download-model" / "model"
+    for directory, manifest in ((adapter, {"kind": "adapter", "task": "causal-lm",
+                                           "lora": {"r": 8}}),
+                                (base, {"kind": "model", "task": "causal-lm"})):
+        directory.mkdir(parents=True)
+        (directory / "manifest.json").write_text(json.dumps(manifest))
+
+    def fake_make_pipeline(*, download_retries: int) -> Any:
+        def pipeline(**kwargs: Any) -> Any:
+            received.update(kwargs)
+            outputs = {"metrics": FakeArtifact(tmp_path / "m", {"base_eval_loss": 3.0,
+                                                                "tuned_eval_loss": 2.0}),
+                       "adapter": FakeArtifact(adapter),
+                       "report": FakeArtifact(tmp_path / "report.md")}
+            return type("Task", (), {"outputs": outputs})()
+        return pipeline
+
+    monkeypatch.setattr(lora_finetune, "make_pipeline", fake_make_pipeline)
+    code = cli.main(["run", "--output-dir", str(tmp_path / "run"), "--task", "causal-lm",
+                     "--deploy", "true", "--serving-name", "tweets"])
+    assert code == 0
+    assert received["deploy"] is False  # no cluster here: the step is not run
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["arguments"]["deploy"] is True
+    served = summary["would_deploy"]
+    assert served["kinds"] == ["LLMInferenceService", "InferenceService"]
+    assert (served["model_uri"], served["model_name"]) == (str(base), "tweets-base")
+    assert served["adapters"] == [{"name": "tweets", "uri": str(adapter)}]
+    model = served["manifests"]["LLMInferenceService"]["spec"]["model"]
+    assert model["lora"]["adapters"] == [{"name": "tweets", "uri": str(adapter)}]
+    out = capsys.readouterr().out
+    assert (f"deploys    : LLMInferenceService or InferenceService tweets: tweets-base = {base}\n"
+            f"             + LoRA adapter tweets = {adapter}\n"
+            "             called with model='tweets'") in out
 
 
 # --------------------------------------------------------------------------- submit

@@ -32,7 +32,10 @@ def _wired(task: dict[str, Any]) -> dict[str, str]:
 SWITCHES = [("merge", "BOOLEAN", False), ("register", "BOOLEAN", False),
             ("registry_address", "STRING",
              "http://model-registry-service.kubeflow.svc.cluster.local:8080"),
-            ("registered_model_name", "STRING", "kftune-lora"), ("model_version", "STRING", "")]
+            ("registered_model_name", "STRING", "kftune-lora"), ("model_version", "STRING", ""),
+            ("deploy", "BOOLEAN", False), ("serving_name", "STRING", "kftune-lora"),
+            ("serving_kind", "STRING", "auto"), ("serving_service_account", "STRING", ""),
+            ("serving_resources", "STRUCT", {})]
 
 
 @pytest.mark.parametrize(("name", "kind", "default"), SWITCHES, ids=[s[0] for s in SWITCHES])
@@ -78,3 +81,22 @@ def test_adapter_only_branch_is_the_merge_else(pipeline_spec: dict[str, Any]) ->
     group, _ = _group(pipeline_spec, "adapter only")
     assert group["triggerPolicy"]["condition"] == (
         "!(inputs.parameter_values['pipelinechannel--merge'] == true)")
+
+
+@pytest.mark.parametrize(("group_name", "merged"), [("deploy", True), ("deploy adapter", False)])
+def test_deploy_serves_the_merged_model_or_base_and_adapter(pipeline_spec: dict[str, Any],
+                                                           group_name: str, merged: bool) -> None:
+    group, tasks = _group(pipeline_spec, group_name)
+    assert group["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--deploy'] == true")
+    (deploy,) = tasks.values()
+    assert deploy["taskInfo"]["name"] == "Serve with KServe"
+    wired = _wired(deploy)
+    assert wired["adapter"] == "pipelinechannel--train-lora-adapter"
+    assert wired["base_model"] == "pipelinechannel--download-model-model"
+    assert ("merged_model" in wired) is merged
+    parameters = deploy["inputs"]["parameters"]
+    assert {name: value["componentInputParameter"] for name, value in parameters.items()} == {
+        "serving_name": "pipelinechannel--serving_name", "kind": "pipelinechannel--serving_kind",
+        "service_account": "pipelinechannel--serving_service_account",
+        "resources": "pipelinechannel--serving_resources"}
