@@ -4,10 +4,12 @@
 set -u
 export PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .dev/whl/*.whl || exit 1
-mkdir -p /tmp/new /tmp/old; ln -sfn "$PWD/.dev/tree" /tmp/new/kftune; ln -sfn "$PWD" /tmp/old/kftune
+mkdir -p /tmp/new /tmp/old; ln -sfn "$PWD/.dev/tree" /tmp/new/kftune; ln -sfn "$PWD/.dev/old" /tmp/old/kftune
 { date -u; nproc; free -g; df -h /tmp; grep -m1 "model name" /proc/cpuinfo
   PYTHONPATH=/tmp/site python3 -c "import torch, transformers, accelerate, peft, safetensors; print(torch.__version__, transformers.__version__, accelerate.__version__, peft.__version__, safetensors.__version__, torch.cuda.is_available())"
 } 2>&1 | tee "$OUT/env.txt"
+rm -rf /tmp/b8
+export KFTUNE_CACHE_DIR="$PWD/.dev/cache"
 cd .dev/tree
 for phase in ${PHASES:-new old}; do
   if [ "$phase" = new ]; then
