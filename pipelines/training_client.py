@@ -40,6 +40,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ..components.common import cluster
 from ..components.common.errors import InputError
 
 logger = logging.getLogger("kftune")
@@ -66,7 +67,6 @@ DEFAULT_LOCAL_OUTPUT = "runs/{name}/adapter"
 # LoRA fields passed even when they equal PEFT's defaults: they define the adapter, and the job's
 # arguments then say what it trains.
 CORE_LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "bias")
-SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 # Where the local backend logs its nodes' lines when nobody collects them.
 LOCAL_BACKEND_LOGGER = "kftune.components.train_lora.step.backends.local"
 
@@ -404,13 +404,6 @@ def translate(model: Any, dataset: Any, trainer: Any) -> tuple[Translated | None
 # -- the client -----------------------------------------------------------------------------------
 
 
-def _default_namespace() -> str:
-    try:
-        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
-    except OSError:
-        return "default"
-
-
 def _cluster_configuration(config_file: str | None, context: str | None) -> Any:
     """The Kubernetes client configuration of this pod or of the kubeconfig; None without one."""
     from kubernetes import client, config
@@ -534,7 +527,7 @@ class TrainingClient:
             problems.append(f"`backend` must be auto, kubernetes or local, got {backend!r}")
         if problems:
             raise InputError(problems)
-        self.namespace = namespace or _default_namespace()
+        self.namespace = cluster.own_namespace(namespace)
         self.job_kind = job_kind
         self.output_root = Path(output_root or "runs")
         self._local_jobs: dict[tuple[str, str], dict[str, Any]] = {}

@@ -24,19 +24,15 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from ..common import retry
-from ..common.errors import InputError
+from ..common import cluster, retry
 from . import deploy as spec
 
 LOG = logging.getLogger(__name__)
 
-SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 TERMINAL_REASONS = frozenset({"ProgressDeadlineExceeded", "RevisionFailed", "ScalingCRDNotFound",
                               "InvalidSpec", "BlockedByFailedLoad"})
 MAX_POLL_SECONDS = 30.0
@@ -48,32 +44,7 @@ def default_api_client() -> Any:
     Raises:
         InputError: when there is neither.
     """
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        try:
-            config.load_kube_config(config_file=os.environ.get("KUBECONFIG"),
-                                    client_configuration=configuration)
-        except Exception as error:  # missing, unreadable or malformed: not usable
-            raise InputError([
-                "no Kubernetes cluster to deploy to: not inside a cluster and no usable "
-                f"kubeconfig ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-                "; set KUBECONFIG, or run the pipeline with `deploy` false"
-            ]) from None
-    return client.ApiClient(configuration)
-
-
-def target_namespace(namespace: str) -> str:
-    """`namespace`, else this pod's own namespace, else `default`."""
-    if namespace:
-        return namespace
-    try:
-        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
-    except OSError:
-        return "default"
+    return cluster.api_client(doing="deploy to", fix="run the pipeline with `deploy` false")
 
 
 def _served(api_client: Any, kind: str) -> bool:
@@ -268,7 +239,7 @@ def deploy(plan: spec.ServingPlan, config: spec.DeployConfig,
     api_client = api_client if api_client is not None else default_api_client()
     api = client.CustomObjectsApi(api_client)
     kind = choose_kind(api_client, config.kind, plan)
-    namespace = target_namespace(config.namespace)
+    namespace = cluster.own_namespace(config.namespace)
     body = spec.manifest(kind, plan, config, namespace)
     version, plural, kind_name = spec.RESOURCES[kind]
     apply(api, kind, body)

@@ -41,6 +41,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
+from ...common import cluster
 from ...common.artifacts import MetricsSink, atomic_directory, read_manifest
 from ...common.errors import InputError, Problems
 from ...common.images import unset_image_problems
@@ -58,7 +59,6 @@ BACKENDS = ("auto", "kubernetes", "trainjob", "local")
 KUBERNETES_BACKENDS = ("kubernetes", "trainjob")
 # How often the local backend starts a failed job again when `backoff_limit` is not set.
 LOCAL_RESTARTS = 2
-SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
 def choose_backend(backend: str) -> str:
@@ -409,12 +409,7 @@ def _log_metrics(metrics: MetricsSink | None, result: Mapping[str, Any]) -> None
 
 def step_namespace(options: KubernetesOptions) -> str:
     """The job's namespace: the option, else this pod's own namespace, else `default`."""
-    if options.namespace:
-        return options.namespace
-    try:
-        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or "default"
-    except OSError:
-        return "default"
+    return cluster.own_namespace(options.namespace)
 
 
 def default_api_client() -> Any:
@@ -423,24 +418,7 @@ def default_api_client() -> Any:
     Raises:
         InputError: when there is neither (no cluster to talk to).
     """
-    from kubernetes import client, config
-
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)
-    except config.ConfigException:
-        try:
-            # The library reads $KUBECONFIG once, at import: pass it explicitly.
-            config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
-            )
-        except Exception as error:  # missing, unreadable or malformed: not usable
-            raise InputError([
-                "no Kubernetes cluster to talk to: not inside a cluster and no usable "
-                f"kubeconfig ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-                "; set KUBECONFIG, or use backend 'local'"
-            ]) from None
-    return client.ApiClient(configuration)
+    return cluster.api_client(doing="talk to", fix="use backend 'local'")
 
 
 def build_job(job: job_lib.JobRequest, kind: str) -> dict[str, Any]:
