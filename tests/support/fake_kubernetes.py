@@ -718,6 +718,14 @@ class _Handler(BaseHTTPRequestHandler):
     def _resource(self) -> str:
         return f"{self.plural}.{KINDS[self.plural][0].split('/')[0]}"
 
+    def _admitted(self, body: dict[str, Any], name: str) -> dict[str, Any] | None:
+        """The object as stored, or None after answering with the admission's refusal."""
+        code, message, stored = self._admission_problems(body)
+        if stored is None:
+            reason = {400: "BadRequest", 403: "Forbidden", 422: "Invalid"}[code]
+            self._send(code, _status(code, reason, message, {"name": name}))
+        return stored
+
     def _admission_problems(self, body: dict[str, Any]) -> tuple[int, str, dict | None]:
         """(status, message, the object as stored) after schema, pruning and webhook."""
         fake = self.server_double
@@ -765,10 +773,9 @@ class _Handler(BaseHTTPRequestHandler):
                 "the namespace of the provided object does not match the namespace sent on the "
                 "request",
             )
-        code, message, stored = self._admission_problems(body)
+        stored = self._admitted(body, name)
         if stored is None:
-            reason = {400: "BadRequest", 403: "Forbidden", 422: "Invalid"}[code]
-            return self._send(code, _status(code, reason, message, {"name": name}))
+            return None
         with fake._cond:
             if (namespace, name) in fake.jobs:
                 return self._send(
@@ -802,10 +809,9 @@ class _Handler(BaseHTTPRequestHandler):
         if metadata.get("name") != name or metadata.get("namespace") not in (None, namespace):
             return self._error(400, "BadRequest", "the name or namespace of the provided object "
                                "does not match the request")
-        code, message, stored = self._admission_problems(body)
+        stored = self._admitted(body, name)
         if stored is None:
-            reason = {400: "BadRequest", 403: "Forbidden", 422: "Invalid"}[code]
-            return self._send(code, _status(code, reason, message, {"name": name}))
+            return None
         with fake._cond:
             current = fake.jobs.get((namespace, name))
             if current is None or current["kind"] != KINDS[self.plural][1]:
