@@ -120,16 +120,19 @@ class DeployConfig:
         else:
             for arg in self.args:
                 problems.extend(uris.credential_problems(arg, parameter="runtime_args"))
-        for field, low, high in (("timeout_seconds", 1e-3, 86400.0), ("poll_seconds", 1e-3, 300.0)):
-            value = getattr(self, field)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-                    low <= value <= high):
-                if field == "timeout_seconds":
-                    shown = value / 60 if isinstance(value, (int, float)) else value
-                    problems.add(f"`timeout_minutes` must be 1 to 1440, got {shown!r}")
-                else:
-                    problems.add(f"`{field}` must be {low} to {high} s, got {value!r}")
+        if not _within(self.timeout_seconds, 1e-3, 86400.0):
+            shown = self.timeout_seconds
+            problems.add("`timeout_minutes` must be 1 to 1440, got "
+                         f"{shown / 60 if isinstance(shown, (int, float)) else shown!r}")
+        if not _within(self.poll_seconds, 1e-3, 300.0):
+            problems.add(f"`poll_seconds` must be 0.001 to 300.0 s, got {self.poll_seconds!r}")
         problems.raise_if_any()
+
+
+def _within(value: Any, low: float, high: float) -> bool:
+    """Whether `value` is a number (not a bool) from `low` to `high`."""
+    return (not isinstance(value, bool) and isinstance(value, (int, float))
+            and low <= value <= high)
 
 
 def name_problems(name: Any, parameter: str) -> list[str]:
