@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from . import retry
 from .errors import InputError
 
 # Where Kubernetes mounts the pod's namespace with its service account token.
@@ -54,3 +55,24 @@ def api_client(*, doing: str, fix: str) -> Any:
                 f"; set KUBECONFIG, or {fix}"
             ]) from None
     return client.ApiClient(configuration)
+
+
+def serves(api_client: Any, group: str, version: str, plural: str) -> bool:
+    """Whether the API server serves `plural` in `group/version` (transient errors retried).
+
+    Raises:
+        RuntimeError: when the server cannot be asked (other than 404).
+    """
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    try:
+        resources = retry.call_with_retries(
+            lambda: client.CustomObjectsApi(api_client).get_api_resources(group, version),
+            what=f"discover {group}/{version}")
+    except ApiException as error:
+        if error.status == 404:
+            return False
+        raise RuntimeError(f"could not ask the Kubernetes API whether it serves {plural}."
+                           f"{group}/{version}: HTTP {error.status} {error.reason}") from None
+    return any(resource.name == plural for resource in resources.resources or [])

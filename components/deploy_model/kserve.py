@@ -48,20 +48,8 @@ def default_api_client() -> Any:
 
 
 def _served(api_client: Any, kind: str) -> bool:
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
     version, plural, _ = spec.RESOURCES[kind]
-    try:
-        resources = retry.call_with_retries(
-            lambda: client.CustomObjectsApi(api_client).get_api_resources(spec.GROUP, version),
-            what=f"discover {spec.GROUP}/{version}")
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise RuntimeError(f"could not ask the Kubernetes API whether it serves {plural}."
-                           f"{spec.GROUP}/{version}: HTTP {error.status} {error.reason}") from None
-    return any(resource.name == plural for resource in resources.resources or [])
+    return cluster.serves(api_client, spec.GROUP, version, plural)
 
 
 def _what(kind: str) -> str:

@@ -13,33 +13,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from ....common import cluster
 from ....common.errors import InputError
 from .. import job as job_lib
 from .. import trainjob
 from ..options import DEFAULT_RUNTIME
 
 logger = logging.getLogger(__name__)
-
-
-def serves(api_client: Any, group: str, version: str, plural: str) -> bool:
-    """Whether the API server serves `plural` in `group/version`.
-
-    Raises:
-        RuntimeError: when the server cannot be asked (other than 404).
-    """
-    from kubernetes import client
-    from kubernetes.client.exceptions import ApiException
-
-    try:
-        resources = client.CustomObjectsApi(api_client).get_api_resources(group, version)
-    except ApiException as error:
-        if error.status == 404:
-            return False
-        raise RuntimeError(
-            f"could not ask the Kubernetes API which training kinds it serves ({group}/{version}): "
-            f"HTTP {error.status} {error.reason}"
-        ) from error
-    return any(resource.name == plural for resource in resources.resources or [])
 
 
 def cluster_runtimes(api_client: Any) -> list[str] | None:
@@ -90,8 +70,8 @@ def pick_backend(api_client: Any, *, runtime: str = DEFAULT_RUNTIME,
         RuntimeError: when the cluster serves neither kind.
         InputError: when `runtime` was named but does not exist.
     """
-    v1 = serves(api_client, job_lib.API_GROUP, job_lib.API_VERSION, job_lib.PLURAL)
-    v2 = serves(api_client, trainjob.API_GROUP, trainjob.API_VERSION, trainjob.PLURAL)
+    v1 = cluster.serves(api_client, job_lib.API_GROUP, job_lib.API_VERSION, job_lib.PLURAL)
+    v2 = cluster.serves(api_client, trainjob.API_GROUP, trainjob.API_VERSION, trainjob.PLURAL)
     if not v1 and not v2:
         raise RuntimeError(
             "this cluster serves neither TrainJob (trainer.kubeflow.org/v1alpha1, Kubeflow Trainer "
