@@ -45,7 +45,11 @@ def test_a_rescheduled_pod_resumes_from_the_checkpoint_in_the_artifact_store(tmp
     # First pod: rank 1 is SIGKILLed after step 5; checkpoint 3 was committed before.
     ok, lines, error = run_pod(model, data, output_uri, tmp_path / "node-a", {
         "KFTUNE_DEBUG_KILL_AT_STEP": "5", "KFTUNE_DEBUG_KILL_RANK": "1"})
-    assert not ok and "killed by SIGKILL" in error.splitlines()[0], error
+    assert not ok and "trainer rank 1 (pid" in error.splitlines()[0], error
+    assert "killed by SIGKILL" in error.splitlines()[0], error
+    # The pod's own last word (what the launch step quotes on a cluster) names it too.
+    assert any("the trainer failed: trainer rank 1 (pid" in line and "SIGKILL" in line
+               for line in lines), lines[-5:]
     stored = {item["Key"] for item in s3.client.list_objects_v2(
         Bucket=bucket, Prefix="run-1/train-lora/checkpoints/").get("Contents", [])}
     assert "run-1/train-lora/checkpoints/step-3/COMPLETE" in stored, stored

@@ -36,6 +36,7 @@ What moves where (no ReadWriteMany storage needed):
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import logging
@@ -44,6 +45,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -51,6 +53,7 @@ from typing import Any
 
 from ...common.transfer import download_directory, upload_directory
 from ..config import TrainConfig, trainer_command
+from ..failures import Report, node_failure, read_error_file
 from .checkpoint_store import CheckpointStore, Uploader, store_uri
 
 logger = logging.getLogger("kftune.pod")
@@ -152,38 +155,47 @@ def fetch_data_source(uri: str, settings: Mapping[str, Any], data_dir: Path) -> 
 def run_trainer(config_path: Path) -> int:
     """Runs torchrun with the trainer, forwarding SIGTERM; returns its exit status.
 
-    When it fails, the trainer's own error (which torchrun copies into `TORCHELASTIC_ERROR_FILE`
-    from its failed worker) is the pod's last log line, which the launch step quotes.
+    torchrun's output passes through this process (to stdout) so that its failure report can be
+    read: when it fails, the pod's last log line names the rank that caused it and why (its own
+    exception, or the signal that killed it); the launch step quotes the end of the pod's log.
+    The exception comes from `TORCHELASTIC_ERROR_FILE`, into which torchrun copies its failed
+    worker's.
     """
     command = trainer_command(config_path)
     error_file = config_path.with_name("trainer-error.json")
     error_file.unlink(missing_ok=True)
+    sys.stdout.flush()
     process = subprocess.Popen(command, env={**os.environ,
-                                             "TORCHELASTIC_ERROR_FILE": str(error_file)})
+                                             "TORCHELASTIC_ERROR_FILE": str(error_file)},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    report = Report()
+    tail: collections.deque[str] = collections.deque(maxlen=50)
+
+    def copy_output() -> None:
+        assert process.stdout is not None
+        for raw in iter(process.stdout.readline, b""):
+            text = raw.decode("utf-8", errors="replace")
+            sys.stdout.write(text)
+            sys.stdout.flush()
+            tail.append(text.rstrip("\n"))
+            report.feed(tail[-1])
 
     def forward(signum: int, frame: object) -> None:
         process.send_signal(signum)
 
+    reader = threading.Thread(target=copy_output, name="torchrun-output", daemon=True)
+    reader.start()
     previous = signal.signal(signal.SIGTERM, forward)
     try:
         status = process.wait()
     finally:
         signal.signal(signal.SIGTERM, previous)
+    # A process the trainer started may hold the pipe open after torchrun exited: not for long.
+    reader.join(timeout=10)
     if status != 0:
-        logger.error("the trainer failed: %s", recorded_error(error_file) or
-                     f"torchrun exited with status {status}")
+        cause, _, _ = node_failure(status, read_error_file(error_file), list(tail), report)
+        logger.error("the trainer failed: %s", cause)
     return status
-
-
-def recorded_error(path: Path) -> str:
-    """The first line of the exception recorded in a torchelastic error file, or ""."""
-    try:
-        message = json.loads(path.read_text()).get("message", "")
-    except (OSError, ValueError, AttributeError):
-        return ""
-    if isinstance(message, dict):
-        message = message.get("message", "")
-    return str(message).strip().splitlines()[0] if str(message).strip() else ""
 
 
 def main(argv: Sequence[str] | None = None) -> int:

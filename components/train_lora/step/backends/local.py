@@ -21,11 +21,8 @@ signal is named with its rank, pid and signal from torchrun's failure report.
 from __future__ import annotations
 
 import collections
-import contextlib
-import json
 import logging
 import os
-import re
 import shutil
 import signal
 import socket
@@ -37,6 +34,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...failures import Report, lost_peer, node_failure, read_error_file
 from .base import Backend
 
 logger = logging.getLogger(__name__)
@@ -132,6 +130,7 @@ class LocalBackend(Backend):
         self._processes: list[subprocess.Popen[bytes]] = []
         self._readers: list[threading.Thread] = []
         self._tails: list[collections.deque[str]] = []
+        self._reports: list[Report] = []  # torchrun's failure report, from each node's output
         self._error_dir = ""
 
     def submit(self) -> str:
@@ -145,7 +144,7 @@ class LocalBackend(Backend):
     def _start(self) -> str:
         os.makedirs(self._error_dir, exist_ok=True)
         port = free_port()
-        self._processes, self._readers, self._tails = [], [], []
+        self._processes, self._readers, self._tails, self._reports = [], [], [], []
         for node_rank in range(self.num_workers):
             self._error_file(node_rank).unlink(missing_ok=True)
             env = {
@@ -173,9 +172,10 @@ class LocalBackend(Backend):
                 start_new_session=True,  # its own process group: stopping it stops its children
             )
             tail: collections.deque[str] = collections.deque(maxlen=self._log_tail_lines)
+            report = Report()
             reader = threading.Thread(
                 target=self._copy_output,
-                args=(process, node_rank, tail),
+                args=(process, node_rank, tail, report),
                 name=f"node-{node_rank}-log",
                 daemon=True,
             )
@@ -183,6 +183,7 @@ class LocalBackend(Backend):
             self._processes.append(process)
             self._readers.append(reader)
             self._tails.append(tail)
+            self._reports.append(report)
         logger.info(
             "started %d local node(s) x %d process(es), rendezvous on 127.0.0.1:%d",
             self.num_workers,
@@ -237,25 +238,34 @@ class LocalBackend(Backend):
     def _failure(self, deadline: float) -> tuple[int, str, bool]:
         """The failed node that caused the failure, its cause, and whether a restart may help.
 
-        The other nodes' ranks usually fail right after (their peer is gone): they get a moment
-        to exit, and a node with an error of its own is preferred over one that lost a peer.
+        The other nodes' ranks usually fail right after (their peer is gone). While every failed
+        node only lost a peer, the others get a moment to exit, and a node with an error of its
+        own (or a rank killed by a signal) is preferred over one that lost a peer.
         """
         settle = min(deadline, time.monotonic() + _SETTLE_SECONDS)
-        while time.monotonic() < settle and any(p.poll() is None for p in self._processes):
+        while True:
+            failures = sorted(self._node_failures())
+            if (not failures[0][0][0] or time.monotonic() >= settle
+                    or all(process.poll() is not None for process in self._processes)):
+                break
             time.sleep(0.1)
-        self._join_readers(timeout=2)
+        _, rank, cause, retry = failures[0]
+        return rank, cause, retry
+
+    def _node_failures(self) -> list[tuple[tuple[bool, bool], int, str, bool]]:
+        """((lost a peer, no cause of its own), rank, cause, retry) of each node that failed."""
         failures = []
-        for order, (rank, process) in enumerate(enumerate(self._processes)):
+        for rank, process in enumerate(self._processes):
             code = process.poll()
             if code in (None, 0):
                 continue
+            self._readers[rank].join(timeout=2)  # its whole output, torchrun's report included
             cause, bad_input, killed = node_failure(
-                code, _read_error_file(self._error_file(rank)), list(self._tails[rank]))
-            lost_peer = _lost_peer(cause)
-            failures.append(((lost_peer, not (bad_input or killed), order), rank, cause,
+                code, read_error_file(self._error_file(rank)), list(self._tails[rank]),
+                self._reports[rank])
+            failures.append(((lost_peer(cause), not (bad_input or killed)), rank, cause,
                              not bad_input))
-        _, rank, cause, retry = min(failures)
-        return rank, cause, retry
+        return failures
 
     def logs(self, tail_lines: int = 50) -> str:
         """The last `tail_lines` lines of node 0."""
@@ -277,11 +287,13 @@ class LocalBackend(Backend):
         if self._error_dir:
             shutil.rmtree(self._error_dir, ignore_errors=True)
 
-    def _copy_output(self, process: Any, node_rank: int, tail: collections.deque[str]) -> None:
+    def _copy_output(self, process: Any, node_rank: int, tail: collections.deque[str],
+                     report: Report) -> None:
         assert process.stdout is not None
         for raw in iter(process.stdout.readline, b""):
             line = raw.decode("utf-8", errors="replace").rstrip("\n")
             tail.append(line)
+            report.feed(line)
             self._log_line(f"[node-{node_rank}] {line}")
 
     def _join_readers(self, timeout: float = 5) -> None:
@@ -312,110 +324,6 @@ def _signal_group(process: subprocess.Popen[bytes], signum: int) -> None:
         pass
 
 
-
-
-# How long the other nodes get to exit on their own once one failed.
-_SETTLE_SECONDS = 3.0
-# torchrun's failure report: "  rank      : 1 (local_rank: 1)", "  exitcode  : -9 (pid: 1234)".
-_REPORT_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
-_REPORT_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+) \(pid: (\d+)\)")
-# What a rank says when another rank or node went away, not a failure of its own.
-_PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "DistNetworkError",
-              "DistBackendError", "Broken pipe", "ProcessGroupGloo", "NCCL error",
-              "Socket Timeout", "timed out")
-BAD_INPUT_STATUS = 2  # the trainer's exit status for bad input (trainer.main)
-
-
-def _read_error_file(path: Path) -> str:
-    """The recorded exception (`Type: message`) in a torchelastic error file, or ""."""
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return ""
-    message = data.get("message", "")
-    if isinstance(message, dict):
-        message = message.get("message", "")
-    return str(message).strip()
-
-
-def node_failure(code: int, recorded: str, tail: Sequence[str]) -> tuple[str, bool, bool]:
-    """What a failed node's exit means: (one-line cause, bad input, killed by a signal).
-
-    Args:
-        code: the node's (torchrun's) exit status; negative for a signal.
-        recorded: the exception its failed worker recorded (`TORCHELASTIC_ERROR_FILE`), or "".
-        tail: the node's last log lines (torchrun's failure report among them).
-    """
-    rank, exitcode, pid = _root_failure(tail)
-    who = f"trainer rank {rank}" if rank is not None else "the trainer"
-    if recorded:
-        first = recorded.splitlines()[0]
-        return (_with_disk_hint(f"{who}: {first}", tail), first.startswith("InputError"),
-                False)
-    if exitcode is not None and exitcode < 0:
-        name = _signal_name(-exitcode)
-        cause = f"{who} (pid {pid}) was killed by {name}"
-        if -exitcode == signal.SIGKILL:
-            cause += " (out of memory, or killed from outside)"
-        return cause, False, True
-    if exitcode is not None:
-        bad_input = exitcode == BAD_INPUT_STATUS
-        return _with_disk_hint(f"{who} exited with code {exitcode}{_last_words(tail)}", tail), (
-            bad_input), False
-    if code < 0:
-        return f"its torchrun was killed by {_signal_name(-code)}", False, True
-    return _with_disk_hint(f"torchrun exited with code {code}{_last_words(tail)}", tail), (
-        code == BAD_INPUT_STATUS), False
-
-
-def _root_failure(tail: Sequence[str]) -> tuple[int | None, int | None, int | None]:
-    """(rank, exit code, pid) of the worker whose failure brought the node down.
-
-    torchrun's report lists the other failures first and its root cause ("first observed
-    failure") last. The root cause is chosen by a timestamp in whole seconds, so when a worker dies
-    and torchrun stops its siblings with SIGTERM in the same second, a sibling's SIGTERM can be
-    named instead: a failure other than SIGTERM is then the real cause.
-    """
-    failures: list[list[int | None]] = []
-    for line in tail:
-        if match := _REPORT_RANK.match(line):
-            failures.append([int(match.group(1)), None, None])
-        elif (match := _REPORT_EXIT.match(line)) and failures:
-            failures[-1][1:] = [int(match.group(1)), int(match.group(2))]
-    if not failures:
-        return None, None, None
-    rank, exitcode, pid = failures[-1]
-    if exitcode == -signal.SIGTERM:
-        for other in reversed(failures[:-1]):
-            if other[1] is not None and other[1] != -signal.SIGTERM:
-                return other[0], other[1], other[2]
-    return rank, exitcode, pid
-
-
-def _lost_peer(cause: str) -> bool:
-    return any(marker in cause for marker in _PEER_LOST)
-
-
-def _with_disk_hint(cause: str, tail: Sequence[str]) -> str:
-    if any("No space left on device" in line for line in [cause, *tail]):
-        return (f"{cause} -- the disk is full: free space on it, or point the run's output "
-                "elsewhere")
-    return cause
-
-
-def _last_words(tail: Sequence[str]) -> str:
-    """`: <the last exception line>` of a worker's own output before torchrun's report."""
-    for line in reversed(tail):
-        stripped = line.strip()
-        if "ChildFailedError" in stripped or stripped.startswith("raise "):
-            continue
-        if re.match(r"^(?:[\w.]+\.)?\w+(?:Error|Exception): ", stripped) or stripped.startswith(
-                "kftune trainer: "):
-            return f": {stripped}"
-    return ""
-
-
-def _signal_name(number: int) -> str:
-    with contextlib.suppress(ValueError):
-        return signal.Signals(number).name
-    return f"signal {number}"
+# How long the other nodes get to exit on their own once one failed (a node that hangs on a lost
+# peer is stopped after it; the others exit within a second or two, longer on a loaded machine).
+_SETTLE_SECONDS = 10.0

@@ -1,0 +1,208 @@
+"""Why a torchrun node failed, in one line, from torchrun's failure report.
+
+When one rank dies, its siblings fail too: their collectives lose the peer ("Connection closed by
+peer"), and torchrun stops the rest with SIGTERM. torchrun names a "Root Cause (first observed
+failure)", but it picks the earliest timestamp in whole seconds, and a sibling that recorded its
+lost-peer exception before torchrun noticed the dead rank wins that race. This module reads the
+whole report and names the failure that is the cause: a rank with an error of its own, or killed
+by a signal torchrun did not send, before one that lost a peer, before one torchrun stopped.
+
+Used by the pod entrypoint (its last log line, which the launch step quotes) and by the local
+backend (the error that ends a local run).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import re
+import signal
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BAD_INPUT_STATUS = 2  # the trainer's exit status for bad input (trainer.main)
+
+# What a rank says when another rank or node went away, not a failure of its own.
+PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "DistNetworkError",
+             "DistBackendError", "Broken pipe", "ProcessGroupGloo", "NCCL error",
+             "Socket Timeout", "timed out")
+
+# torchrun's report (torch.distributed.elastic.multiprocessing.errors), one block per failure:
+#   [1]:
+#     rank      : 3 (local_rank: 1)
+#     exitcode  : -9 (pid: 1234) (SIGKILL)
+#     traceback : Traceback (most recent call last): ... (continued, indented by two spaces)
+_BLOCK = re.compile(r"^\[(\d+)\]:\s*$")
+_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
+_EXIT = re.compile(r"^\s*exitcode\s*:\s*(-?\d+) \(pid: (\d+)\)")
+_TRACEBACK = re.compile(r"^\s*traceback\s*:\s?(.*)$")
+_RULE = re.compile(r"^[=-]{3,}\s*$")
+_EXCEPTION = re.compile(r"^(?:[\w.]+\.)?\w+(?:Error|Exception): ")
+# Signals that say the process was stopped because of another failure, not why the job failed.
+_STOPPED = frozenset({signal.SIGTERM})
+
+
+@dataclass
+class Failure:
+    """One failed worker in torchrun's report."""
+
+    rank: int | None = None
+    exitcode: int | None = None
+    pid: int | None = None
+    traceback: list[str] = field(default_factory=list)
+    root: bool = False  # torchrun's "first observed failure"
+
+    @property
+    def exception(self) -> str:
+        """The worker's final exception line (`Type: message`), or ""."""
+        header = ""
+        after_frame = False
+        for line in self.traceback:
+            if line[:1].isspace():
+                after_frame = True
+            elif after_frame or not header:
+                header, after_frame = line, False
+        return header if _EXCEPTION.match(header) else ""
+
+
+class Report:
+    """torchrun's failure report, read line by line as a node's output streams by."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.failures: list[Failure] = []
+        self._root_section = False
+        self._state = "outside"  # or "fields" (of the last failure), "traceback", "done"
+
+    @classmethod
+    def of(cls, lines: Iterable[str]) -> Report:
+        """The report in these lines."""
+        report = cls()
+        for line in lines:
+            report.feed(line)
+        return report
+
+    def feed(self, line: str) -> None:
+        """Reads one line of the node's output (any line: the report is found among them)."""
+        if line.strip() == "Failures:":  # a new report
+            self._reset()
+        elif line.startswith("Root Cause"):
+            self._root_section, self._state = True, "outside"
+        elif _BLOCK.match(line) and self._state != "done":
+            self.failures.append(Failure(root=self._root_section))
+            self._state = "fields"
+        elif _RULE.match(line):
+            # The report ends with a rule after its root cause.
+            self._state = "done" if self._root_section and self.failures else "outside"
+        elif self._state == "traceback":
+            self.failures[-1].traceback.append(line[2:] if line.startswith("  ") else line)
+        elif self._state == "fields":
+            self._field(self.failures[-1], line)
+
+    def _field(self, failure: Failure, line: str) -> None:
+        if match := _RANK.match(line):
+            failure.rank = int(match.group(1))
+        elif match := _EXIT.match(line):
+            failure.exitcode, failure.pid = int(match.group(1)), int(match.group(2))
+        elif match := _TRACEBACK.match(line):
+            self._state = "traceback"
+            failure.traceback.append(match.group(1))
+
+    def cause(self) -> Failure | None:
+        """The failure that brought the node down (see the module docstring), or None."""
+        if not self.failures:
+            return None
+
+        def weight(order_failure: tuple[int, Failure]) -> tuple[int, bool, int]:
+            order, failure = order_failure
+            return _secondary(failure), not failure.root, order
+
+        return min(enumerate(self.failures), key=weight)[1]
+
+
+def _secondary(failure: Failure) -> int:
+    """0: a failure of its own, 1: it lost a peer, 2: torchrun stopped it."""
+    if failure.exception:
+        return 1 if lost_peer(failure.exception) else 0
+    code = failure.exitcode
+    return 2 if code is not None and code < 0 and -code in _STOPPED else 0
+
+
+def read_error_file(path: Path) -> str:
+    """The exception (`Type: message`) recorded in a torchelastic error file, or ""."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return ""
+    message = data.get("message", "") if isinstance(data, dict) else ""
+    if isinstance(message, dict):
+        message = message.get("message", "")
+    return str(message).strip()
+
+
+def lost_peer(cause: str) -> bool:
+    """Whether a failure reads like the loss of another rank or node, not one of its own."""
+    return any(marker in cause for marker in PEER_LOST)
+
+
+def node_failure(code: int, recorded: str, tail: Sequence[str],
+                 report: Report | None = None) -> tuple[str, bool, bool]:
+    """What a failed node's exit means: (one-line cause, bad input, killed by a signal).
+
+    Args:
+        code: the node's (torchrun's) exit status; negative for a signal.
+        recorded: the exception torchrun copied from its root-cause worker into
+            `TORCHELASTIC_ERROR_FILE`, or "".
+        tail: the node's last log lines.
+        report: torchrun's failure report read from the node's whole output (default: read from
+            `tail`).
+    """
+    failure = (report or Report.of(tail)).cause()
+    who = f"trainer rank {failure.rank}" if failure and failure.rank is not None else "the trainer"
+    own = failure.exception if failure else ""
+    if recorded and (failure is None or failure.root):
+        own = recorded.splitlines()[0]
+    exitcode = failure.exitcode if failure else None
+    if own:
+        return _with_disk_hint(f"{who}: {own}", tail), own.startswith("InputError"), False
+    if exitcode is not None and exitcode < 0:
+        name = signal_name(-exitcode)
+        cause = f"{who} (pid {failure.pid}) was killed by {name}"
+        if -exitcode == signal.SIGKILL:
+            cause += " (out of memory, or killed from outside)"
+        return cause, False, True
+    if exitcode is not None:
+        return _with_disk_hint(f"{who} exited with code {exitcode}{_last_words(tail)}", tail), (
+            exitcode == BAD_INPUT_STATUS), False
+    if code < 0:
+        return f"its torchrun was killed by {signal_name(-code)}", False, True
+    return _with_disk_hint(f"torchrun exited with code {code}{_last_words(tail)}", tail), (
+        code == BAD_INPUT_STATUS), False
+
+
+def _with_disk_hint(cause: str, tail: Sequence[str]) -> str:
+    if any("No space left on device" in line for line in [cause, *tail]):
+        return (f"{cause} -- the disk is full: free space on it, or point the run's output "
+                "elsewhere")
+    return cause
+
+
+def _last_words(tail: Sequence[str]) -> str:
+    """`: <the last exception line>` of a worker's own output before torchrun's report."""
+    for line in reversed(tail):
+        stripped = line.strip()
+        if "ChildFailedError" in stripped or stripped.startswith("raise "):
+            continue
+        if _EXCEPTION.match(stripped) or stripped.startswith("kftune trainer: "):
+            return f": {stripped}"
+    return ""
+
+
+def signal_name(number: int) -> str:
+    """`SIGKILL` for 9; `signal 99` for a number that is not a signal."""
+    with contextlib.suppress(ValueError):
+        return signal.Signals(number).name
+    return f"signal {number}"
