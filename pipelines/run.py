@@ -104,12 +104,14 @@ def format_table(summary: dict[str, Any]) -> str:
         lines.append(f"report     : {summary['report']}")
     if summary.get("merged_model_dir"):
         lines.append(f"merged     : {summary['merged_model_dir']}")
+    # With `register` on the run registered these; else it shows what a run with it would.
+    registered = "registered" if summary.get("arguments", {}).get("register") else "would register"
     for entry in summary.get("would_register") or []:
-        lines.append(f"registers  : {entry['name']}:{entry['version']} ({entry['format']}) "
-                     f"{entry['uri']}")
+        lines.append(f"registry   : {registered} {entry['name']}:{entry['version']} "
+                     f"({entry['format']}) {entry['uri']}")
     served = summary.get("would_deploy")
-    if served:
-        lines.append(f"deploys    : {' or '.join(served['kinds'])} {served['name']}: "
+    if served:  # only with `deploy` on, which kfp.local cannot do
+        lines.append(f"serving    : would deploy {' or '.join(served['kinds'])} {served['name']}: "
                      f"{served['model_name']} = {served['model_uri']}")
         lines += [f"             + LoRA adapter {adapter['name']} = {adapter['uri']}"
                   for adapter in served["adapters"]]

@@ -40,7 +40,7 @@ def test_kftune_run_with_merge_exports_the_demo_model(tmp_path: Path) -> None:
     assert planned[("kftune-lora-merged", "huggingface")]["uri"] == str(merged)
     assert planned[("kftune-lora", "peft-lora")]["metadata"]["eval_tuned_accuracy"] == summary[
         "tuned"]["accuracy"]
-    assert "registers  : kftune-lora-merged:" in completed.stdout
+    assert "registry   : would register kftune-lora-merged:" in completed.stdout
     # What deploy_model would serve: the merged classifier, by the Hugging Face runtime.
     served = summary["would_deploy"]
     assert (served["kinds"], served["model_uri"], served["adapters"]) == (
@@ -49,7 +49,8 @@ def test_kftune_run_with_merge_exports_the_demo_model(tmp_path: Path) -> None:
     assert predictor["model"]["storageUri"] == str(merged)
     assert predictor["model"]["args"] == ["--model_name=sentiment", "--backend=huggingface",
                                           "--task=sequence_classification"]
-    assert f"deploys    : InferenceService sentiment: sentiment = {merged}" in completed.stdout
+    assert (f"serving    : would deploy InferenceService sentiment: sentiment = {merged}"
+            in completed.stdout)
     assert summary["arguments"]["deploy"] is True
 
     from transformers import AutoModelForSequenceClassification

@@ -291,6 +291,17 @@ def test_run_passes_overrides_to_the_pipeline_and_writes_summary(
     assert summary["would_deploy"] is None
 
 
+@pytest.mark.parametrize("register, said", [(False, "would register"), (True, "registered")])
+def test_the_registry_line_says_whether_the_run_registered(register: bool, said: str) -> None:
+    summary = {"primary_metric": "accuracy", "base": {}, "tuned": {}, "train_seconds": 1.0,
+               "wall_seconds": 2.0, "adapter_dir": "/runs/a", "arguments": {"register": register},
+               "would_register": [{"name": "kftune-lora", "version": "run-1",
+                                   "format": "peft-lora", "uri": "/runs/a"}]}
+
+    assert f"registry   : {said} kftune-lora:run-1 (peft-lora) /runs/a" in run.format_table(
+        summary).splitlines()
+
+
 def test_run_with_deploy_shows_instead_of_deploying(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -327,7 +338,8 @@ def test_run_with_deploy_shows_instead_of_deploying(
     model = served["manifests"]["LLMInferenceService"]["spec"]["model"]
     assert model["lora"]["adapters"] == [{"name": "tweets", "uri": str(adapter)}]
     out = capsys.readouterr().out
-    assert (f"deploys    : LLMInferenceService or InferenceService tweets: tweets-base = {base}\n"
+    assert ("serving    : would deploy LLMInferenceService or InferenceService tweets: "
+            f"tweets-base = {base}\n"
             f"             + LoRA adapter tweets = {adapter}\n"
             "             called with model='tweets'") in out
 
