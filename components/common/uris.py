@@ -158,7 +158,7 @@ def display_uri(uri: str) -> str:
     return redact(uri)
 
 
-def credential_problems(uri: Any, *, parameter: str = "uri") -> list[str]:
+def credential_problems(uri: Any, *, parameter: str = "uri", how: str = "") -> list[str]:
     """Credentials written into `uri` (user-info, a signed query string): one problem, or none.
 
     kftune's policy: a URI never carries a credential. URIs are logged, stored with the run (KFP
@@ -166,6 +166,12 @@ def credential_problems(uri: Any, *, parameter: str = "uri") -> list[str]:
     so no stripping afterwards could keep a password or a signature out of all of them. They are
     refused at the first boundary, with a message that names where the credential sits (never its
     value) and how to pass it instead.
+
+    Args:
+        uri: the URI as the user gave it.
+        parameter: its parameter's name, for the message.
+        how: how credentials reach the reader of this URI instead (default: how kftune's own
+            steps get them for its scheme).
 
     Returns:
         A list holding one message when `uri` carries credentials, else an empty list.
@@ -191,7 +197,8 @@ def credential_problems(uri: Any, *, parameter: str = "uri") -> list[str]:
             found.append(f"a signed or keyed query string: {', '.join(keys)}")
     if not found:
         return []
-    how = _CREDENTIALS_HOW.get(scheme, "pass credentials through the environment, not the URI")
+    how = how or _CREDENTIALS_HOW.get(scheme,
+                                      "pass credentials through the environment, not the URI")
     return [
         f"`{parameter}` {display_uri(uri.strip())!r} carries credentials in the URI "
         f"({' and '.join(found)}); URIs are logged and stored with the run, so kftune refuses "

@@ -179,9 +179,16 @@ def requests(resources: Mapping[str, Any]) -> dict[str, str]:
     return quantities
 
 
+# Where the model server's storage initializer gets credentials (not from kftune's own Secrets).
+_SERVING_CREDENTIALS = (
+    "give the predictor a ServiceAccount (`serving_service_account`) whose Secret holds the "
+    "storage credentials, as KServe's storage initializer expects (S3 keys, a GCS key, or "
+    "an HF_TOKEN)")
+
+
 def storage_uri(uri: str, parameter: str) -> tuple[str, list[str]]:
     """`uri` as KServe's storage initializer reads it, and the problems with it."""
-    problems = uris.credential_problems(uri, parameter=parameter)
+    problems = uris.credential_problems(uri, parameter=parameter, how=_SERVING_CREDENTIALS)
     if problems:
         return uri, problems
     scheme, separator, rest = uri.partition("://")

@@ -326,6 +326,9 @@ def test_bad_inputs_are_reported_together() -> None:
                      "`timeout_minutes` must be 1 to 1440, got 0.0"):
         assert expected in joined
     assert "wJalrXUtnFEMI" not in joined
+    # The model server reads storage through its ServiceAccount, not kftune's `s3_secret`.
+    credentials = next(problem for problem in problems if "`base_model_uri`" in problem)
+    assert "`serving_service_account`" in credentials and "s3_secret" not in credentials
 
 
 @pytest.mark.parametrize(("uri", "expected"), [
