@@ -387,6 +387,11 @@ def translate(model: Any, dataset: Any, trainer: Any) -> tuple[Translated | None
     problems += _credential_problems(model, dataset)
     model_settings, model_problems = _model_source(model, task)
     num_labels = model.num_labels if task == "sequence-classification" else None
+    if task == "causal-lm" and model.num_labels is not None:
+        problems.append(
+            f"`model_provider_parameters.num_labels` is for sequence classification "
+            f"(AutoModelForSequenceClassification); got {model.num_labels!r} with a causal LM: "
+            "leave it out, or use AutoModelForSequenceClassification")
     data_uri, data_settings, env, data_problems = _data_source(dataset, num_labels)
     training_parameters, training_problems = training_parameters_from(
         trainer.training_parameters, task or None

@@ -183,6 +183,9 @@ REFUSED = [
      "`dataset_provider_parameters.split` 'train[:3000' is not a valid split expression"),
     ("token_in_the_call", {"model": {"access_token": HF_TOKEN}},
      "`model_provider_parameters.access_token` is a credential"),
+    ("num_labels_with_a_causal_lm",
+     {"model": {"transformer_type": transformers.AutoModelForCausalLM, "num_labels": 3}},
+     "`model_provider_parameters.num_labels` is for sequence classification"),
     ("no_trainer_image", {"image": "kftune-image-registry-not-set.invalid/kftune-trainer:0.1.0"},
      "`image`"),
 ]
