@@ -21,6 +21,7 @@ class Case(NamedTuple):
 CASES = [
     Case("runtime: the step side and CPU torch", "runtime",
          "import torch, kfp, kubernetes, kubeflow.training, kubeflow_trainer_api, peft;"
+         "import model_registry;"
          "import kftune.components.evaluate.evaluation;"
          "assert torch.version.cuda is None, torch.version.cuda"),
     Case("runtime: the demo data, without the demo packages' libraries", "runtime",
@@ -36,7 +37,8 @@ CASES = [
          " kftune.components.train_lora.pod.entrypoint"),
     Case("trainer: nothing of the step side", "trainer",
          "import importlib.util as u;"
-         "extra = [m for m in ('kfp', 'kubernetes', 'kubeflow', 'kubeflow_trainer_api')"
+         "extra = [m for m in ('kfp', 'kubernetes', 'kubeflow', 'kubeflow_trainer_api',"
+         " 'model_registry')"
          " if u.find_spec(m)];"
          "assert not extra, extra"),
     *(Case(f"{image}: no source, wheel or pip cache", image,

@@ -16,7 +16,6 @@ from kftune.components.common.errors import InputError
 from kftune.components.register_model import registry
 from support.model_registry_server import PREFIX, ModelRegistryServer
 
-pytest.importorskip("model_registry")
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
 
 

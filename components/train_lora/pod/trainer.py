@@ -208,7 +208,7 @@ def _quantization_options(quantization: dict[str, Any] | None,
             "`training_parameters.quantization` (4-bit QLoRA) needs a CUDA GPU; this process "
             f"runs on {runtime.device.type}; give the workers GPUs or remove quantization")
     try:
-        import bitsandbytes  # noqa: F401
+        import bitsandbytes  # noqa: F401  # pyright: ignore[reportMissingImports] (CUDA only)
     except ImportError:
         problems.add(
             "`training_parameters.quantization` needs the bitsandbytes package in the trainer "
