@@ -3,6 +3,9 @@
 The sizes are printed at the end of the session (`image sizes`, from `podman image inspect`).
 """
 
+import hashlib
+import json
+from pathlib import Path
 from typing import NamedTuple
 
 import pytest
@@ -10,6 +13,7 @@ import pytest
 pytestmark = pytest.mark.images
 
 TRAINER = "localhost/kftune-test/kftune-trainer:0.1.0"
+CHECKOUT = Path(__file__).resolve().parents[2]  # the package's root (package-dir "kftune" = ".")
 
 
 class Case(NamedTuple):
@@ -43,7 +47,8 @@ CASES = [
          "assert not extra, extra"),
     *(Case(f"{image}: no source, wheel or pip cache", image,
            "import os; left = [p for p in ('/src', '/wheel', '/project', '/root/.cache/pip',"
-           " '/tmp/requirements.txt') if os.path.exists(p)]; assert not left, left")
+           " '/tmp/kftune-wheel', '/tmp/kftune-requirements') if os.path.exists(p)];"
+           " assert not left, left")
       for image in ("runtime", "trainer")),
 ]
 
@@ -52,3 +57,25 @@ CASES = [
 def test_image_holds_what_its_steps_need(podman, images, case: Case) -> None:
     result = podman.run(getattr(images, case.image), ["python", "-c", case.script])
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+# Every Python file of the installed kftune package, by path relative to the package, and hash.
+PACKAGE_HASHES = (
+    "import hashlib, json, pathlib, kftune;"
+    "root = pathlib.Path(kftune.__file__).parent;"
+    "print(json.dumps({str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()"
+    " for p in sorted(root.rglob('*.py'))}))"
+)
+
+
+@pytest.mark.parametrize("image", ["runtime", "trainer"])
+def test_image_holds_this_checkouts_kftune(podman, images, image: str) -> None:
+    # A layer cache that does not see a changed source would keep an older kftune.
+    result = podman.run(getattr(images, image), ["python", "-c", PACKAGE_HASHES])
+    assert result.returncode == 0, result.stderr[-2000:]
+    installed = json.loads(result.stdout.strip().splitlines()[-1])
+    changed = [path for path, digest in installed.items()
+               if not (CHECKOUT / path).is_file()
+               or hashlib.sha256((CHECKOUT / path).read_bytes()).hexdigest() != digest]
+    assert "components/train_lora/pod/entrypoint.py" in installed, sorted(installed)[:10]
+    assert not changed, changed[:10]
