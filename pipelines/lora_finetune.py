@@ -97,6 +97,7 @@ Args:
         `pvc://claim/path` or `pkg://module/path`.
     dataset_revision: Hub revision of the dataset; empty for the default branch.
     dataset_subset: Hub dataset configuration name, if any.
+    dataset_encoding: Text encoding of csv/json/text data files, e.g. `latin-1` or `cp1252`.
     split: Rows to take, in `datasets` slicing syntax (`train`, `train[:3000]`).
     column_mapping: Source column per role (text, label, prompt, completion, messages).
     eval_fraction: Fraction of the selected rows held out for evaluation.
@@ -174,6 +175,7 @@ def make_pipeline(
         dataset_uri: str = DEMO_DATASET_URI,
         dataset_revision: str = "",
         dataset_subset: str = "",
+        dataset_encoding: str = "utf-8",
         split: str = DEMO_SPLIT,
         column_mapping: dict = DEMO_COLUMN_MAPPING,
         eval_fraction: float = DEMO_EVAL_FRACTION,
@@ -339,6 +341,7 @@ def _add_downloads(arguments: Mapping[str, Any], download_retries: int) -> tuple
         split=arguments["split"],
         revision=arguments["dataset_revision"],
         subset=arguments["dataset_subset"],
+        encoding=arguments["dataset_encoding"],
         column_mapping=arguments["column_mapping"],
         eval_fraction=arguments["eval_fraction"],
         eval_split=arguments["eval_split"],

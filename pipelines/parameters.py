@@ -165,12 +165,15 @@ def validate_arguments(arguments: dict[str, Any], *, on_this_host: bool = False)
         on_this_host: the run happens on this machine (`backend=auto` is local), rather than
             submitted to a cluster (where `auto` is a cluster backend).
     """
+    from ..components.download_dataset import dataset
     from ..components.train_lora.step.launch import plan
 
     problems = Problems()
     for name in ("model_uri", "dataset_uri"):
         # The download components' own URI check (credentials refused first).
         problems.extend(uris.parse_problems(arguments[name], parameter=name)[1])
+    problems.extend(dataset.encoding_problems(arguments["dataset_encoding"],
+                                              parameter="dataset_encoding"))
     for name in ("split", "eval_split"):
         value = arguments[name]
         if name == "eval_split" and not value:

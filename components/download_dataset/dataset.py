@@ -94,7 +94,7 @@ class DatasetSource:
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             problems.add(f"`seed` must be an integer >= 0, got {self.seed!r}")
-        problems.extend(_encoding_problems(self.encoding))
+        problems.extend(encoding_problems(self.encoding))
         problems.raise_if_any()
 
     @property
@@ -131,14 +131,15 @@ def _split_problems(expression: Any, parameter: str) -> list[str]:
     return []
 
 
-def _encoding_problems(encoding: Any) -> list[str]:
+def encoding_problems(encoding: Any, parameter: str = "encoding") -> list[str]:
+    """A problem when `encoding` is not a text encoding Python knows, else none."""
     try:
         if isinstance(encoding, str) and encoding and codecs.lookup(encoding):
             return []
     except LookupError:
         pass
     return [
-        f"`encoding` must name a text encoding Python knows, got {encoding!r}; e.g. utf-8, "
+        f"`{parameter}` must name a text encoding Python knows, got {encoding!r}; e.g. utf-8, "
         f"latin-1, cp1252"
     ]
 

@@ -94,6 +94,9 @@ BAD_RUN_CASES = [
          expected_error="`model_uri` has an unknown scheme 'ftp://' in 'ftp://host/model'"),
     Case("split", ["--split", "train[:x]"],
          expected_error="`split` must be a split in `datasets` slicing syntax, got 'train[:x]'"),
+    Case("encoding", ["--dataset-encoding", "latin-9000"],
+         expected_error="`dataset_encoding` must name a text encoding Python knows, got "
+                        "'latin-9000'"),
     Case("training_parameter", ["--param", "training_parameters.per_device_train_batch_size=0"],
          expected_error="per_device_train_batch_size"),
     Case("token_budget_for_classification",

@@ -94,3 +94,14 @@ def test_secrets_reach_the_downloads_as_env_only(compiled: tuple[dict, dict]) ->
 def test_pipeline_outputs_metrics_adapter_and_report(compiled: tuple[dict, dict]) -> None:
     outputs = compiled[0]["root"]["outputDefinitions"]["artifacts"]
     assert sorted(outputs) == ["adapter", "metrics", "report"]
+
+
+def test_every_dataset_setting_reaches_the_download_step(compiled: tuple[dict, dict]) -> None:
+    parameters = _tasks(compiled[0])["download-dataset"]["inputs"]["parameters"]
+    wired = {name: value["componentInputParameter"] for name, value in parameters.items()
+             if "componentInputParameter" in value}
+    assert wired == {
+        "uri": "dataset_uri", "revision": "dataset_revision", "subset": "dataset_subset",
+        "encoding": "dataset_encoding", "split": "split", "column_mapping": "column_mapping",
+        "eval_fraction": "eval_fraction", "eval_split": "eval_split", "seed": "seed",
+    }
