@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -227,15 +227,26 @@ def validate_arguments(arguments: dict[str, Any], *, on_this_host: bool = False)
     return problems.messages
 
 
+def serving_config(arguments: Mapping[str, Any]) -> Any:
+    """The `deploy.DeployConfig` the pipeline's serving parameters give deploy_model.
+
+    Raises:
+        InputError: every problem with them.
+    """
+    from ..components.deploy_model import deploy
+
+    return deploy.DeployConfig(name=arguments["serving_name"], kind=arguments["serving_kind"],
+                               service_account=arguments["serving_service_account"],
+                               resources=arguments["serving_resources"])
+
+
 def serving_problems(arguments: dict[str, Any]) -> list[str]:
     """deploy_model's checks of the serving parameters (and, with `deploy`, of the task)."""
     from ..components.deploy_model import deploy
 
     problems: list[str] = []
     try:
-        deploy.DeployConfig(name=arguments["serving_name"], kind=arguments["serving_kind"],
-                            service_account=arguments["serving_service_account"],
-                            resources=arguments["serving_resources"])
+        serving_config(arguments)
     except InputError as error:
         problems += error.problems
     if arguments["deploy"]:

@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import __version__
 from .errors import CliError
-from .parameters import flags_from, parse_arguments, resolve_arguments
+from .parameters import flags_from, parse_arguments, resolve_arguments, serving_config
 from .process_tree import RunStopped, stop_on_signal
 
 logger = logging.getLogger("kftune")
@@ -153,10 +153,7 @@ def deployment_preview(arguments: dict[str, Any], adapter_dir: Path, merged: Pat
     if not arguments.get("deploy"):
         return None
     try:
-        config = deploy.DeployConfig(
-            name=arguments["serving_name"], kind=arguments["serving_kind"],
-            service_account=arguments["serving_service_account"],
-            resources=arguments["serving_resources"])
+        config = serving_config(arguments)
         plan = deploy.serving_plan(
             str(adapter_dir), str(adapter_dir), config, base_uri=str(base or ""),
             merged_dir=str(merged) if merged else None, merged_uri=str(merged) if merged else None,

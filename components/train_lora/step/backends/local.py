@@ -244,13 +244,11 @@ class LocalBackend(Backend):
         """
         settle = min(deadline, time.monotonic() + _SETTLE_SECONDS)
         while True:
-            failures = sorted(self._node_failures())
-            if (not failures[0][0][0] or time.monotonic() >= settle
+            (only_lost_a_peer, _), rank, cause, retry = min(self._node_failures())
+            if (not only_lost_a_peer or time.monotonic() >= settle
                     or all(process.poll() is not None for process in self._processes)):
-                break
+                return rank, cause, retry
             time.sleep(0.1)
-        _, rank, cause, retry = failures[0]
-        return rank, cause, retry
 
     def _node_failures(self) -> list[tuple[tuple[bool, bool], int, str, bool]]:
         """((lost a peer, no cause of its own), rank, cause, retry) of each node that failed."""
