@@ -422,6 +422,7 @@ def cmd_losscmp(args):
     and the chunked loss head on GPU). Same LoRA init (same seed), same AdamW, same order.
     """
     import torch
+    from kftune.components.common.tokenization import aligned_labels
     from kftune.components.train_lora.pod import data, kernels
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -474,7 +475,7 @@ def cmd_losscmp(args):
                     ).loss
             else:
                 examples = [
-                    data.Example(i, tuple(t), data._aligned(t, [True] * len(t)))
+                    data.Example(i, tuple(t), aligned_labels(t, [True] * len(t)))
                     for i, t in enumerate(group)
                 ]
                 batch = {

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from ..common.artifacts import DATA_FILE, MetricsSink, read_manifest
 from ..common.errors import InputError, Problems
 from ..common.tasks import IGNORE_INDEX, check_task
-from ..train_lora.pod.data import check_columns, tokenize_rows
+from ..common.tokenization import check_columns, tokenize_rows
 
 logger = logging.getLogger(__name__)
 
@@ -366,7 +366,7 @@ def _lm_loss(
     """Mean token loss over the target tokens, and how many tokens were scored.
 
     `examples` are (input ids, labels) with labels already aligned to the next token, as the
-    trainer builds them (`kftune.components.train_lora.pod.data.tokenize_rows`).
+    trainer builds them (`kftune.components.common.tokenization.tokenize_rows`).
     """
     import torch
 

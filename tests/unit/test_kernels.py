@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 import torch
 import torch.nn.functional as F
+from kftune.components.common.tokenization import aligned_labels
 from kftune.components.train_lora.pod import data, kernels
 
 
@@ -70,7 +71,7 @@ def test_public_loss_head_sums_over_targets_only(targets: list[int]) -> None:
 
 def example(index: int, length: int) -> data.Example:
     ids = list(range(3, 3 + length))
-    return data.Example(index, tuple(ids), data._aligned(ids, [True] * length))
+    return data.Example(index, tuple(ids), aligned_labels(ids, [True] * length))
 
 
 def test_packed_boundaries_from_positions_match_the_collated_ones() -> None:

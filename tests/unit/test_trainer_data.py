@@ -9,6 +9,7 @@ import random
 
 import pytest
 import torch
+from kftune.components.common import tokenization
 from kftune.components.common.demo import CHAT_TEMPLATE
 from kftune.components.common.errors import InputError
 from kftune.components.train_lora.pod import data, kernels
@@ -41,7 +42,7 @@ def decode_targets(tokenizer, example: data.Example) -> list[str]:
 
 def test_text_learns_every_next_token_and_ends_with_eos() -> None:
     tokenizer = word_tokenizer()
-    (example,) = data.tokenize_rows("causal-lm", [{"text": "the cat sat"}], tokenizer, 64)
+    (example,) = tokenization.tokenize_rows("causal-lm", [{"text": "the cat sat"}], tokenizer, 64)
     assert tokenizer.convert_ids_to_tokens(list(example.input_ids)) == ["the", "cat", "sat",
                                                                        "<eos>"]
     assert decode_targets(tokenizer, example) == ["cat", "sat", "<eos>"]
@@ -51,7 +52,7 @@ def test_text_learns_every_next_token_and_ends_with_eos() -> None:
 def test_prompt_completion_learns_the_completion_only() -> None:
     tokenizer = word_tokenizer()
     rows = [{"prompt": "what is two plus four", "completion": "six"}]
-    (example,) = data.tokenize_rows("causal-lm", rows, tokenizer, 64)
+    (example,) = tokenization.tokenize_rows("causal-lm", rows, tokenizer, 64)
     assert decode_targets(tokenizer, example) == ["six", "<eos>"]
 
 
@@ -65,7 +66,7 @@ def test_chat_learns_assistant_turns_only(template: str) -> None:
         {"role": "user", "content": "hello"},
         {"role": "assistant", "content": "hello world"},
     ]
-    (example,) = data.tokenize_rows("causal-lm", [{"messages": messages}], tokenizer, 128)
+    (example,) = tokenization.tokenize_rows("causal-lm", [{"messages": messages}], tokenizer, 128)
     targets = decode_targets(tokenizer, example)
     assert [t for t in targets if t in WORDS] == ["six", "hello", "world"]
     assert "what" not in targets and "<|user|>" not in targets
@@ -73,7 +74,7 @@ def test_chat_learns_assistant_turns_only(template: str) -> None:
 
 def test_truncation_to_max_seq_length() -> None:
     tokenizer = word_tokenizer()
-    (example,) = data.tokenize_rows("causal-lm", [{"text": "the cat sat on the mat"}],
+    (example,) = tokenization.tokenize_rows("causal-lm", [{"text": "the cat sat on the mat"}],
                                     tokenizer, 3)
     assert len(example.input_ids) == 3 and len(example.labels) == 3
 
@@ -82,7 +83,7 @@ def test_messages_need_a_chat_template() -> None:
     tokenizer = word_tokenizer()
     tokenizer.chat_template = None
     with pytest.raises(InputError, match="has a messages column but the model's tokenizer has no"):
-        data.tokenize_rows("causal-lm", [{"messages": [{"role": "user", "content": "hi"}]}],
+        tokenization.tokenize_rows("causal-lm", [{"messages": [{"role": "user", "content": "hi"}]}],
                            tokenizer, 8)
 
 
@@ -96,7 +97,7 @@ def test_messages_need_a_chat_template() -> None:
     ids=["no label", "no num_labels", "prompt without completion"],
 )
 def test_columns_that_do_not_fit_the_task(task, columns, num_labels, fragment) -> None:
-    problems = data.check_columns(task, columns, num_labels)
+    problems = tokenization.check_columns(task, columns, num_labels)
     assert any(fragment in problem for problem in problems), problems
 
 
@@ -122,7 +123,8 @@ def random_examples(lengths) -> list[data.Example]:
     examples = []
     for index, length in enumerate(lengths):
         ids = torch.randint(3, 64, (length,), generator=generator).tolist()
-        examples.append(data.Example(index, tuple(ids), data._aligned(ids, [True] * length)))
+        examples.append(data.Example(index, tuple(ids),
+                                     tokenization.aligned_labels(ids, [True] * length)))
     return examples
 
 

@@ -44,6 +44,7 @@ import torch
 import torch.distributed as dist
 from torch.distributed.elastic.multiprocessing.errors import get_error_handler, record
 
+from ...common import tokenization
 from ...common.artifacts import atomic_directory, read_manifest, write_manifest
 from ...common.errors import InputError, Problems
 from .. import fit
@@ -626,7 +627,7 @@ def _load_inputs(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime)
     if cfg.task == "sequence-classification" and num_labels and not label_names:
         label_names = [str(index) for index in range(num_labels)]
     problems = Problems()
-    problems.extend(data.check_columns(cfg.task, list(rows[0]) if rows else [], num_labels))
+    problems.extend(tokenization.check_columns(cfg.task, list(rows[0]) if rows else [], num_labels))
     slots = runtime.world_size * settings.per_device_train_batch_size
     if rows and slots > len(rows) and settings.max_tokens_per_micro_batch is None:
         problems.add(
@@ -778,7 +779,7 @@ def setup(cfg: TrainConfig, runtime: Runtime, auto_tokenizer: Any) -> tuple[Job,
     LOG.info("LoRA: %s trainable parameters of %s (%.3f%%)", f"{trainable:,}", f"{total:,}",
              100 * trainable / total)
 
-    examples = data.tokenize_rows(cfg.task, rows, tokenizer, settings.max_seq_length)
+    examples = tokenization.tokenize_rows(cfg.task, rows, tokenizer, settings.max_seq_length)
     order = data.GlobalOrder(len(examples), settings.order_seed, settings.shuffle)
     budget, global_batch, accumulation, total_steps = _plan_steps(settings, runtime, examples,
                                                                    order)
