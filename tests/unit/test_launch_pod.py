@@ -1,10 +1,14 @@
-"""The pod entrypoint's staging: inputs once per pod (or per job on a shared claim), output last."""
+"""The pod entrypoint's staging: inputs once per pod (or per job on a shared claim), keyed by what
+they are made from, output last."""
 
 import json
+import logging
 import threading
 import time
 
+import pytest
 from kftune.components.common.artifacts import write_manifest
+from kftune.components.common.errors import InputError
 from kftune.components.train_lora.pod import entrypoint as pod
 
 
@@ -22,11 +26,12 @@ def test_local_inputs_are_read_in_place_and_staged_once(tmp_path):
 
     first = pod.stage_inputs(str(model), f"file://{data}", stage, wait_for_other_node=False)
     assert first == (model, data)
-    marker = json.loads((stage / pod.STAGED_MARKER).read_text())
-    assert marker == {"model": str(model), "data": str(data)}
+    key = pod.staging_key(str(model), f"file://{data}")
+    marker = json.loads((stage / key / pod.STAGED_MARKER).read_text())
+    assert (marker["model"], marker["data"]) == (str(model), str(data))
     # A restarted container finds the marker and stages nothing again.
-    again = pod.stage_inputs("s3://never/used", "s3://never/used", stage,
-                             wait_for_other_node=False)
+    model.rename(tmp_path / "moved")
+    again = pod.stage_inputs(str(model), f"file://{data}", stage, wait_for_other_node=False)
     assert again == first
 
 
@@ -35,6 +40,9 @@ def test_other_nodes_wait_for_node_zero_on_a_shared_claim(tmp_path, monkeypatch)
     data = artifact(tmp_path / "data", "dataset")
     stage = tmp_path / "claim" / "inputs"
     monkeypatch.setattr(pod, "STAGE_POLL_SECONDS", 0.01)
+    # An earlier job on the claim staged other data: a node of this job waits for ITS inputs.
+    pod.stage_inputs(str(model), str(artifact(tmp_path / "old", "dataset")), stage,
+                     wait_for_other_node=False)
     results = {}
     waiter = threading.Thread(target=lambda: results.setdefault(
         "node1", pod.stage_inputs(str(model), str(data), stage, wait_for_other_node=True)))
@@ -78,11 +86,12 @@ def test_sources_are_fetched_like_the_download_steps_do(tmp_path):
     model.mkdir()
     write_manifest(model, {"kind": "model"})
     stage = tmp_path / "stage"
+    source = {"split": "train[:6]", "column_mapping": {"text": "review", "label": "stars"}}
     model_dir, data_dir = pod.stage_inputs(
-        str(model), f"file://{csv}", stage, wait_for_other_node=False,
-        data_source={"split": "train[:6]", "column_mapping": {"text": "review", "label": "stars"}},
+        str(model), f"file://{csv}", stage, wait_for_other_node=False, data_source=source,
     )
-    assert model_dir == model and data_dir == stage / "data"
+    key = pod.staging_key(str(model), f"file://{csv}", data_source=source)
+    assert model_dir == model and data_dir == stage / key / "data"
     manifest = json.loads((data_dir / "manifest.json").read_text())
     assert (manifest["kind"], manifest["rows"], manifest["row_ranges"]) == ("dataset", 6, [[0, 6]])
     assert manifest["source"]["split"] == "train[:6]"
@@ -93,5 +102,85 @@ def test_sources_are_fetched_like_the_download_steps_do(tmp_path):
     assert table.column_names == ["text", "label"]
     assert table.column("text").to_pylist()[:2] == ["review 0", "review 1"]
     # Staged once: a restarted container reuses it without fetching again.
-    assert pod.stage_inputs("hf://never/used", "hf://never/used", stage,
-                            wait_for_other_node=False, data_source={}) == (model_dir, data_dir)
+    csv.unlink()
+    assert pod.stage_inputs(str(model), f"file://{csv}", stage, wait_for_other_node=False,
+                            data_source=source) == (model_dir, data_dir)
+
+
+def _reviews_csv(tmp_path):
+    csv = tmp_path / "reviews.csv"
+    csv.write_text("review,stars,title\n" + "".join(
+        f"review {index},{['bad', 'ok', 'good'][index % 3]},title {index}\n"
+        for index in range(10)))
+    model = tmp_path / "model"
+    model.mkdir()
+    write_manifest(model, {"kind": "model"})
+    return model, csv
+
+
+def test_a_rerun_with_other_settings_stages_afresh_and_a_reuse_says_what(tmp_path, caplog):
+    """A local TrainingClient.train rerun under the same name reuses its work dir: what it
+    staged for one column_mapping must not be read for another (#21 item 5)."""
+    model, csv = _reviews_csv(tmp_path)
+    stage = tmp_path / "stage"
+    first_source = {"split": "train[:6]", "column_mapping": {"text": "review", "label": "stars"}}
+    _, first = pod.stage_inputs(str(model), str(csv), stage, wait_for_other_node=False,
+                                data_source=first_source)
+    other_source = {"split": "train[:4]", "column_mapping": {"text": "title", "label": "stars"}}
+    _, second = pod.stage_inputs(str(model), str(csv), stage, wait_for_other_node=False,
+                                 data_source=other_source)
+    manifest = json.loads((second / "manifest.json").read_text())
+    assert (manifest["rows"], manifest["source"]["split"]) == (4, "train[:4]")
+    import pyarrow.parquet as pq
+
+    assert pq.read_table(second / "data.parquet").column("text").to_pylist()[0] == "title 0"
+    # The first staging is replaced, not kept beside it.
+    assert not first.exists()
+    assert [entry.name for entry in stage.iterdir()] == [second.parent.name]
+
+    caplog.set_level(logging.INFO, logger="kftune.pod")
+    again = pod.stage_inputs(str(model), str(csv), stage, wait_for_other_node=False,
+                             data_source=dict(reversed(other_source.items())))
+    assert again == (model, second)
+    (reuse,) = [record.getMessage() for record in caplog.records
+                if record.getMessage().startswith("reusing")]
+    assert str(csv) in reuse and "'train[:4]'" in reuse and "'title'" in reuse
+
+
+def test_a_failed_staging_leaves_nothing_half_written_and_keeps_the_previous_one(tmp_path):
+    model, csv = _reviews_csv(tmp_path)
+    stage = tmp_path / "stage"
+    good = {"column_mapping": {"text": "review", "label": "stars"}}
+    staged = pod.stage_inputs(str(model), str(csv), stage, wait_for_other_node=False,
+                              data_source=good)
+    bad = {"column_mapping": {"text": "no_such_column"}}
+    with pytest.raises(InputError, match="no_such_column"):
+        pod.stage_inputs(str(model), str(csv), stage, wait_for_other_node=False, data_source=bad)
+    assert [entry.name for entry in stage.iterdir()] == [staged[1].parent.name]
+    assert pod.stage_inputs(str(model), str(csv), stage, wait_for_other_node=False,
+                            data_source=good) == staged
+
+
+BASE = {"model_uri": "hf://org/model", "data_uri": "s3://bucket/data.csv",
+        "model_source": {"revision": "main", "task": "causal-lm"},
+        "data_source": {"split": "train", "column_mapping": {"text": "a"}}}
+
+
+@pytest.mark.parametrize(("change", "same"), [
+    ({}, True),
+    ({"data_source": {"column_mapping": {"text": "a"}, "split": "train"}}, True),
+    ({"model_uri": "hf://org/other"}, False),
+    ({"data_uri": "s3://bucket/other.csv"}, False),
+    ({"data_source": {"split": "train[:10]", "column_mapping": {"text": "a"}}}, False),
+    ({"data_source": {"split": "train", "column_mapping": {"text": "b"}}}, False),
+    ({"data_source": {"split": "train", "column_mapping": {"text": "a"}, "subset": "x"}},
+     False),
+    ({"data_source": {"split": "train", "column_mapping": {"text": "a"},
+                      "encoding": "latin-1"}}, False),
+    ({"model_source": {"revision": "v2", "task": "causal-lm"}}, False),
+    ({"model_source": None}, False),
+    ({"data_source": None}, False),
+], ids=["same", "same-in-another-order", "model-uri", "data-uri", "split", "column-mapping",
+        "subset", "encoding", "revision", "model-as-artifact", "data-as-artifact"])
+def test_staging_key_follows_every_input(change, same):
+    assert (pod.staging_key(**{**BASE, **change}) == pod.staging_key(**BASE)) is same

@@ -9,8 +9,10 @@ What moves where (no ReadWriteMany storage needed):
    (`minio://` — KFP's default, reached as S3 at `AWS_ENDPOINT_URL` —, `s3://`, `gs://`) to the
    pod's node-local disk (`--work-dir`, an emptyDir) once per pod: one copy of the model per node,
    shared by all of that node's processes, kept across container restarts (the emptyDir lives as
-   long as the pod), so a restarted container does not download again. Credentials come from the
-   environment (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` as `secretKeyRef`), never from args.
+   long as the pod), so a restarted container does not download again. What is staged is keyed
+   by what it is made from (URIs and source settings): other inputs stage afresh. Credentials
+   come from the environment (`AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` as `secretKeyRef`),
+   never from args.
    Local paths and `pvc://` URIs are read in place, without a copy.
    With `--model-source` / `--data-source` the URIs are sources instead (hf://, s3://, gs://,
    https://, pvc://): this process (one per pod, before torchrun starts the trainers) fetches
@@ -41,6 +43,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,6 +64,44 @@ logger = logging.getLogger("kftune.pod")
 STAGED_MARKER = ".kftune-staged"
 # How often a pod waiting for node 0 to stage the inputs on a shared claim looks again.
 STAGE_POLL_SECONDS = 5.0
+# Bumped when what a staged directory holds changes, so older stagings are not reused.
+STAGE_LAYOUT = 1
+
+
+def staging_key(
+    model_uri: str,
+    data_uri: str,
+    model_source: Mapping[str, Any] | None = None,
+    data_source: Mapping[str, Any] | None = None,
+) -> str:
+    """A digest of what the staged inputs are made from: URIs and every source setting.
+
+    Two stagings share a key only when they would stage the same thing (the same model and data
+    URIs, and the same split, subset, revision, column_mapping, encoding, task, ...).
+    """
+    made_from = {"layout": STAGE_LAYOUT, "model_uri": model_uri, "data_uri": data_uri,
+                 "model_source": model_source, "data_source": data_source}
+    text = json.dumps(made_from, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def describe_inputs(
+    model_uri: str,
+    data_uri: str,
+    model_source: Mapping[str, Any] | None = None,
+    data_source: Mapping[str, Any] | None = None,
+) -> str:
+    """What a staging is made from, as a log shows it (URIs without credentials)."""
+    from ...common import uris
+
+    def one(what: str, uri: str, settings: Mapping[str, Any] | None) -> str:
+        shown = f"{what} {uris.display_uri(uri)}"
+        if settings:
+            shown += " (" + ", ".join(f"{name}={value!r}"
+                                      for name, value in sorted(settings.items())) + ")"
+        return shown
+
+    return f"{one('model', model_uri, model_source)}, {one('data', data_uri, data_source)}"
 
 
 def stage_inputs(
@@ -72,13 +113,20 @@ def stage_inputs(
     model_source: Mapping[str, Any] | None = None,
     data_source: Mapping[str, Any] | None = None,
 ) -> tuple[Path, Path]:
-    """Makes the model and the data available under `stage_dir` (once; later calls reuse them).
+    """Makes the model and the data available under `stage_dir`, keyed by what they are made of.
+
+    The inputs go to `stage_dir/<key>/` (`staging_key`), whose marker is written last. A later
+    call with the same inputs (a restarted container, a rerun) reuses them and says so; a call
+    with other inputs (another split, mapping, revision or source) stages afresh and then removes
+    what was staged before. A staging that fails is removed, so nothing half-written is ever
+    reused, and the previous staging stays until the new one is complete.
 
     Args:
         model_uri: the model artifact, or with `model_source` the model's source.
         data_uri: the dataset artifact, or with `data_source` the data's source.
         stage_dir: where to put them.
-        wait_for_other_node: wait for another pod to stage them (shared claim held by another pod).
+        wait_for_other_node: wait for another pod to stage them (shared claim held by another pod);
+            it waits for the staging of these same inputs.
         model_source: `ModelSource` settings besides the URI (revision, task, trust_remote_code):
             fetch the model from its source, as download_model does.
         data_source: `DatasetSource` settings besides the URI (split, subset, revision,
@@ -87,29 +135,60 @@ def stage_inputs(
     Returns:
         The local model and data directories.
     """
-    marker = stage_dir / STAGED_MARKER
+    key = staging_key(model_uri, data_uri, model_source, data_source)
+    described = describe_inputs(model_uri, data_uri, model_source, data_source)
+    keyed = stage_dir / key
+    marker = keyed / STAGED_MARKER
     if wait_for_other_node:
-        logger.info("waiting for node 0 to stage the inputs into %s", stage_dir)
+        logger.info("waiting for node 0 to stage %s into %s", described, keyed)
         while not marker.is_file():
             time.sleep(STAGE_POLL_SECONDS)
     if marker.is_file():
         paths = json.loads(marker.read_text())
-        logger.info("inputs already staged in %s", stage_dir)
+        logger.info("reusing the inputs staged in %s for %s", keyed, described)
         return Path(paths["model"]), Path(paths["data"])
+    logger.info("staging %s into %s", described, keyed)
     started = time.monotonic()
+    shutil.rmtree(keyed, ignore_errors=True)  # an earlier attempt's unfinished staging
+    try:
+        model_dir, data_dir = _fetch_inputs(model_uri, data_uri, keyed, model_source,
+                                            data_source)
+        partial = marker.with_name(f"{STAGED_MARKER}.partial")
+        partial.write_text(json.dumps({"model": str(model_dir), "data": str(data_dir),
+                                       "inputs": described}))
+        os.replace(partial, marker)  # waiting pods never read a half-written marker
+    except BaseException:
+        shutil.rmtree(keyed, ignore_errors=True)
+        raise
+    replaced = [entry for entry in stage_dir.iterdir() if entry.name != key]
+    for entry in replaced:
+        if entry.is_dir():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+    logger.info("staged the inputs in %.1f s%s", time.monotonic() - started,
+                "; removed the inputs staged before from other sources or settings"
+                if replaced else "")
+    return model_dir, data_dir
+
+
+def _fetch_inputs(
+    model_uri: str,
+    data_uri: str,
+    keyed: Path,
+    model_source: Mapping[str, Any] | None,
+    data_source: Mapping[str, Any] | None,
+) -> tuple[Path, Path]:
+    """Downloads (or, for local artifacts, finds in place) the model and the data."""
     if model_source is None:
-        model_dir = download_directory(model_uri, stage_dir / "model", parameter="model")
+        model_dir = download_directory(model_uri, keyed / "model", parameter="model")
     else:
-        model_dir = fetch_model_source(model_uri, model_source, stage_dir / "model")
+        model_dir = fetch_model_source(model_uri, model_source, keyed / "model")
     if data_source is None:
-        data_dir = download_directory(data_uri, stage_dir / "data", parameter="train_data")
+        data_dir = download_directory(data_uri, keyed / "data", parameter="train_data")
     else:
-        data_dir = fetch_data_source(data_uri, data_source, stage_dir / "data")
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    partial = marker.with_name(f"{STAGED_MARKER}.partial")
-    partial.write_text(json.dumps({"model": str(model_dir), "data": str(data_dir)}))
-    os.replace(partial, marker)  # waiting pods never read a half-written marker
-    logger.info("staged the inputs in %.1f s", time.monotonic() - started)
+        data_dir = fetch_data_source(data_uri, data_source, keyed / "data")
+    keyed.mkdir(parents=True, exist_ok=True)
     return model_dir, data_dir
 
 
