@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 from kfp import dsl, kubernetes
-from kfp.dsl import Markdown, Metrics, Model
+from kfp.dsl import HTML, Markdown, Metrics, Model
 
 from ..components.common import demo
 from ..components.deploy_model.component import deploy_model
@@ -83,6 +83,8 @@ class PipelineOutputs(NamedTuple):
     metrics: Metrics
     adapter: Model
     report: Markdown
+    training_report: HTML
+    evaluation_report: HTML
 
 
 # The pipeline's docstring: KFP shows each `Args:` entry beside its parameter in the run form.
@@ -264,6 +266,8 @@ def _add_steps(
         metrics=eval_task.outputs["metrics"],
         adapter=train_task.outputs["adapter"],
         report=eval_task.outputs["report"],
+        training_report=train_task.outputs["report"],
+        evaluation_report=eval_task.outputs["html_report"],
     )
 
 

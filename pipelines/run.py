@@ -102,6 +102,9 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(f"adapter    : {summary['adapter_dir']}")
     if summary.get("report"):
         lines.append(f"report     : {summary['report']}")
+    if summary.get("training_report"):  # HTML pages, as the KFP UI shows them
+        lines.append(f"curves     : {summary['training_report']}")
+        lines.append(f"comparison : {summary['evaluation_report']}")
     if summary.get("merged_model_dir"):
         lines.append(f"merged     : {summary['merged_model_dir']}")
     # With `register` on the run registered these; else it shows what a run with it would.
@@ -588,6 +591,8 @@ def _summary(arguments: dict[str, Any], outputs: Any, output_dir: Path,
         "output_dir": str(output_dir),
         "arguments": arguments,
         **summarize(metrics, adapter, Path(outputs["report"].path), wall),
+        "training_report": str(Path(outputs["training_report"].path)),
+        "evaluation_report": str(Path(outputs["evaluation_report"].path)),
         "merged_model_dir": str(merged) if merged else None,
         "would_register": registration_preview(arguments, metrics, adapter, merged,
                                                output_dir.name),

@@ -1,7 +1,16 @@
 """KFP interface of the evaluate component."""
 
 from kfp import dsl
-from kfp.dsl import ClassificationMetrics, Dataset, Input, Markdown, Metrics, Model, Output
+from kfp.dsl import (
+    HTML,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
 
 from ..common.images import RUNTIME_IMAGE
 
@@ -14,6 +23,7 @@ def evaluate(
     metrics: Output[Metrics],
     classification_metrics: Output[ClassificationMetrics],
     report: Output[Markdown],
+    html_report: Output[HTML],
     task: str = "causal-lm",
     batch_size: int = 32,
     max_examples: int = 1000,
@@ -27,6 +37,8 @@ def evaluate(
         metrics: Output. Base and fine-tuned metrics side by side.
         classification_metrics: Output. Confusion matrix of the fine-tuned model (classification).
         report: Output. A Markdown report: the table and, for causal LM, sample generations.
+        html_report: Output. The same comparison as an HTML page: base and fine-tuned side by
+            side as bars per metric, the table, and the samples.
         task: `causal-lm` or `sequence-classification`.
         batch_size: Examples per forward pass.
         max_examples: Evaluate at most this many held-out rows (a seeded random sample).
@@ -43,4 +55,5 @@ def evaluate(
         task=task,
         batch_size=batch_size,
         max_examples=max_examples,
+        html_report_path=html_report.path,
     )

@@ -30,6 +30,7 @@ from typing import Any, Protocol
 
 from ..common.artifacts import DATA_FILE, MetricsSink, read_manifest
 from ..common.errors import InputError, Problems
+from ..common.report import evaluation_report
 from ..common.tasks import IGNORE_INDEX, check_task
 from ..common.tokenization import check_columns, tokenize_rows
 
@@ -508,6 +509,7 @@ def run_evaluation(
     task: str = "causal-lm",
     batch_size: int = 32,
     max_examples: int = 1000,
+    html_report_path: str | None = None,
 ) -> dict[str, Any]:
     """Evaluates the base model and the fine-tuned one on the same held-out rows.
 
@@ -521,6 +523,7 @@ def run_evaluation(
         task: `causal-lm` or `sequence-classification`.
         batch_size: Examples per forward pass.
         max_examples: Evaluate at most this many held-out rows (a seeded random sample).
+        html_report_path: Where to write the HTML report (base vs fine-tuned as bars).
 
     Returns:
         The result: `base` and `tuned` metric dicts, `headline` (the metric names of the table),
@@ -567,7 +570,7 @@ def run_evaluation(
         result["label_names"] = label_names
     else:
         result.update(_compare_language_models(model, tokenizer, rows, config))
-    _publish(result, metrics, classification_metrics, report_path)
+    _publish(result, metrics, classification_metrics, report_path, html_report_path)
     base_value, tuned_value = result["base"][result["primary"]], result["tuned"][result["primary"]]
     logger.info("%s: base %.4f -> fine-tuned %.4f", result["primary"], base_value, tuned_value)
     return result
@@ -699,6 +702,7 @@ def _publish(
     metrics: MetricsSink | None,
     classification_metrics: ConfusionMatrixSink | None,
     report_path: str | None,
+    html_report_path: str | None = None,
 ) -> None:
     if metrics is not None:
         for side in ("base", "tuned"):
@@ -723,3 +727,7 @@ def _publish(
         path = Path(report_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(render_report(result))
+    if html_report_path:
+        path = Path(html_report_path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(evaluation_report(result))

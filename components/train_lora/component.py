@@ -1,7 +1,7 @@
 """KFP interface of the train_lora component."""
 
 from kfp import dsl
-from kfp.dsl import Dataset, Input, Metrics, Model, Output
+from kfp.dsl import HTML, Dataset, Input, Metrics, Model, Output
 
 from ..common.images import RUNTIME_IMAGE
 from .config import training_parameters_help
@@ -14,6 +14,7 @@ def train_lora(
     train_data: Input[Dataset],
     adapter: Output[Model],
     metrics: Output[Metrics],
+    report: Output[HTML],
     task: str = "causal-lm",
     training_parameters: dict = None,
     lora_config: dict = None,
@@ -33,6 +34,9 @@ def train_lora(
         adapter: Output. The LoRA adapter (PEFT layout), tokenizer and manifest naming the base
             model.
         metrics: Output. Final train loss, steps, tokens/s and runtime.
+        report: Output. An HTML page: loss, learning-rate, gradient-norm and tokens/s curves
+            (one point per logged step; the adapter keeps them as history.jsonl) and the run's
+            settings.
         task: `causal-lm` or `sequence-classification`.
         training_parameters: e.g. `{"learning_rate": 2e-4, "num_train_epochs": 1,
             "per_device_train_batch_size": 8}`. (TRAINING_PARAMETERS_HELP)
@@ -81,6 +85,7 @@ def train_lora(
         image=image,
         timeout_minutes=timeout_minutes,
         kubernetes_options=kubernetes_options or {},
+        report_path=report.path,
     )
 
 

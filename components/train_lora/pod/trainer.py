@@ -47,6 +47,7 @@ from torch.distributed.elastic.multiprocessing.errors import get_error_handler, 
 from ...common import tokenization
 from ...common.artifacts import atomic_directory, read_manifest, write_manifest
 from ...common.errors import InputError, Problems
+from ...common.report import write_history
 from .. import fit
 from ..config import TrainConfig, TrainingSettings, build_lora_config, lora_config_problem
 from . import checkpoint, data, kernels, loading, sharding
@@ -413,7 +414,7 @@ def _rng_state() -> dict[str, Any]:
 def save_checkpoint(cfg: TrainConfig, runtime: Runtime, model: torch.nn.Module,
                     optimizer: torch.optim.Optimizer, scheduler: Any, step: int,
                     position: data.DataPosition, identity: dict[str, Any],
-                    settings: TrainingSettings, history: list[list[float]]) -> None:
+                    settings: TrainingSettings, history: list[dict[str, Any]]) -> None:
     """Checkpoint `step` (collective: every rank calls it; global rank 0 writes).
 
     The adapter and, for a sharded model, the optimizer state are whole tensors keyed by
@@ -486,10 +487,12 @@ def restore_checkpoint(cfg: TrainConfig, runtime: Runtime, model: torch.nn.Modul
 
 def save_final(cfg: TrainConfig, model: Any, tokenizer: Any, model_manifest: dict[str, Any],
                data_manifest: dict[str, Any], metrics: dict[str, Any],
-               training: dict[str, Any], adapter: dict[str, torch.Tensor] | None = None) -> Path:
+               training: dict[str, Any], adapter: dict[str, torch.Tensor] | None = None,
+               history: Sequence[dict[str, Any]] = ()) -> Path:
     """Writes `<output_dir>/final/`: the adapter artifact (global rank 0 only).
 
     `adapter`: the whole trainable tensors of a sharded model (`sharding.trainable_state`).
+    `history`: the logged steps' records, kept as `history.jsonl` (report.HISTORY_FILE).
     """
     peft_config = model.peft_config["default"]
     lora = {
@@ -505,6 +508,7 @@ def save_final(cfg: TrainConfig, model: Any, tokenizer: Any, model_manifest: dic
         model.save_pretrained(staging, **({"state_dict": adapter} if adapter else {}))
         tokenizer.save_pretrained(staging)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+        write_history(staging, history)
         write_manifest(staging, {
             "kind": "adapter",
             "task": cfg.task,
@@ -590,7 +594,14 @@ class Resumed:
 
     step: int = 0
     position: data.DataPosition = dataclasses.field(default_factory=data.DataPosition)
-    history: list[list[float]] = dataclasses.field(default_factory=list)
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    """The logged steps' records (`Progress._log`)."""
+
+
+def _history_records(history: list[Any]) -> list[dict[str, Any]]:
+    """A checkpoint's history as records (checkpoints of earlier versions held [step, loss])."""
+    return [entry if isinstance(entry, dict) else {"step": entry[0], "loss": entry[1]}
+            for entry in history]
 
 
 def choose_sharding(cfg: TrainConfig, runtime: Runtime, model_manifest: dict[str, Any]) -> bool:
@@ -787,7 +798,7 @@ def setup(cfg: TrainConfig, runtime: Runtime, auto_tokenizer: Any) -> tuple[Job,
     identity = _identity(model_manifest, model)
     restored = restore_checkpoint(cfg, runtime, model, optimizer, scheduler, identity)
     resumed = Resumed(restored["step"], data.DataPosition(**restored["position"]),
-                      restored["history"]) if restored else Resumed()
+                      _history_records(restored["history"])) if restored else Resumed()
 
     root = model.get_base_model() if sharded else None
     wrapped = model if sharded else torch.nn.parallel.DistributedDataParallel(
@@ -890,18 +901,26 @@ class Progress:
         loss = self.window_loss.item() / self.window_targets
         stall_note, self.window_stall_mark = _stall_note(self.stalls, self.window_stall_mark,
                                                          job.runtime)
-        self.history.append([step, loss])
         now = time.monotonic()
         eta = (now - self.run_started) / (step - self.first_step) * (job.total_steps - step)
+        record = {
+            "step": step,
+            "epoch": round(position.epoch + position.consumed / len(job.examples), 4),
+            "loss": loss,
+            "learning_rate": job.scheduler.get_last_lr()[0],
+            "grad_norm": sharding.full(grad_norm).item() if grad_norm is not None else None,
+            "tokens_per_second": self.window_tokens / max(now - self.window_started, 1e-9),
+            "elapsed_seconds": round(now - self.started, 3),
+        }
+        self.history.append(record)
         LOG.info(
             "step %d/%d (%.1f%%) | epoch %.2f | loss %.4f | lr %.3e | grad_norm %s | "
             "tokens/s %.0f | elapsed %s | eta %s%s",
-            step, job.total_steps, 100 * step / job.total_steps,
-            position.epoch + position.consumed / len(job.examples), loss,
-            job.scheduler.get_last_lr()[0],
-            f"{sharding.full(grad_norm).item():.3f}" if grad_norm is not None else "-",
-            self.window_tokens / max(now - self.window_started, 1e-9),
-            _format_seconds(now - self.started), _format_seconds(eta), stall_note)
+            step, job.total_steps, 100 * step / job.total_steps, record["epoch"], loss,
+            record["learning_rate"],
+            f"{record['grad_norm']:.3f}" if grad_norm is not None else "-",
+            record["tokens_per_second"], _format_seconds(now - self.started),
+            _format_seconds(eta), stall_note)
         self.window_loss.zero_()
         self.window_targets = self.window_tokens = 0
         self.window_started = time.monotonic()
@@ -924,8 +943,8 @@ class Progress:
         run_rate = self.run_tokens / max(now - self.run_started, 1e-9)
         num_examples = len(job.examples)
         return {
-            "train_loss": self.history,
-            "final_loss": self.history[-1][1] if self.history else None,
+            "train_loss": [[record["step"], record["loss"]] for record in self.history],
+            "final_loss": self.history[-1]["loss"] if self.history else None,
             "steps": step,
             "epochs": position.epoch + position.consumed / num_examples,
             "examples_seen": position.epoch * num_examples + position.consumed,
@@ -941,7 +960,8 @@ class Progress:
         }
 
 
-def finish(job: Job, metrics: dict[str, Any]) -> dict[str, Any]:
+def finish(job: Job, metrics: dict[str, Any],
+           history: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
     """Writes the adapter artifact on global rank 0 (collective); returns `metrics`."""
     adapter = sharding.trainable_state(job.model) if job.root is not None else None
     if job.runtime.is_main:
@@ -951,11 +971,14 @@ def finish(job: Job, metrics: dict[str, Any]) -> dict[str, Any]:
                     "global_batch_size": None if job.budget else job.global_batch,
                     "total_steps": job.total_steps}
         path = save_final(job.cfg, job.model, job.tokenizer, job.model_manifest,
-                          job.data_manifest, metrics, training, adapter)
-        LOG.info("done: %d steps, final loss %s, %.0f tokens/s, %s; adapter saved to %s",
+                          job.data_manifest, metrics, training, adapter, history)
+        # The trainer's output directory is a work area (the step publishes the adapter from
+        # it, then deletes it): the line says what was done, not where.
+        LOG.info("done: %d steps, final loss %s, %.0f tokens/s, %s; adapter written",
                  metrics["steps"],
                  f"{metrics['final_loss']:.4f}" if metrics["final_loss"] is not None else "-",
-                 metrics["tokens_per_second"], _format_seconds(metrics["runtime_seconds"]), path)
+                 metrics["tokens_per_second"], _format_seconds(metrics["runtime_seconds"]))
+        LOG.debug("adapter directory: %s", path)
     dist.barrier()
     return metrics
 
@@ -982,7 +1005,7 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
                             job.identity, settings, progress.history)
         hooks.after_step(step)
     hooks.close()
-    return finish(job, progress.metrics(step, position))
+    return finish(job, progress.metrics(step, position), progress.history)
 
 
 def _collate(task: str, examples: Sequence[data.Example], pad_id: int,

@@ -201,6 +201,7 @@ def run_training(
     kubernetes_options: Mapping[str, Any],
     api_client: Any = None,
     log_line: Callable[[str], None] | None = None,
+    report_path: str | None = None,
 ) -> dict[str, Any]:
     """Trains a LoRA adapter and writes it to `adapter_dir`.
 
@@ -225,6 +226,8 @@ def run_training(
             only `env`, the others are refused).
         api_client: a `kubernetes.client.ApiClient`; None to use the in-cluster configuration.
         log_line: where the local nodes' `[node-<rank>] ...` lines go (default: the log).
+        report_path: where to write the HTML report (the curves of the trainer's per-step
+            history and the run's settings), or None.
 
     Returns:
         The adapter's metrics (`metrics.json`).
@@ -259,6 +262,10 @@ def run_training(
         io = job_lib.PodIO(model_uri=model_uri, data_uri=data_uri, output_uri=adapter_uri)
         result = _run_kubernetes(chosen, io, adapter_dir, api_client)
     _log_metrics(metrics, result)
+    if report_path:
+        from .training_report import write_training_report
+
+        write_training_report(adapter_dir, report_path, result)
     return result
 
 
