@@ -93,7 +93,9 @@ def test_secrets_reach_the_downloads_as_env_only(compiled: tuple[dict, dict]) ->
 
 def test_pipeline_outputs_metrics_adapter_and_report(compiled: tuple[dict, dict]) -> None:
     outputs = compiled[0]["root"]["outputDefinitions"]["artifacts"]
-    assert sorted(outputs) == ["adapter", "metrics", "report"]
+    assert sorted(outputs) == ["adapter", "evaluation_report", "metrics", "report",
+                               "training_report"]
+    assert outputs["training_report"]["artifactType"]["schemaTitle"] == "system.HTML"
 
 
 def test_every_dataset_setting_reaches_the_download_step(compiled: tuple[dict, dict]) -> None:

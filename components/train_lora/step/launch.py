@@ -226,8 +226,7 @@ def run_training(
             only `env`, the others are refused).
         api_client: a `kubernetes.client.ApiClient`; None to use the in-cluster configuration.
         log_line: where the local nodes' `[node-<rank>] ...` lines go (default: the log).
-        report_path: where to write the HTML report (the curves of the trainer's per-step
-            history and the run's settings), or None.
+        report_path: where to write the HTML report (training_report.py), or None.
 
     Returns:
         The adapter's metrics (`metrics.json`).
@@ -237,16 +236,14 @@ def run_training(
         RuntimeError: when training fails (with the failing worker's last log lines).
         TimeoutError: when it takes longer than `timeout_minutes` (the job is deleted).
     """
-    # KFP carries dict parameters as protobuf Structs, whose numbers are all doubles ({"r": 8}
-    # arrives as {"r": 8.0}): whole numbers become ints again before they are checked.
+    # KFP's protobuf Structs carry every number as a double ({"r": 8} arrives as 8.0): ints again.
     training_parameters, input_problems = _input_problems(
         model_dir, data_dir, task, whole_numbers_as_ints(training_parameters),
         local=choose_backend(backend) == "local", nodes=(num_workers, num_procs_per_worker),
         job=(lora_config, resources_per_worker, kubernetes_options))
     pod_uris = {"model": model_uri, "train_data": data_uri, "adapter": adapter_uri}
     chosen = plan(
-        task=task,
-        training_parameters=training_parameters,
+        task=task, training_parameters=training_parameters,
         lora_config=whole_numbers_as_ints(lora_config),
         num_workers=num_workers, num_procs_per_worker=num_procs_per_worker,
         resources_per_worker=whole_numbers_as_ints(resources_per_worker),
@@ -261,11 +258,7 @@ def run_training(
     else:
         io = job_lib.PodIO(model_uri=model_uri, data_uri=data_uri, output_uri=adapter_uri)
         result = _run_kubernetes(chosen, io, adapter_dir, api_client)
-    _log_metrics(metrics, result)
-    if report_path:
-        from .training_report import write_training_report
-
-        write_training_report(adapter_dir, report_path, result)
+    _publish_outputs(metrics, report_path, adapter_dir, result)
     return result
 
 
@@ -398,6 +391,16 @@ def _read_metrics(adapter_dir: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     return json.loads(path.read_text())
+
+
+def _publish_outputs(metrics: MetricsSink | None, report_path: str | None, adapter_dir: str,
+                     result: Mapping[str, Any]) -> None:
+    """The final metrics into the KFP Metrics artifact; the HTML report."""
+    _log_metrics(metrics, result)
+    if report_path:
+        from .training_report import write_training_report
+
+        write_training_report(adapter_dir, report_path, result)
 
 
 def _log_metrics(metrics: MetricsSink | None, result: Mapping[str, Any]) -> None:
