@@ -1,10 +1,17 @@
 # The two commands a fresh machine needs: `make demo` and `make test` (see README.md).
+# kftune is installed editable by default. KFTUNE_INSTALL=wheel (as .ci/run sets it) builds the
+# wheel and installs it, with its extras [all], instead: what users install is what is tested.
 PYTHON ?= python3
 VENV ?= .venv
+KFTUNE_INSTALL ?= editable
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.kftune-installed
+WHEEL_STAMP := $(VENV)/.kftune-wheel
+# What the wheel is built from: a change (or a new or deleted module) rebuilds it.
+PACKAGE_SOURCES := pyproject.toml setup.py __init__.py \
+	$(shell find components pipelines -name __pycache__ -prune -o \( -type d -o -name '*.py' \) -print)
 
-.PHONY: install demo test test-unit lint
+.PHONY: install demo test test-unit test-local lint
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,16 +21,36 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[all]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# kftune from its wheel, built afresh (build/ would keep a deleted module), not from the tree.
+$(WHEEL_STAMP): $(STAMP) $(PACKAGE_SOURCES)
+	rm -rf build .whl
+	$(BIN)/pip wheel -q --no-deps -w .whl .
+	$(BIN)/pip uninstall -q -y kftune
+	$(BIN)/pip install -q "$$(ls .whl/kftune-*.whl)[all]"
+	touch $(WHEEL_STAMP)
 
-demo: $(STAMP)
+ifeq ($(KFTUNE_INSTALL),wheel)
+install: $(WHEEL_STAMP)
+else ifeq ($(KFTUNE_INSTALL),editable)
+install: $(STAMP)
+	@if [ -e $(WHEEL_STAMP) ]; then \
+		echo "kftune: back from the wheel to the editable install"; \
+		$(BIN)/pip install -q --no-deps -e . && rm $(WHEEL_STAMP); fi
+else
+$(error KFTUNE_INSTALL must be editable or wheel, got '$(KFTUNE_INSTALL)')
+endif
+
+demo: install
 	$(BIN)/kftune run
 
-test: $(STAMP)
-	$(BIN)/python -m pytest -m "not gpu and not images" -q
+# The unit tier, then the local tier (kfp.local end to end, torchrun on CPU); not gpu, not images.
+test: test-unit test-local
 
-test-unit: $(STAMP)
+test-unit: install
 	$(BIN)/python -m pytest -q
+
+test-local: install
+	$(BIN)/python -m pytest -m "local and not gpu and not images" -q
 
 # ruff, then pyright (about a minute): no unresolved import of kftune's own modules.
 lint: $(STAMP)

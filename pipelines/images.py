@@ -39,19 +39,20 @@ class Image:
 
 
 def source_root() -> Path:
-    """The kftune checkout whose images/ is built.
+    """The kftune checkout whose images/ is built: kftune's own (editable), else the current dir.
 
     Raises:
-        CliError: when kftune is installed without its source (images/ is not packaged).
+        CliError: when neither holds images/ (it is not packaged in the wheel).
     """
-    root = Path(__file__).resolve().parents[1]
-    if not (root / "images" / "runtime" / "Dockerfile").is_file():
-        raise CliError(
-            f"no images/ beside the installed kftune ({root}): the images build from a source "
-            "checkout",
-            hint="git clone the kftune repository and run `pip install -e .` there",
-        )
-    return root
+    package = Path(__file__).resolve().parents[1]
+    for root in (package, Path.cwd()):
+        if (root / "images" / "runtime" / "Dockerfile").is_file():
+            return root
+    raise CliError(
+        f"no images/ beside the installed kftune ({package}) nor in the current directory: "
+        "the images build from a source checkout",
+        hint="git clone the kftune repository and run this command there",
+    )
 
 
 def planned(registry: str, root: Path) -> list[Image]:

@@ -16,10 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import kftune
 import pytest
 
-ROOT = Path(kftune.__file__).resolve().parent
+# The checkout (kftune itself may be installed from its wheel, away from it).
+ROOT = Path(__file__).resolve().parents[2]
 STANDINS = ROOT / "images" / "standins.sh"
 REGISTRY = "localhost/kftune-test"
 # The stand-in for the CUDA PyTorch base (images/standins.sh makes it).
@@ -100,6 +100,7 @@ def images(podman: Podman) -> Images:
     result = subprocess.run(
         [sys.executable, "-m", "kftune.pipelines.cli", "images", "build", "--registry", REGISTRY,
          "--tool", "podman", "--build-flags", " ".join(flags)],
+        cwd=ROOT,  # the checkout: kftune may be installed from its wheel, without images/
         env=dict(podman.env), text=True, capture_output=True, timeout=3600, check=False,
     )
     assert result.returncode == 0, (result.stdout + result.stderr)[-6000:]

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 from kfp import dsl, local
 from kfp.components import load_component_from_file
-from kftune.pipelines import compile as compiling
 
 pytestmark = pytest.mark.local
 
@@ -18,7 +17,7 @@ def test_compiled_components_run_in_a_new_pipeline(tmp_path: Path) -> None:
     data = tmp_path / "notes.jsonl"
     data.write_text("".join(json.dumps({"body": f"note number {n} is short."}) + "\n"
                             for n in range(60)))
-    components = compiling.default_compiled_dir() / "components"
+    components = Path(__file__).resolve().parents[2] / "compiled" / "components"
     download_dataset = load_component_from_file(str(components / "download_dataset.yaml"))
     download_model = load_component_from_file(str(components / "download_model.yaml"))
     train_lora = load_component_from_file(str(components / "train_lora.yaml"))

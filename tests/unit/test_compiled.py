@@ -8,7 +8,8 @@ from kfp.components import load_component_from_file
 from kftune.pipelines import cli
 from kftune.pipelines import compile as compiling
 
-COMPILED = compiling.default_compiled_dir()
+# The checkout's compiled/ (kftune itself may be installed from its wheel, away from it).
+COMPILED = Path(__file__).resolve().parents[2] / "compiled"
 
 
 @pytest.fixture(scope="module")

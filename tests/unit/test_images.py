@@ -20,7 +20,8 @@ from kftune.pipelines import images as building
 from kftune.pipelines.errors import CliError
 from packaging.specifiers import SpecifierSet
 
-ROOT = Path(kftune.__file__).resolve().parent
+# The checkout (kftune itself may be installed from its wheel, away from it).
+ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILES = {
     "runtime": (ROOT / "images" / "runtime" / "Dockerfile", images.runtime_image("REGISTRY")),
     "trainer": (ROOT / "images" / "trainer" / "Dockerfile", images.trainer_image("REGISTRY")),
@@ -67,7 +68,7 @@ def test_both_images_run_the_same_torch_within_pyproject_range() -> None:
 
 
 def test_checked_in_compiled_yaml_names_no_registry_anybody_serves() -> None:
-    compiled = compiling.default_compiled_dir()
+    compiled = ROOT / "compiled"
     for path in sorted(compiled.rglob("*.yaml")):
         used = set(re.findall(r"^\s+image: (\S+)$", path.read_text(), re.MULTILINE))
         assert used == {images.RUNTIME_IMAGE}, path
@@ -75,7 +76,7 @@ def test_checked_in_compiled_yaml_names_no_registry_anybody_serves() -> None:
 
 
 def test_with_registry_moves_every_step_and_nothing_else() -> None:
-    text = (compiling.default_compiled_dir() / compiling.PIPELINE_FILE).read_text()
+    text = (ROOT / "compiled" / compiling.PIPELINE_FILE).read_text()
     moved = images.with_registry(text, "registry.example.com:5000/ml")
     steps = len(re.findall(r"^\s+image: ", text, re.MULTILINE))  # one per step, optional ones too
     assert steps >= 4
