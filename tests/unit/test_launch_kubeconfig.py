@@ -39,4 +39,7 @@ def test_launch_without_a_usable_kubeconfig_is_one_line(case, tmp_path, monkeypa
     assert lines[0].startswith("kftune launch: error: no Kubernetes cluster to talk to: not "
                                "inside a cluster and no usable kubeconfig (")
     assert case.detail in lines[0]
-    assert lines[0].endswith("; set KUBECONFIG, or use backend 'local'")
+    # kftune launch's --backend choices all need a cluster: the way out is kftune run's backend.
+    assert lines[0].endswith(
+        "; set KUBECONFIG, or train on this machine with `kftune run` (its `local` training "
+        "backend)")

@@ -40,6 +40,9 @@ from ...common.images import TRAINER_IMAGE, unset_image_problems
 from ..config import shown
 from .spec import DEFAULT_TIMEOUT_MINUTES
 
+# `kftune launch` has no local backend (its --backend choices all need a cluster): this is its way.
+NO_CLUSTER_FIX = "train on this machine with `kftune run` (its `local` training backend)"
+
 
 class _UsageError(Exception):
     pass
@@ -273,7 +276,7 @@ def build_from_args(args: argparse.Namespace, api_client: Any = None) -> tuple[d
     )
     kind = plan.backend
     if kind == "cluster":
-        kind = launch.resolve_kind(plan, api_client or launch.default_api_client())
+        kind = launch.resolve_kind(plan, api_client or launch.default_api_client(NO_CLUSTER_FIX))
     request = job_lib.request(plan.spec, plan.options, io, namespace=args.namespace)
     return launch.build_job(request, kind), kind
 
@@ -292,12 +295,15 @@ def launch_main(argv: Sequence[str], api_client: Any = None) -> int:
     except RuntimeError as error:  # discovery could not pick a kind
         print(f"kftune launch: {error}", file=sys.stderr)
         return 1
+    unset = unset_image_problems(args.image, "--image")
     if args.dry_run:
         import yaml
 
         sys.stdout.write(yaml.safe_dump(manifest, sort_keys=False, default_flow_style=False))
+        for problem in unset:  # printed all the same: the job is for reading, or for editing
+            print(f"kftune launch: warning: this manifest cannot be applied as is: {problem}",
+                  file=sys.stderr)
         return 0
-    unset = unset_image_problems(args.image, "--image")
     if unset:  # the pods could not pull their image: create nothing
         print(f"kftune launch: error: {'; '.join(unset)}", file=sys.stderr)
         return 2
@@ -309,7 +315,7 @@ def _submit(manifest: dict[str, Any], kind: str, timeout_minutes: int, api_clien
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        client = api_client or launch.default_api_client()
+        client = api_client or launch.default_api_client(NO_CLUSTER_FIX)
         launch.run_job(manifest, kind, client, timeout_minutes * 60)
     except InputError as error:
         print(f"kftune launch: error: {'; '.join(error.problems)}", file=sys.stderr)

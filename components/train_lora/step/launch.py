@@ -422,13 +422,16 @@ def step_namespace(options: KubernetesOptions) -> str:
     return cluster.own_namespace(options.namespace)
 
 
-def default_api_client() -> Any:
+def default_api_client(fix: str = "use backend 'local'") -> Any:
     """A client for this pod's cluster (its service account), else for `$KUBECONFIG`.
+
+    Args:
+        fix: The way out besides KUBECONFIG, in the error (the caller's name for local training).
 
     Raises:
         InputError: when there is neither (no cluster to talk to).
     """
-    return cluster.api_client(doing="talk to", fix="use backend 'local'")
+    return cluster.api_client(doing="talk to", fix=fix)
 
 
 def build_job(job: job_lib.JobRequest, kind: str) -> dict[str, Any]:
