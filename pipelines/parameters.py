@@ -6,13 +6,14 @@ Every problem is reported at once, before any step runs.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import difflib
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..components.common import uris
+from ..components.common import secrets, uris
 from ..components.common.errors import InputError, Problems
 from ..components.train_lora.config import shown, training_parameters_help
 
@@ -154,77 +155,142 @@ def parse_overrides(
     return arguments, problems
 
 
-def validate_arguments(arguments: dict[str, Any], *, on_this_host: bool = False) -> list[str]:
-    """Problems with a full set of pipeline arguments, found without running any step.
+@dataclasses.dataclass(frozen=True)
+class CheckedRun:
+    """A whole run's parameters, checked: the typed values each step is given."""
 
-    The train_lora step's parameters go through the step's own check (`launch.plan`), the same
-    one the component runs.
+    arguments: dict[str, Any]
+    """Every pipeline argument, defaults filled in."""
+    dataset: Any
+    """download_dataset's `DatasetSource`."""
+    model: Any
+    """download_model's `ModelSource`."""
+    training: Any
+    """train_lora's `launch.Plan`."""
+    evaluation: Any
+    """evaluate's `EvalConfig`."""
+    registry: Any
+    """register_model's `RegistryTarget` (its version is the run's name when `model_version` is
+    empty)."""
+    serving: Any
+    """deploy_model's `DeployConfig`."""
+
+
+# Each step's own names for the pipeline parameters it takes (as its checks name them).
+_DATASET_NAMES = {"uri": "dataset_uri", "revision": "dataset_revision",
+                  "subset": "dataset_subset", "encoding": "dataset_encoding"}
+_MODEL_NAMES = {"uri": "model_uri", "revision": "model_revision"}
+_EVAL_NAMES = {"batch_size": "eval_batch_size", "max_examples": "eval_max_examples"}
+_REGISTRY_NAMES = {"model_name": "registered_model_name", "version": "model_version"}
+
+
+def _checked(problems: Problems, names: Mapping[str, str], build: Any) -> Any:
+    """`build()`, a step's own check of its slice: its value, or None with its problems added."""
+    from ..components.train_lora.step.sources import renamed
+
+    try:
+        return build()
+    except InputError as error:
+        problems.extend(renamed(error.problems, names))
+        return None
+
+
+def check_run(arguments: Mapping[str, Any], *, on_this_host: bool = False) -> CheckedRun:
+    """The one check of a whole run, before anything is fetched or created.
+
+    Every step's own check of its slice (the same function its component runs), the rules
+    between steps, a secret scan over every string in the parameters, and with `on_this_host`
+    what this machine must have (local paths that exist, the local backend's processes and GPUs).
 
     Args:
-        arguments: every pipeline argument.
+        arguments: every pipeline argument (defaults filled in).
         on_this_host: the run happens on this machine (`backend=auto` is local), rather than
             submitted to a cluster (where `auto` is a cluster backend).
+
+    Returns:
+        The typed values each step takes.
+
+    Raises:
+        InputError: every problem at once, one line each, never quoting a credential.
     """
-    from ..components.download_dataset import dataset
+    from ..components.download_dataset.dataset import DatasetSource
+    from ..components.download_model.model import ModelSource
+    from ..components.evaluate.evaluation import EvalConfig
+    from ..components.register_model.registry import RegistryTarget
     from ..components.train_lora.step.launch import plan
 
+    args = dict(arguments)
     problems = Problems()
-    for name in ("model_uri", "dataset_uri"):
-        # The download components' own URI check (credentials refused first).
-        problems.extend(uris.parse_problems(arguments[name], parameter=name)[1])
-    problems.extend(dataset.encoding_problems(arguments["dataset_encoding"],
-                                              parameter="dataset_encoding"))
-    for name in ("split", "eval_split"):
-        value = arguments[name]
-        if name == "eval_split" and not value:
-            continue
-        try:
-            from datasets import ReadInstruction
-
-            ReadInstruction.from_spec(value)
-        except (ValueError, TypeError, AssertionError):
-            problems.add(
-                f"`{name}` must be a split in `datasets` slicing syntax, got {shown(value)}; "
-                "e.g. train, train[:3000], train[10%:20%]"
-            )
-    if not 0 <= arguments["eval_fraction"] < 1:
-        problems.add(
-            f"`eval_fraction` must be in [0, 1), got {arguments['eval_fraction']}; e.g. 0.1"
-        )
-    if arguments["eval_fraction"] == 0 and not arguments["eval_split"]:
+    found_problems, found = secrets.scan_all(args)
+    problems.extend(found_problems)
+    dataset = _checked(problems, _DATASET_NAMES, lambda: DatasetSource(
+        uri=args["dataset_uri"], split=args["split"], revision=args["dataset_revision"],
+        subset=args["dataset_subset"], column_mapping=args["column_mapping"] or {},
+        eval_fraction=args["eval_fraction"], eval_split=args["eval_split"], seed=args["seed"],
+        encoding=args["dataset_encoding"]))
+    if args["eval_fraction"] == 0 and not args["eval_split"]:
         problems.add(
             "`eval_fraction` is 0 and `eval_split` is empty: the evaluate step would have no "
             "held-out rows (after the whole training); set eval_fraction (e.g. 0.1) or "
             "eval_split (e.g. test[:500])"
         )
-    for name in ("eval_batch_size", "eval_max_examples"):
-        if arguments[name] < 1:
-            problems.add(f"`{name}` must be >= 1, got {arguments[name]}")
-    problems.extend(serving_problems(arguments))
-    backend = arguments["backend"]
+    model = _checked(problems, _MODEL_NAMES, lambda: ModelSource(
+        uri=args["model_uri"], revision=args["model_revision"], task=args["task"],
+        trust_remote_code=args["trust_remote_code"]))
+    backend = args["backend"]
+    training = _checked(problems, {"image": "trainer_image"}, lambda: plan(
+        task=args["task"], training_parameters=args["training_parameters"],
+        lora_config=args["lora_config"], num_workers=args["num_workers"],
+        num_procs_per_worker=args["num_procs_per_worker"],
+        resources_per_worker=args["resources_per_worker"],
+        # `auto` picks the backend where the step runs: this machine for `kftune run`, the
+        # cluster for a submitted run.
+        backend="cluster" if not on_this_host and backend == "auto" else backend,
+        image=args["trainer_image"], timeout_minutes=args["timeout_minutes"],
+        kubernetes_options=args["kubernetes_options"]))
+    evaluation = _checked(problems, _EVAL_NAMES, lambda: EvalConfig(
+        task=args["task"], batch_size=args["eval_batch_size"],
+        max_examples=args["eval_max_examples"]))
+    registry = _checked(problems, _REGISTRY_NAMES, lambda: RegistryTarget(
+        server_address=args["registry_address"], model_name=args["registered_model_name"],
+        version=args["model_version"] or "run")) if args["register"] else None
+    serving = _checked(problems, {}, lambda: serving_config(args))
+    if args["deploy"]:
+        from ..components.deploy_model import deploy
+
+        problems.extend(deploy.task_problems(args["task"], args["serving_kind"],
+                                             merged=bool(args["merge"])))
+    if on_this_host:
+        problems.extend(_host_problems(args, dataset, model, training))
+    messages = secrets.scrub(problems.messages, found)
+    if messages:
+        raise InputError(messages)
+    return CheckedRun(arguments=args, dataset=dataset, model=model, training=training,
+                      evaluation=evaluation, registry=registry, serving=serving)
+
+
+def _host_problems(arguments: Mapping[str, Any], dataset: Any, model: Any,
+                   training: Any) -> list[str]:
+    """What this machine must have for a run here: its local inputs, the local backend's needs."""
+    from ..components.train_lora.step.inputs import host_problems
+
+    problems = []
+    for name, source in (("dataset_uri", dataset), ("model_uri", model)):
+        if source is not None:
+            problems += uris.missing_problems(source.location, parameter=name)
+    if training is not None and training.backend == "local":
+        problems += host_problems(arguments["num_workers"], arguments["num_procs_per_worker"],
+                                  arguments["training_parameters"])
+    return problems
+
+
+def validate_arguments(arguments: dict[str, Any], *, on_this_host: bool = False) -> list[str]:
+    """The problems `check_run` finds with a full set of pipeline arguments (none: valid)."""
     try:
-        plan(
-            task=arguments["task"],
-            training_parameters=arguments["training_parameters"],
-            lora_config=arguments["lora_config"],
-            num_workers=arguments["num_workers"],
-            num_procs_per_worker=arguments["num_procs_per_worker"],
-            resources_per_worker=arguments["resources_per_worker"],
-            # `auto` picks the backend where the step runs: this machine for `kftune run`,
-            # the cluster for a submitted run.
-            backend="cluster" if not on_this_host and backend == "auto" else backend,
-            image=arguments["trainer_image"],
-            timeout_minutes=arguments["timeout_minutes"],
-            kubernetes_options=arguments["kubernetes_options"],
-        )
+        check_run(arguments, on_this_host=on_this_host)
     except InputError as error:
-        # The component calls the pipeline's `trainer_image` parameter `image`.
-        problems.extend(
-            "`trainer_image`" + problem.removeprefix("`image`")
-            if problem.startswith("`image`") else problem
-            for problem in error.problems
-        )
-    return problems.messages
+        return error.problems
+    return []
 
 
 def serving_config(arguments: Mapping[str, Any]) -> Any:
@@ -238,21 +304,6 @@ def serving_config(arguments: Mapping[str, Any]) -> Any:
     return deploy.DeployConfig(name=arguments["serving_name"], kind=arguments["serving_kind"],
                                service_account=arguments["serving_service_account"],
                                resources=arguments["serving_resources"])
-
-
-def serving_problems(arguments: dict[str, Any]) -> list[str]:
-    """deploy_model's checks of the serving parameters (and, with `deploy`, of the task)."""
-    from ..components.deploy_model import deploy
-
-    problems: list[str] = []
-    try:
-        serving_config(arguments)
-    except InputError as error:
-        problems += error.problems
-    if arguments["deploy"]:
-        problems += deploy.task_problems(arguments["task"], arguments["serving_kind"],
-                                         merged=bool(arguments["merge"]))
-    return problems
 
 
 def parse_arguments(
@@ -273,16 +324,6 @@ def parse_arguments(
             *validate_arguments({**_defaults(), **arguments}, on_this_host=on_this_host),
         ])
     return arguments
-
-
-def on_this_host_problems(arguments: dict[str, Any]) -> list[str]:
-    """What this machine cannot run, for a run here (`kftune run`), not one submitted elsewhere."""
-    from ..components.train_lora.step.inputs import local_process_problems
-    from ..components.train_lora.step.launch import BACKENDS, choose_backend
-
-    if arguments["backend"] not in BACKENDS or choose_backend(arguments["backend"]) != "local":
-        return []
-    return local_process_problems(arguments["num_workers"], arguments["num_procs_per_worker"])
 
 
 def _defaults() -> dict[str, Any]:
@@ -309,8 +350,6 @@ def resolve_arguments(
     overrides, problems = parse_overrides(pairs, flags)
     arguments = {**_defaults(), **overrides}
     problems = [*problems, *validate_arguments(arguments, on_this_host=on_this_host)]
-    if on_this_host and not problems:
-        problems = on_this_host_problems(arguments)
     if problems:
         raise InputError(problems)
     return arguments, overrides

@@ -14,7 +14,11 @@ class InputError(ValueError):
     """One or more bad inputs. `problems` holds one line per bad input."""
 
     def __init__(self, problems: Iterable[str]):
-        self.problems = list(problems)
+        from .secrets import redact_text
+
+        # One line per problem, each once (several steps' checks may find the same one), never
+        # quoting a credential.
+        self.problems = list(dict.fromkeys(redact_text(problem) for problem in problems))
         if len(self.problems) == 1:
             message = self.problems[0]
         else:

@@ -450,6 +450,28 @@ def local_path(location: Location, *, parameter: str = "uri") -> Path:
     raise ValueError(f"{location.scheme}:// is not a local location")
 
 
+def missing_problems(location: Location | None, *, parameter: str = "uri") -> list[str]:
+    """A local location (file/pvc/pkg) whose path does not exist on this machine: one problem.
+
+    Remote locations, and None (a URI that did not parse), have none.
+    """
+    if location is None or not location.is_local:
+        return []
+    try:
+        path = local_path(location, parameter=parameter)
+    except InputError as error:
+        return list(error.problems)
+    if path.exists():
+        return []
+    origin = "" if location.scheme == "file" else f" (resolved from {location.display})"
+    hint = {
+        "pvc": f"; is the claim mounted at {pvc_root() / location.authority} "
+        f"(set {PVC_ROOT_ENV} for another root)?",
+        "pkg": "; check the path inside the package",
+    }.get(location.scheme, "; check the path")
+    return [f"`{parameter}` {location.display!r}: {path}{origin} does not exist{hint}"]
+
+
 def s3_endpoint() -> str | None:
     """The S3 endpoint URL from the environment, or None for AWS itself."""
     for name in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL", "S3_ENDPOINT_URL"):
@@ -703,16 +725,9 @@ def fetch(
     """
     if location.is_local:
         path = local_path(location, parameter=parameter)
-        if not path.exists():
-            origin = "" if location.scheme == "file" else f" (resolved from {location.display})"
-            hint = {
-                "pvc": f"; is the claim mounted at {pvc_root() / location.authority} "
-                f"(set {PVC_ROOT_ENV} for another root)?",
-                "pkg": "; check the path inside the package",
-            }.get(location.scheme, "; check the path")
-            raise InputError(
-                [f"`{parameter}` {location.display!r}: {path}{origin} does not exist{hint}"]
-            )
+        missing = missing_problems(location, parameter=parameter)
+        if missing:
+            raise InputError(missing)
         if location.scheme == "pvc":
             _check_inside_claim(path, pvc_root() / location.authority, location, parameter)
         return path

@@ -35,7 +35,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..common import uris
+from ..common import secrets, uris
 from ..common.artifacts import read_manifest
 from ..common.errors import Problems
 
@@ -117,9 +117,9 @@ class DeployConfig:
         if not isinstance(self.args, (list, tuple)) or not all(
                 isinstance(arg, str) for arg in self.args):
             problems.add(f"`runtime_args` must be a list of strings, got {self.args!r}")
-        else:
-            for arg in self.args:
-                problems.extend(uris.credential_problems(arg, parameter="runtime_args"))
+        problems.extend(secrets.field_problems(self, {
+            "name": "serving_name", "args": "runtime_args", "image": "runtime_image",
+            "service_account": "serving_service_account"}, skip=("base_model_uri",)))
         if not _within(self.timeout_seconds, 1e-3, 86400.0):
             shown = self.timeout_seconds
             problems.add("`timeout_minutes` must be 1 to 1440, got "

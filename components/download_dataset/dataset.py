@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..common import uris
+from ..common import secrets, uris
 from ..common.artifacts import DATA_FILE, atomic_directory, write_manifest
 from ..common.errors import InputError, Problems
 
@@ -95,6 +95,7 @@ class DatasetSource:
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             problems.add(f"`seed` must be an integer >= 0, got {self.seed!r}")
         problems.extend(encoding_problems(self.encoding))
+        problems.extend(secrets.field_problems(self))
         problems.raise_if_any()
 
     @property

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..common import uris
+from ..common import secrets, uris
 from ..common.artifacts import atomic_directory, directory_size, write_manifest
 from ..common.errors import InputError, Problems
 from ..common.tasks import check_task
@@ -92,6 +92,7 @@ class ModelSource:
             problems.add(
                 f"`trust_remote_code` must be true or false, got {self.trust_remote_code!r}"
             )
+        problems.extend(secrets.field_problems(self))
         problems.raise_if_any()
 
     @property

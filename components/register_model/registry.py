@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from ..common import retry, uris
+from ..common import retry, secrets, uris
 from ..common.artifacts import read_manifest
 from ..common.errors import Problems
 
@@ -65,6 +65,7 @@ class RegistryTarget:
         if not isinstance(self.port, int) or not 0 <= self.port <= 65535:
             problems.add(f"`registry_port` must be 0 (from the address) to 65535, got "
                          f"{self.port!r}")
+        problems.extend(secrets.field_problems(self, {"server_address": "registry_address"}))
         problems.raise_if_any()
 
 

@@ -93,7 +93,8 @@ BAD_RUN_CASES = [
     Case("scheme", ["--model-uri", "ftp://host/model"],
          expected_error="`model_uri` has an unknown scheme 'ftp://' in 'ftp://host/model'"),
     Case("split", ["--split", "train[:x]"],
-         expected_error="`split` must be a split in `datasets` slicing syntax, got 'train[:x]'"),
+         expected_error="`split` 'train[:x]' is not a valid split expression; use the `datasets` "
+                        "slicing syntax"),
     Case("encoding", ["--dataset-encoding", "latin-9000"],
          expected_error="`dataset_encoding` must name a text encoding Python knows, got "
                         "'latin-9000'"),

@@ -197,3 +197,38 @@ def local_process_problems(num_workers: Any, num_procs_per_worker: Any) -> list[
         f"{limit}: {PROCESSES_PER_CPU} per CPU core, {cpus} core(s)); lower `num_workers`, or "
         f"run on a cluster with backend='kubernetes'"
     ]
+
+
+def host_gpu_count() -> int:
+    """The GPUs the local backend's nodes would see, counted without importing torch.
+
+    The entries of `CUDA_VISIBLE_DEVICES` when it is set, else the GPUs `nvidia-smi -L` lists.
+    """
+    import shutil
+    import subprocess
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([device for device in visible.split(",") if device.strip() not in ("", "-1")])
+    if not shutil.which("nvidia-smi"):
+        return 0
+    try:
+        listing = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True,
+                                 timeout=30, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(1 for line in listing.splitlines() if line.startswith("GPU "))
+
+
+def host_problems(num_workers: Any, num_procs_per_worker: Any,
+                  training_parameters: Any) -> list[str]:
+    """What this host cannot run with the local backend: too many processes, 4-bit without CUDA."""
+    problems = local_process_problems(num_workers, num_procs_per_worker)
+    quantized = isinstance(training_parameters, Mapping) and training_parameters.get(
+        "quantization")
+    if quantized and not training_parameters.get("use_cpu") and host_gpu_count() == 0:
+        problems.append(
+            "`training_parameters.quantization` (4-bit QLoRA) needs a CUDA GPU, and this host has "
+            "none for the local backend (none in CUDA_VISIBLE_DEVICES or `nvidia-smi -L`); remove "
+            "quantization, or train on a cluster's GPUs (backend 'kubernetes' or 'trainjob')")
+    return problems

@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-from ...common import cluster
+from ...common import cluster, secrets
 from ...common.artifacts import MetricsSink, atomic_directory, read_manifest
 from ...common.errors import InputError, Problems
 from ...common.images import unset_image_problems
@@ -128,6 +128,11 @@ def plan(
     problems.extend(extra_problems)
     if backend not in BACKENDS and backend != "cluster":
         problems.add(f"`backend` must be one of {', '.join(BACKENDS)}, got {backend!r}")
+    # The secret scan of the step's own slice: every string, nested ones included.
+    problems.extend(secrets.scan_all({
+        "training_parameters": training_parameters, "lora_config": lora_config,
+        "resources_per_worker": resources_per_worker, "kubernetes_options": kubernetes_options,
+        "image": image})[0])
     options, option_problems = parse_kubernetes_options(kubernetes_options)
     problems.extend(option_problems)
     raw_env = (kubernetes_options or {}).get("env") if isinstance(
@@ -283,7 +288,7 @@ def _input_problems(
         problems += fit.fit_problems(model_dir, training_parameters,
                                      *map(whole_numbers_as_ints, (job[0], *nodes, *job[1:])))
     if local:
-        problems += inputs.local_process_problems(*nodes)
+        problems += inputs.host_problems(*nodes, training_parameters)
     return training_parameters, problems
 
 
