@@ -34,6 +34,7 @@ import dataclasses
 import enum
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -67,6 +68,8 @@ DEFAULT_LOCAL_OUTPUT = "runs/{name}/adapter"
 # LoRA fields passed even when they equal PEFT's defaults: they define the adapter, and the job's
 # arguments then say what it trains.
 CORE_LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "bias")
+# A job name: a DNS-1035 label (its pods and Services are named after it).
+_JOB_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 # Where the local backend logs its nodes' lines when nobody collects them.
 LOCAL_BACKEND_LOGGER = "kftune.components.train_lora.step.backends.local"
 
@@ -341,7 +344,9 @@ def _data_source(
     env: dict[str, str] = {}
     if isinstance(dataset, HuggingFaceDatasetParams):
         repo = dataset.repo_id
-        data_uri = repo if "://" in repo else f"hf://{repo}"
+        # A Hub id (`org/name`), a URI, or locally a path (`/data/x.csv`, `./x.csv`).
+        is_path = isinstance(repo, str) and repo.startswith(("/", "./", "../", "~"))
+        data_uri = repo if "://" in repo or is_path else f"hf://{repo}"
         split, subset, revision = dataset.split or "train", dataset.subset, dataset.revision
         names = {"uri": "dataset_provider_parameters.repo_id"}
     else:
@@ -607,20 +612,13 @@ class TrainingClient:
             RuntimeError: when the cluster refuses the job, or local training fails.
         """
         namespace = namespace or self.namespace
-        translated, problems = _translate_call(
-            name, model_provider_parameters, dataset_provider_parameters, trainer_parameters)
-        options, env_problems = _job_options(kubernetes_options, translated.env,
-                                             init_env_vars, env_vars)
-        resources, resource_problems = _resources(resources_per_worker)
-        output_uri = output_uri or self._default_output(name, namespace,
-                                                        dataset_provider_parameters)
         _note_storage_config(storage_config)
-        if self.backend != "local":
-            options.update(namespace=namespace, job_name=name)
-        image, cluster_problems = self._cluster_problems(translated, options, output_uri, image)
-        plan = self._plan(translated, options, resources, num_workers, num_procs_per_worker,
-                          image, timeout_minutes,
-                          problems + env_problems + resource_problems + cluster_problems)
+        translated, plan, options, resources, output_uri = self.check(
+            name, namespace, model_provider_parameters, dataset_provider_parameters,
+            trainer_parameters, num_workers=num_workers,
+            num_procs_per_worker=num_procs_per_worker, resources_per_worker=resources_per_worker,
+            env=(init_env_vars, env_vars), output_uri=output_uri, image=image,
+            timeout_minutes=timeout_minutes, kubernetes_options=kubernetes_options)
         # Printed, as kftune.submit prints its run: a notebook shows no INFO log by default.
         print(f"kftune: the adapter of {name} goes to {output_uri}")
         if self.backend != "local":
@@ -628,6 +626,65 @@ class TrainingClient:
         else:
             self._run_local(translated, plan, name, namespace, output_uri, options, resources)
         return name
+
+    def check(
+        self, name: str, namespace: str, model: Any, dataset: Any, trainer: Any, *,
+        num_workers: Any, num_procs_per_worker: Any, resources_per_worker: Any,
+        env: tuple[Any, Any], output_uri: str | None, image: str, timeout_minutes: Any,
+        kubernetes_options: Mapping[str, Any] | None,
+    ) -> tuple[Translated, Any, dict[str, Any], dict[str, Any], str]:
+        """`train`'s one check of the whole call, before anything is fetched or created.
+
+        The download steps' and the train step's own checks of their slices, a secret scan over
+        every string of the call, the job's name, and for the local backend what this machine
+        must have (local sources that exist, GPUs for 4-bit).
+
+        Returns:
+            (the translation, the train step's plan, its options, resources, output URI).
+
+        Raises:
+            InputError: every problem at once, never quoting a credential.
+        """
+        from ..components.common import secrets
+
+        translated, problems = _translate_call(name, model, dataset, trainer)
+        options, env_problems = _job_options(kubernetes_options, translated.env, *env)
+        resources, resource_problems = _resources(resources_per_worker)
+        output_uri = output_uri or self._default_output(name, namespace, dataset)
+        scanned, found = secrets.scan_all({
+            "name": name, "namespace": namespace,
+            "model_provider_parameters": _without_credential_fields(model),
+            "dataset_provider_parameters": _without_credential_fields(dataset),
+            "output_uri": output_uri,
+            "image": image, "kubernetes_options": options, "init_env_vars": _plain(env[0]),
+            "env_vars": _plain(env[1])})
+        if self.backend != "local":
+            options.update(namespace=namespace, job_name=name)
+        image, cluster_problems = self._cluster_problems(translated, options, output_uri, image)
+        problems = [*scanned, *problems, *_name_problems(name), *env_problems,
+                    *resource_problems, *cluster_problems]
+        if self.backend == "local":
+            problems += self._host_problems(translated, num_workers, num_procs_per_worker)
+        try:
+            plan = self._plan(translated, options, resources, num_workers, num_procs_per_worker,
+                              image, timeout_minutes, problems)
+        except InputError as error:
+            raise InputError(secrets.scrub(error.problems, found)) from None
+        return translated, plan, options, resources, output_uri
+
+    def _host_problems(self, translated: Translated, num_workers: Any,
+                       num_procs_per_worker: Any) -> list[str]:
+        """What this machine must have for a local job: its local sources, processes and GPUs."""
+        from ..components.common import uris
+        from ..components.train_lora.step.inputs import host_problems
+
+        problems = []
+        for parameter, uri in (("model_provider_parameters.model_uri", translated.model_uri),
+                               ("dataset_provider_parameters.repo_id", translated.data_uri)):
+            location, _ = uris.parse_problems(uri, parameter=parameter)
+            problems += uris.missing_problems(location, parameter=parameter)
+        return problems + host_problems(num_workers, num_procs_per_worker,
+                                        translated.training_parameters)
 
     def _cluster_problems(
         self, translated: Translated, options: dict[str, Any], output_uri: str, image: str
@@ -961,6 +1018,26 @@ def _job_options(
     if secret_env:
         options["secret_env"] = secret_env
     return options, problems
+
+
+def _without_credential_fields(params: Any) -> Any:
+    """The fields of a parameter object but its credential fields (`_credential_problems`)."""
+    plain = _plain(params)
+    if not isinstance(plain, dict):
+        return plain
+    return {key: value for key, value in plain.items()
+            if key not in ("access_token", "access_key", "secret_key")}
+
+
+def _name_problems(name: Any) -> list[str]:
+    """The job's name: a Kubernetes name, which locally is also a directory under `output_root`."""
+    from ..components.train_lora.step.options import MAX_JOB_NAME_LENGTH
+
+    if isinstance(name, str) and _JOB_NAME.match(name) and len(name) <= MAX_JOB_NAME_LENGTH:
+        return []
+    return [f"`name` must start with a letter, hold only lower case letters, digits and '-', and "
+            f"be at most {MAX_JOB_NAME_LENGTH} characters (it names the job's pods, and locally "
+            f"its directory under `output_root`), got {name!r}; e.g. fine-tune-bert"]
 
 
 def _note_storage_config(storage_config: Mapping[str, Any] | None) -> None:
