@@ -11,6 +11,7 @@ TrainingClient no kftune-only training keys) is left out of that case's doors.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import json
 import types
 from collections.abc import Callable
@@ -266,12 +267,11 @@ def _component(name: str, arguments: dict[str, Any], tmp_path: Path) -> None:
 
     module = importlib.import_module(f"kftune.components.{name}.component")
     function = getattr(module, name).python_func
-    outputs = {
-        "download_dataset": ("train_data", "eval_data"),
-        "train_lora": ("model", "train_data", "adapter", "metrics"),
-        "register_model": ("adapter", "registration"),
-    }[name]
-    artifacts = {output: _artifact(tmp_path / output) for output in outputs}
+    # Its artifacts (the parameters without a default that the case does not give).
+    artifacts = {parameter.name: _artifact(tmp_path / parameter.name)
+                 for parameter in inspect.signature(function).parameters.values()
+                 if parameter.default is inspect.Parameter.empty
+                 and parameter.name not in arguments}
     function(**artifacts, **arguments)
 
 
