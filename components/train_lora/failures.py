@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 from collections.abc import Iterable, Sequence
@@ -206,3 +207,76 @@ def signal_name(number: int) -> str:
     with contextlib.suppress(ValueError):
         return signal.Signals(number).name
     return f"signal {number}"
+
+
+# -- the failure record ----------------------------------------------------------------------------
+
+TERMINATION_MESSAGE_PATH = "/dev/termination-log"
+"""Where a container writes its termination message (Kubernetes' default `terminationMessagePath`,
+which the PyTorchJob sets explicitly and the Trainer's runtimes keep)."""
+TERMINATION_MESSAGE_ENV = "KFTUNE_TERMINATION_MESSAGE_PATH"
+"""Overrides `TERMINATION_MESSAGE_PATH` (the local backend and tests point it at a file)."""
+# Kubernetes keeps at most 4096 bytes of a termination message.
+_MAX_MESSAGE_BYTES = 4096
+
+
+@dataclass(frozen=True)
+class FailureRecord:
+    """Why a node failed, as the pod writes it to its termination message (one JSON line)."""
+
+    cause: str
+    """One line: the rank and its exception line, or the signal that killed it."""
+    node_rank: int | None = None
+    bad_input: bool = False
+    killed: bool = False
+
+    def to_message(self) -> str:
+        """The record as a termination message: one JSON object, within Kubernetes' limit."""
+        fields = {"kftune": "failure", "node_rank": self.node_rank, "cause": self.cause,
+                  "bad_input": self.bad_input, "killed": self.killed}
+        text = json.dumps(fields)
+        while len(text.encode()) > _MAX_MESSAGE_BYTES:
+            fields["cause"] = fields["cause"][: len(fields["cause"]) * 3 // 4] + "..."
+            text = json.dumps(fields)
+        return text
+
+    @classmethod
+    def from_message(cls, message: str | None) -> FailureRecord | None:
+        """The record in a termination message; None for anything else (e.g. a log fallback)."""
+        try:
+            fields = json.loads(message or "")
+        except ValueError:
+            return None
+        if not isinstance(fields, dict) or fields.get("kftune") != "failure":
+            return None
+        return cls(str(fields.get("cause") or ""), fields.get("node_rank"),
+                   bool(fields.get("bad_input")), bool(fields.get("killed")))
+
+
+def termination_message_path() -> Path:
+    """This container's termination message file (`TERMINATION_MESSAGE_ENV` overrides it)."""
+    return Path(os.environ.get(TERMINATION_MESSAGE_ENV) or TERMINATION_MESSAGE_PATH)
+
+
+def write_failure_record(record: FailureRecord, path: Path | None = None) -> bool:
+    """Writes `record` as this container's termination message; False where it cannot be written.
+
+    Outside a container `/dev/termination-log` does not exist (and is not created): nothing is
+    written and the log line remains the only report.
+    """
+    target = path or termination_message_path()
+    if target == Path(TERMINATION_MESSAGE_PATH) and not target.exists():
+        return False
+    try:
+        target.write_text(record.to_message())
+    except OSError:
+        return False
+    return True
+
+
+def read_failure_record(path: Path) -> FailureRecord | None:
+    """The record a node wrote to `path`, or None."""
+    try:
+        return FailureRecord.from_message(path.read_text())
+    except OSError:
+        return None

@@ -10,8 +10,7 @@ from kftune.components.common import demo, report
 from kftune.components.evaluate.evaluation import run_evaluation
 from kftune.components.train_lora.step.launch import run_training
 from kftune.pipelines.lora_finetune import DEMO_LORA_CONFIG, DEMO_TRAINING_PARAMETERS
-
-from tests.support.browser import ink, screenshot
+from support.browser import ink, screenshot
 
 pytestmark = pytest.mark.local
 

@@ -281,13 +281,17 @@ class FakeKubernetes:
                 time.sleep(0.000002)  # distinct timestamps
             self._cond.notify_all()
 
-    def restart_container(self, namespace: str, pod: str, exit_code: int) -> None:
-        """The container failed and was restarted (restartPolicy OnFailure): a fresh log."""
+    def restart_container(self, namespace: str, pod: str, exit_code: int,
+                          message: str | None = None) -> None:
+        """The container failed and was restarted (restartPolicy OnFailure): a fresh log.
+
+        `message`: what the container wrote to its termination message file.
+        """
         with self._cond:
             status = self.pods[(namespace, pod)]["status"]["containerStatuses"][0]
             status["lastState"] = {
                 "terminated": {"exitCode": exit_code, "reason": "Error", "finishedAt": _now(),
-                               "startedAt": _now()}
+                               "startedAt": _now(), **({"message": message} if message else {})}
             }
             status["restartCount"] += 1
             self.previous_logs[(namespace, pod)] = self.logs.get((namespace, pod), [])
@@ -296,8 +300,13 @@ class FakeKubernetes:
             self._log_generation += 1
             self._cond.notify_all()
 
-    def finish_pod(self, namespace: str, pod: str, exit_code: int = 0) -> None:
-        """The pod's container ended with `exit_code`."""
+    def finish_pod(self, namespace: str, pod: str, exit_code: int = 0,
+                   message: str | None = None) -> None:
+        """The pod's container ended with `exit_code`.
+
+        `message`: its termination message (`state.terminated.message`), as the kubelet reads it
+        from the container's `terminationMessagePath`.
+        """
         with self._cond:
             record = self.pods[(namespace, pod)]
             record["status"]["phase"] = "Succeeded" if exit_code == 0 else "Failed"
@@ -307,6 +316,7 @@ class FakeKubernetes:
                     "reason": "Completed" if exit_code == 0 else "Error",
                     "startedAt": _now(),
                     "finishedAt": _now(),
+                    **({"message": message} if message else {}),
                 }
             }
             self._cond.notify_all()

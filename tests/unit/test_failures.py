@@ -10,7 +10,14 @@ import time
 from dataclasses import dataclass
 
 import pytest
-from kftune.components.train_lora.failures import Report, node_failure
+from kftune.components.train_lora.failures import (
+    TERMINATION_MESSAGE_ENV,
+    FailureRecord,
+    Report,
+    node_failure,
+    read_failure_record,
+    write_failure_record,
+)
 from torch.distributed.elastic.multiprocessing.errors import ChildFailedError, ProcessFailure
 
 FRAMES = [f'  File "/app/trainer.py", line {n}, in step\n    loss = model(batch)'
@@ -116,3 +123,31 @@ def test_lines_after_the_report_do_not_change_it(tmp_path):
 
 def test_output_without_a_report_has_no_cause():
     assert Report.of(["loss 0.5", "ValueError: boom"]).cause() is None
+
+
+@pytest.mark.parametrize("record", [
+    FailureRecord("trainer rank 3 (pid 9) was killed by SIGKILL", 1, killed=True),
+    FailureRecord("trainer rank 0: InputError: `lora_config.r` must be >= 1", 0, bad_input=True),
+    FailureRecord("the pod entrypoint: OSError: [Errno 28] No space left on device"),
+    FailureRecord("x" * 10_000, 2),
+], ids=["signal", "bad input", "no rank", "long"])
+def test_a_failure_record_round_trips_through_a_termination_message(record, tmp_path,
+                                                                    monkeypatch):
+    monkeypatch.setenv(TERMINATION_MESSAGE_ENV, str(tmp_path / "termination-log"))
+    assert write_failure_record(record)
+    message = (tmp_path / "termination-log").read_text()
+    assert len(message.encode()) <= 4096 and "\n" not in message  # Kubernetes' limit
+
+    read = read_failure_record(tmp_path / "termination-log")
+    assert (read.node_rank, read.bad_input, read.killed) == (
+        record.node_rank, record.bad_input, record.killed)
+    assert read.cause == record.cause or (len(record.cause) > 4000
+                                          and read.cause.endswith("..."))
+
+
+@pytest.mark.parametrize("message", [
+    None, "", "Traceback (most recent call last):\n  File ...",  # FallbackToLogsOnError's log end
+    '{"some": "json"}', "[1, 2]",
+])
+def test_a_termination_message_that_is_not_a_record_is_none(message):
+    assert FailureRecord.from_message(message) is None

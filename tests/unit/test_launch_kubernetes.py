@@ -13,6 +13,7 @@ import time
 import pytest
 import yaml
 from kftune.components.common.errors import InputError
+from kftune.components.train_lora.failures import FailureRecord
 from kftune.components.train_lora.pod import entrypoint
 from kftune.components.train_lora.step import job as job_lib
 from kftune.components.train_lora.step import launch
@@ -154,6 +155,52 @@ def test_failure_names_the_reason_and_quotes_the_failing_pod(fake, master_lines)
     assert "1 Worker replica(s) failed" in message
     assert f"pod {NAME}-worker-0" in message
     assert "CUDA out of memory" in message
+
+
+@pytest.mark.parametrize("restarted", [False, True], ids=["failed", "failed then restarted"])
+def test_the_failing_pods_termination_record_is_the_cause(fake, master_lines, restarted):
+    record = FailureRecord("trainer rank 3: ValueError: bad shape", node_rank=1)
+
+    def fail_with_a_record(fake, job):
+        name = job["metadata"]["name"]
+        master, workers = start_pods(fake, job)
+        fake.log(NAMESPACE, workers[0], "a line that is not the cause")
+        if restarted:  # the record is on the previous container (`lastState`)
+            fake.restart_container(NAMESPACE, workers[0], 1, message=record.to_message())
+        else:
+            fake.finish_pod(NAMESPACE, workers[0], 1, message=record.to_message())
+        fake.set_condition(NAMESPACE, name, "Failed", "PyTorchJobFailed", "1 Worker failed.")
+
+    fake.on_create = fail_with_a_record
+    backend = make_backend(fake, make_manifest(num_workers=3), master_lines)
+    backend.submit()
+    with pytest.raises(RuntimeError) as caught:
+        backend.wait(timeout_seconds=20)
+
+    assert str(caught.value).splitlines() == [
+        f"PyTorchJob {NAMESPACE}/{NAME} failed: node 1: trainer rank 3: ValueError: bad shape",
+        f"pod {NAME}-worker-0: PyTorchJobFailed: 1 Worker failed.",
+    ]
+
+
+def test_a_log_fallback_message_is_not_a_record(fake, master_lines):
+    """FallbackToLogsOnError puts the log's end in the message when the pod wrote none."""
+    def fail_with_the_logs_end(fake, job):
+        name = job["metadata"]["name"]
+        master, workers = start_pods(fake, job)
+        fake.log(NAMESPACE, workers[0], "torch.OutOfMemoryError: CUDA out of memory")
+        fake.finish_pod(NAMESPACE, workers[0], 1,
+                        message="torch.OutOfMemoryError: CUDA out of memory")
+        fake.set_condition(NAMESPACE, name, "Failed", "PyTorchJobFailed", "1 Worker failed.")
+
+    fake.on_create = fail_with_the_logs_end
+    backend = make_backend(fake, make_manifest(num_workers=3), master_lines)
+    backend.submit()
+    with pytest.raises(RuntimeError) as caught:
+        backend.wait(timeout_seconds=20)
+
+    assert f"log lines of pod {NAME}-worker-0" in str(caught.value)
+    assert "CUDA out of memory" in str(caught.value)
 
 
 def test_timeout_deletes_the_job(fake, master_lines):

@@ -56,7 +56,13 @@ from typing import Any
 
 from ...common.transfer import download_directory, upload_directory
 from ..config import TrainConfig, trainer_command
-from ..failures import Report, node_failure, read_error_file
+from ..failures import (
+    FailureRecord,
+    Report,
+    node_failure,
+    read_error_file,
+    write_failure_record,
+)
 from .checkpoint_store import CheckpointStore, Uploader, store_uri
 
 logger = logging.getLogger("kftune.pod")
@@ -272,13 +278,35 @@ def run_trainer(config_path: Path) -> int:
     # A process the trainer started may hold the pipe open after torchrun exited: not for long.
     reader.join(timeout=10)
     if status != 0:
-        cause, _, _ = node_failure(status, read_error_file(error_file), list(tail), report)
+        cause, bad_input, killed = node_failure(status, read_error_file(error_file), list(tail),
+                                                report)
         logger.error("the trainer failed: %s", cause)
+        # The record the launch step reads from the pod's status (`terminated.message`).
+        write_failure_record(FailureRecord(cause, _node_rank(), bad_input, killed))
     return status
 
 
+def _node_rank() -> int | None:
+    rank = os.environ.get("PET_NODE_RANK", "")
+    return int(rank) if rank.isdigit() else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Stages the inputs, trains, and uploads the adapter from the pod holding it."""
+    """Stages the inputs, trains, and uploads the adapter from the pod holding it.
+
+    A failure of this process itself (staging, upload) is written to the termination message as
+    well, as the trainer's are by `run_trainer`.
+    """
+    try:
+        return _pod(argv)
+    except Exception as error:
+        line = (str(error).splitlines() or [""])[0]
+        write_failure_record(FailureRecord(f"the pod entrypoint: {type(error).__name__}: {line}",
+                                           _node_rank(), isinstance(error, ValueError)))
+        raise
+
+
+def _pod(argv: Sequence[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="kftune-pod", description=__doc__.splitlines()[0])
     parser.add_argument("--task", required=True)
     parser.add_argument("--model-uri", required=True)

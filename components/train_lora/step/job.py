@@ -23,6 +23,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from ..failures import TERMINATION_MESSAGE_PATH
 from .options import KubernetesOptions
 from .spec import TrainingSpec
 
@@ -258,6 +259,10 @@ def _pytorch_template(job: JobRequest, client: Any) -> Any:
         env=pod_env(job, client) or None,
         resources=resource_requirements(job, client),
         volume_mounts=mounts,
+        # The pod writes why it failed there (pod/entrypoint.py); without that record Kubernetes
+        # puts the log's end in the message instead.
+        termination_message_path=TERMINATION_MESSAGE_PATH,
+        termination_message_policy="FallbackToLogsOnError",
     )
     pod_spec = client.V1PodSpec(
         containers=[container],

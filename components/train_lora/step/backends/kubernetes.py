@@ -35,6 +35,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from ....common import retry
+from ...failures import FailureRecord
 from .. import job as job_lib
 from .base import Backend
 
@@ -533,7 +534,10 @@ class KubernetesJobBackend(Backend):
         condition = _latest_condition(job, "Failed")
         reason = condition.get("reason") or "Failed"
         message = condition.get("message") or ""
-        pod_name, previous = self._failing_pod()
+        pod_name, previous, record = self._failing_pod()
+        if record is not None:  # the pod's own record (its termination message): no log needed
+            return (f"{self.title} failed: {_node(record)}{record.cause}\n"
+                    f"pod {pod_name}: {reason}: {message}")
         try:
             tail = self._call(
                 lambda: self._core.read_namespaced_pod_log(
@@ -552,8 +556,12 @@ class KubernetesJobBackend(Backend):
             f"last {self._log_tail_lines} log lines of pod {pod_name}:\n{tail.rstrip()}"
         )
 
-    def _failing_pod(self) -> tuple[str, bool]:
-        """The pod whose container failed first (and whether that was a previous container)."""
+    def _failing_pod(self) -> tuple[str, bool, FailureRecord | None]:
+        """The pod whose container failed first, and whether that was a previous container.
+
+        Also the failure record in its termination message (None: no record, e.g. the log's end
+        that `FallbackToLogsOnError` puts there).
+        """
         try:
             pods = self._call(
                 lambda: self._core.list_namespaced_pod(
@@ -562,7 +570,7 @@ class KubernetesJobBackend(Backend):
                 "list pods",
             ).items
         except Exception:
-            return self._safe_master_pod(), False
+            return self._safe_master_pod(), False, None
         failures = []
         for pod in pods:
             statuses = (pod.status.container_statuses or []) if pod.status else []
@@ -574,11 +582,12 @@ class KubernetesJobBackend(Backend):
                     terminated = state.terminated if state is not None else None
                     if terminated is not None and terminated.exit_code:
                         finished = str(terminated.finished_at or "")
-                        failures.append((finished, pod.metadata.name, previous))
+                        record = FailureRecord.from_message(terminated.message)
+                        failures.append((finished, pod.metadata.name, previous, record))
         if not failures:
-            return self._safe_master_pod(), False
-        _, name, previous = min(failures)
-        return name, previous
+            return self._safe_master_pod(), False, None
+        _, name, previous, record = min(failures, key=lambda failure: failure[:3])
+        return name, previous, record
 
     # -- API calls -------------------------------------------------------------------------------
 
@@ -669,6 +678,10 @@ def _timestamp_key(stamp: str) -> tuple[str, int] | None:
     seconds, _, fraction = stamp[:-1].partition(".")
     digits = (fraction + "000000000")[:9]
     return seconds, int(digits) if digits.isdigit() else 0
+
+
+def _node(record: FailureRecord) -> str:
+    return f"node {record.node_rank}: " if record.node_rank is not None else ""
 
 
 def _short(error: BaseException) -> str:
