@@ -75,6 +75,10 @@ KINDS = {
 }
 SERVING = ("llminferenceservices", "inferenceservices")
 _PODS = re.compile(r"^/api/v1/namespaces/([^/]+)/pods(?:/([^/]+))?(/log)?$")
+# The Kubeflow Trainer's progress endpoint (v2.2+, KEP-2779: the controller manager's status
+# server, `pkg/progress/server.go`): a TrainJob's pods POST {"trainerStatus": {...}} there.
+_TRAINER_STATUS = re.compile(
+    r"^/apis/trainer\.kubeflow\.org/v1alpha1/namespaces/([^/]+)/trainjobs/([^/]+)/status$")
 
 
 def _now() -> str:
@@ -117,6 +121,10 @@ class FakeKubernetes:
         self._log_generation = 0
         self.on_create: Callable[[FakeKubernetes, dict[str, Any]], None] | None = None
         self.on_replace: Callable[[FakeKubernetes, dict[str, Any]], None] | None = None
+        # The Trainer's progress endpoint: the bearer token it accepts (the pods' projected
+        # token), and every trainerStatus it wrote, in order.
+        self.trainer_status_token = f"token-{uuid.uuid4().hex}"
+        self.trainer_statuses: list[dict[str, Any]] = []
         self.replaced: list[str] = []
         # Like a proxy that closes idle streams: every watch ends cleanly at once, with no event.
         self.end_watches_at_once = False
@@ -320,6 +328,11 @@ class FakeKubernetes:
                 }
             }
             self._cond.notify_all()
+
+    def trainer_status_url(self, namespace: str, name: str) -> str:
+        """`KUBEFLOW_TRAINER_STATUS_URL` for TrainJob `name`'s pods (the Trainer injects it)."""
+        return (f"{self.url}/apis/trainer.kubeflow.org/v1alpha1/namespaces/{namespace}/"
+                f"trainjobs/{name}/status")
 
     def set_status(self, namespace: str, name: str, status: dict[str, Any]) -> None:
         """Writes an object's whole `status` (as a controller does through the subresource)."""
@@ -651,6 +664,9 @@ class _Handler(BaseHTTPRequestHandler):
         pods = _PODS.match(parsed.path)
         discovery = _DISCOVERY.match(parsed.path)
         runtimes = _RUNTIMES.match(parsed.path)
+        trainer_status = _TRAINER_STATUS.match(parsed.path)
+        if trainer_status and method == "POST" and "trainjobs" in fake.serves:
+            return self._trainer_status(*trainer_status.groups())
         if discovery and method == "GET":
             return self._discovery(discovery.group(1))
         if runtimes and method == "GET" and "trainjobs" in fake.serves:
@@ -770,6 +786,35 @@ class _Handler(BaseHTTPRequestHandler):
             return 403, (f'admission webhook "{webhook}" denied the request: '
                          f"{', '.join(denied)}"), None
         return 201, "", stored
+
+    def _trainer_status(self, namespace: str, name: str) -> None:
+        """A pod's progress report, as the Trainer's status server takes it (KEP-2779).
+
+        It checks the bearer token, then writes `status.trainerStatus` of the TrainJob, which
+        must pass the CRD's schema (the API server validates the status subresource).
+        """
+        fake = self.server_double
+        if self.headers.get("Authorization") != f"Bearer {fake.trainer_status_token}":
+            return self._error(401, "Unauthorized", "a valid bearer token is required")
+        payload = self._body()
+        status = payload.get("trainerStatus") if isinstance(payload, dict) else None
+        if not isinstance(status, dict):
+            return self._error(400, "BadRequest", "the body must hold trainerStatus")
+        from support.structural import admit
+
+        with fake._cond:
+            job = fake.jobs.get((namespace, name))
+            if job is None:
+                return self._error(404, "NotFound", f'trainjobs "{name}" not found')
+            updated = copy.deepcopy(job)
+            updated.setdefault("status", {})["trainerStatus"] = status
+            stored, dropped, errors = admit(updated, fake.crd_files["trainjobs"], "v1alpha1")
+            if errors or dropped:
+                return self._error(422, "Invalid", "; ".join(errors + dropped))
+            job["status"] = stored["status"]
+            fake.trainer_statuses.append(copy.deepcopy(stored["status"]["trainerStatus"]))
+            fake._touch(job, "MODIFIED")
+        self._send(200, {"status": "ok"})
 
     def _create_job(self, namespace: str) -> None:
         fake = self.server_double

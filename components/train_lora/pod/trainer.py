@@ -51,6 +51,7 @@ from ...common.report import write_history
 from .. import fit
 from ..config import TrainConfig, TrainingSettings, build_lora_config, lora_config_problem
 from . import checkpoint, data, kernels, loading, sharding
+from . import progress as progress_lib
 
 LOG = logging.getLogger("kftune.trainer")
 
@@ -863,8 +864,11 @@ def train_step(job: Job, step_examples: list[int], hooks: DebugHooks, step: int,
 class Progress:
     """The loop's accounting: the logging window, throughput, host stalls and per-step times."""
 
-    def __init__(self, job: Job, resumed: Resumed, started: float) -> None:
+    def __init__(self, job: Job, resumed: Resumed, started: float,
+                 reporters: Sequence[progress_lib.Reporter] = ()) -> None:
         self.job = job
+        self.reporters = list(reporters)
+        """Where the logged steps go besides the log (progress.py; global rank 0 only)."""
         self.started = started
         self.first_step = resumed.step
         self.history = resumed.history
@@ -913,6 +917,8 @@ class Progress:
             "elapsed_seconds": round(now - self.started, 3),
         }
         self.history.append(record)
+        for reporter in self.reporters:
+            reporter.step(record, progress_lib.Position(step, job.total_steps, eta))
         LOG.info(
             "step %d/%d (%.1f%%) | epoch %.2f | loss %.4f | lr %.3e | grad_norm %s | "
             "tokens/s %.0f | elapsed %s | eta %s%s",
@@ -990,22 +996,30 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
              cfg.task, runtime.world_size, dist.get_backend(), runtime.device.type,
              str(runtime.dtype).removeprefix("torch."))
     job, resumed = setup(cfg, runtime, auto_tokenizer)
-    progress = Progress(job, resumed, started)
+    progress = Progress(job, resumed, started, progress_lib.reporters_from_env(runtime.is_main))
     hooks = DebugHooks(runtime)
     save_every = _every(settings.save_steps, job.total_steps)
     step, position = resumed.step, resumed.position
     steps = job.steps(position)
-    while step < job.total_steps:
-        step_examples, position = next(steps)
-        result = train_step(job, step_examples, hooks, step + 1, position.epoch)
-        step += 1
-        progress.end_step(step, position, result)
-        if settings.save_strategy == "steps" and step % save_every == 0 and step < job.total_steps:
-            save_checkpoint(cfg, runtime, job.model, job.optimizer, job.scheduler, step, position,
-                            job.identity, settings, progress.history)
-        hooks.after_step(step)
-    hooks.close()
-    return finish(job, progress.metrics(step, position), progress.history)
+    metrics: dict[str, Any] | None = None
+    try:
+        while step < job.total_steps:
+            step_examples, position = next(steps)
+            result = train_step(job, step_examples, hooks, step + 1, position.epoch)
+            step += 1
+            progress.end_step(step, position, result)
+            if (settings.save_strategy == "steps" and step % save_every == 0
+                    and step < job.total_steps):
+                save_checkpoint(cfg, runtime, job.model, job.optimizer, job.scheduler, step,
+                                position, job.identity, settings, progress.history)
+            hooks.after_step(step)
+        hooks.close()
+        metrics = finish(job, progress.metrics(step, position), progress.history)
+    finally:
+        for reporter in progress.reporters:  # a failed run (metrics None) reports no 100 %
+            reporter.close(metrics)
+    assert metrics is not None  # set unless the loop raised
+    return metrics
 
 
 def _collate(task: str, examples: Sequence[data.Example], pad_id: int,
