@@ -138,7 +138,8 @@ def executor_input(component: Mapping, parameters: Mapping, inputs: Mapping[str,
     """The ExecutorInput KFP's driver hands the launcher (pipeline_spec.proto, as JSON).
 
     Parameters the task does not set take the component's defaults, as the driver resolves them;
-    artifacts carry their URIs, which the kfp executor maps to local paths (minio:// -> /minio/).
+    artifacts carry their URIs, which the kfp executor maps to local paths (minio:// -> /minio/);
+    an optional input artifact the task does not get is absent, as the driver leaves it out.
     """
     root = component["root"]
     values = {}
@@ -160,6 +161,7 @@ def executor_input(component: Mapping, parameters: Mapping, inputs: Mapping[str,
                 "metadata": {},
             }]}
             for name, definition in definitions.items()
+            if name in uris or not definition.get("isOptional")
         }
 
     return {
@@ -204,6 +206,10 @@ def launch_step(podman: Podman, compiled: Path, tmp_path: Path):
         container = executor["container"]
         out = tmp_path / f"{name}-outputs"
         out.mkdir()
+        # The launcher gives every output a URI; the test names those it reads.
+        declared = component["root"].get("outputDefinitions", {}).get("artifacts", {})
+        outputs = {output: f"minio://kftune/steps/{name}/{output}" for output in declared} | {
+            **outputs}
         spec = executor_input(component, parameters, inputs, outputs,
                               "/kfp/outputs/executor_output.json")
         args = [arg.replace("{{$}}", json.dumps(spec)) for arg in container["args"]]

@@ -5,15 +5,15 @@ The sizes are printed at the end of the session (`image sizes`, from `podman ima
 
 import hashlib
 import json
-from pathlib import Path
+import zipfile
 from typing import NamedTuple
 
 import pytest
+from support.wheel import build_wheel
 
 pytestmark = pytest.mark.images
 
 TRAINER = "localhost/kftune-test/kftune-trainer:0.1.0"
-CHECKOUT = Path(__file__).resolve().parents[2]  # the package's root (package-dir "kftune" = ".")
 
 
 class Case(NamedTuple):
@@ -68,14 +68,24 @@ PACKAGE_HASHES = (
 )
 
 
+@pytest.fixture(scope="module")
+def wheel_hashes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Every .py file of the wheel built from this checkout, relative to the package, and hash."""
+    with zipfile.ZipFile(build_wheel(tmp_path_factory.mktemp("wheel"))) as wheel:
+        return {name.removeprefix("kftune/"): hashlib.sha256(wheel.read(name)).hexdigest()
+                for name in wheel.namelist() if name.startswith("kftune/")
+                and name.endswith(".py")}
+
+
 @pytest.mark.parametrize("image", ["runtime", "trainer"])
-def test_image_holds_this_checkouts_kftune(podman, images, image: str) -> None:
-    # A layer cache that does not see a changed source would keep an older kftune.
+def test_image_holds_this_checkouts_wheel(podman, images, wheel_hashes, image: str) -> None:
+    # Both ways: a layer cache that does not see a changed source would keep an older kftune, and
+    # a package the image's wheel lacks would fail only when a step imports it.
     result = podman.run(getattr(images, image), ["python", "-c", PACKAGE_HASHES])
     assert result.returncode == 0, result.stderr[-2000:]
     installed = json.loads(result.stdout.strip().splitlines()[-1])
-    changed = [path for path, digest in installed.items()
-               if not (CHECKOUT / path).is_file()
-               or hashlib.sha256((CHECKOUT / path).read_bytes()).hexdigest() != digest]
-    assert "components/train_lora/pod/entrypoint.py" in installed, sorted(installed)[:10]
-    assert not changed, changed[:10]
+    assert "components/deploy_model/component.py" in wheel_hashes, sorted(wheel_hashes)[:10]
+    assert sorted(set(wheel_hashes) - set(installed)) == [], "in the wheel, not in the image"
+    assert sorted(set(installed) - set(wheel_hashes)) == [], "in the image, not in the wheel"
+    changed = [path for path, digest in installed.items() if wheel_hashes[path] != digest]
+    assert changed == [], "different in the image"

@@ -1,15 +1,23 @@
 """The runtime image runs each compiled component as a KFP pod would: the pipeline, step by step.
 
 download_dataset reads from the local S3 server, download_model too, train_lora trains with the
-local backend (torchrun inside the step's container), evaluate scores base and adapter; each
-step's inputs are the previous steps' outputs, as the pipeline wires them.
+local backend (torchrun inside the step's container), evaluate scores base and adapter; then the
+optional steps: export_model merges the adapter, register_model registers adapter and merged
+model in the Model Registry double, deploy_model serves them through the Kubernetes API double
+(its KServe controller makes the service Ready). Each step's inputs are the previous steps'
+outputs, as the pipeline wires them.
 """
 
 import json
 import os
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
+from support.fake_kubernetes import SERVING, FakeKubernetes
+from support.model_registry_server import ModelRegistryServer
 
 pytestmark = pytest.mark.images
 
@@ -71,3 +79,59 @@ def test_the_pipeline_steps_run_in_the_runtime_image(launch_step, s3, tmp_path: 
     assert metrics["metadata"]["eval_examples"] == 8
     assert metrics["metadata"]["base_perplexity"] > 1
     assert metrics["metadata"]["tuned_perplexity"] > 1
+    optional_steps(launch_step, run, env)
+
+
+def _ready_with_url(fake: FakeKubernetes, service: dict[str, Any]) -> None:
+    """KServe's controller, briefly: the created service becomes Ready with a URL."""
+    meta = service["metadata"]
+    time.sleep(0.2)
+    url = f"http://{meta['name']}.{meta['namespace']}.example.com"
+    fake.set_status(meta["namespace"], meta["name"], {
+        "observedGeneration": meta["generation"], "url": url, "addresses": [{"url": url}],
+        "conditions": [{"type": kind, "status": "True", "reason": "", "message": "",
+                        "lastTransitionTime": "2026-12-02T08:00:00Z"}
+                       for kind in ("MainWorkloadReady", "Ready")]})
+
+
+def optional_steps(launch_step, run: str, env: dict[str, str]) -> None:
+    """export_model, register_model and deploy_model on the outputs of the steps before them."""
+    store: Path = launch_step.store
+    model, adapter = f"{run}/download-model/model", f"{run}/train-lora/adapter"
+    merged = launch_step(
+        "export_model", {"task": "causal-lm", "dtype": "float32", "max_shard_size": "50MB"},
+        {"base_model": model, "adapter": adapter, "eval_metrics": f"{run}/evaluate/metrics"},
+        {"merged_model": f"{run}/export-model/merged_model"}, env)
+    assert merged.returncode == 0, merged.log[-3000:]
+    assert (store / "kftune/run-1/export-model/merged_model/config.json").is_file()
+
+    with ModelRegistryServer().running() as registry:
+        registered = launch_step(
+            "register_model",
+            {"registry_address": registry.address, "registry_port": registry.port,
+             "model_name": "notes", "version": "run-1"},
+            {"adapter": adapter, "merged_model": f"{run}/export-model/merged_model",
+             "eval_metrics": f"{run}/evaluate/metrics"},
+            {"registration": f"{run}/register-model/registration"}, env)
+        assert registered.returncode == 0, registered.log[-3000:]
+        names = {entry["name"] for entry in registry.state.registered_models.values()}
+    assert names == {"notes", "notes-merged"}
+    assert (store / "kftune/run-1/register-model/registration").exists()
+
+    kubeconfig = store / "kubeconfig"  # /minio/kubeconfig in the step's container
+    with FakeKubernetes(serves=SERVING) as fake:
+        fake.on_create = _ready_with_url
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config", "current-context": "step",
+            "clusters": [{"name": "fake", "cluster": {"server": fake.url}}],
+            "users": [{"name": "step", "user": {"token": "not-a-secret"}}],
+            "contexts": [{"name": "step", "context": {"cluster": "fake", "user": "step",
+                                                      "namespace": "team"}}]}))
+        deployed = launch_step(
+            "deploy_model", {"serving_name": "notes", "namespace": "team", "timeout_minutes": 2},
+            {"adapter": adapter, "base_model": model},
+            {"service": f"{run}/deploy-model/service"}, env | {"KUBECONFIG": "/minio/kubeconfig"})
+        assert deployed.returncode == 0, deployed.log[-3000:]
+        assert fake.job("team", "notes") is not None
+    assert deployed.output["parameterValues"]["Output"].startswith(
+        "http://notes.team.example.com")

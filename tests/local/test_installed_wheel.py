@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import zipfile
@@ -17,11 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.wheel import CHECKOUT, build_wheel, product_modules
 
 pytestmark = pytest.mark.local
 
-CHECKOUT = Path(__file__).resolve().parents[2]  # the package's root (package-dir "kftune" = ".")
-PRODUCT_DIRS = ("components", "pipelines")
 # Nothing of these may reach the wheel, whatever their content.
 NOT_PRODUCT = ("tests", "bench", "images", "compiled", ".pyright", "setup.py")
 
@@ -33,35 +31,6 @@ class Installed:
     bin: Path
     purelib: Path
     env: dict[str, str]
-
-
-def product_modules() -> set[str]:
-    """The wheel paths of every product .py file of the checkout."""
-    files = {"kftune/__init__.py"}
-    for folder in PRODUCT_DIRS:
-        for path in (CHECKOUT / folder).rglob("*.py"):
-            if "__pycache__" not in path.parts:
-                files.add(f"kftune/{path.relative_to(CHECKOUT).as_posix()}")
-    return files
-
-
-def _copy_checkout(target: Path) -> None:
-    """The files a clean clone would hold (tracked and new, not ignored), else the tree."""
-    listed = subprocess.run(
-        ["git", "-C", str(CHECKOUT), "ls-files", "-z", "--cached", "--others",
-         "--exclude-standard"],
-        capture_output=True, check=False,
-    )
-    if listed.returncode != 0:  # not a git checkout (an unpacked sdist, say)
-        shutil.copytree(CHECKOUT, target, symlinks=True, ignore=shutil.ignore_patterns(
-            ".git", ".venv", "build", "dist", "*.egg-info", "__pycache__", "runs"))
-        return
-    for name in sorted(set(listed.stdout.decode().split("\0")) - {""}):
-        source = CHECKOUT / name
-        if not source.exists() and not source.is_symlink():  # deleted, not yet committed
-            continue
-        (target / name).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(source, target / name, follow_symlinks=False)
 
 
 def _dependency_dirs(view: Path) -> list[Path]:
@@ -90,14 +59,7 @@ def _dependency_dirs(view: Path) -> list[Path]:
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     """The wheel of this checkout, installed (not editable) in a fresh virtual environment."""
     work = tmp_path_factory.mktemp("wheel")
-    _copy_checkout(work / "checkout")
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--disable-pip-version-check", "-q",
-         "-w", str(work / "dist"), str(work / "checkout")],
-        capture_output=True, text=True, timeout=600, check=False,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
-    (wheel,) = (work / "dist").glob("kftune-*.whl")
+    wheel = build_wheel(work)
     venv = work / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     bin_dir = venv / "bin"
