@@ -11,7 +11,12 @@ from collections.abc import Iterable
 
 
 class InputError(ValueError):
-    """One or more bad inputs. `problems` holds one line per bad input."""
+    """One or more bad inputs. `problems` holds one line per bad input.
+
+    Its message is one line, `N problems: first | second | ...`, since it is the last line of a
+    failed step's log (a traceback ends with it) and of `kftune run`'s failure; `listing` puts
+    each problem on its own line, for a terminal.
+    """
 
     def __init__(self, problems: Iterable[str]):
         from .secrets import redact_text
@@ -22,10 +27,15 @@ class InputError(ValueError):
         if len(self.problems) == 1:
             message = self.problems[0]
         else:
-            message = f"{len(self.problems)} problems:\n" + "\n".join(
-                f"  - {problem}" for problem in self.problems
-            )
+            message = f"{len(self.problems)} problems: " + " | ".join(self.problems)
         super().__init__(message)
+
+    def listing(self) -> str:
+        """`N problems:` and one indented line per problem (the problem itself when only one)."""
+        if len(self.problems) == 1:
+            return self.problems[0]
+        return f"{len(self.problems)} problems:\n" + "\n".join(
+            f"  - {problem}" for problem in self.problems)
 
 
 class Problems:

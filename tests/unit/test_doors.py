@@ -284,3 +284,19 @@ def test_component_door(case: Case, tmp_path: Path) -> None:
         _component(name, arguments, tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing fetched or written
     _assert_same_answer(case, str(raised.value))
+
+
+def test_a_failed_steps_last_log_line_lists_its_problems() -> None:
+    # A step's log ends with its traceback's last line: with several problems, all of them.
+    import subprocess
+    import sys
+
+    code = ("from kftune.components.common.errors import InputError\n"
+            "raise InputError([\"`uri` has an unknown scheme 'ftp://'\", "
+            "\"`split` 'train[:x' is not a valid split expression\"])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("kftune.components.common.errors.InputError: 2 problems: ")
+    assert "`uri` has an unknown scheme 'ftp://'" in last
+    assert "`split` 'train[:x' is not a valid split expression" in last
