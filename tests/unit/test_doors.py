@@ -300,3 +300,15 @@ def test_a_failed_steps_last_log_line_lists_its_problems() -> None:
     assert last.startswith("kftune.components.common.errors.InputError: 2 problems: ")
     assert "`uri` has an unknown scheme 'ftp://'" in last
     assert "`split` 'train[:x' is not a valid split expression" in last
+
+
+@pytest.mark.parametrize("training", [{"fsdp": "full_shard"}], ids=["fsdp"])
+def test_the_pipelines_merge_is_export_models_and_takes_a_sharded_adapter(
+    training: dict[str, Any], capsys: Any
+) -> None:
+    # The training step's own merge (`kftune launch --merge`) needs the whole base in one process;
+    # the pipeline's `merge` is export_model, which streams the adapter into the base shard by
+    # shard after training, whatever the training layout was.
+    params = {"merge": True, "training_parameters": {**DEMO_TRAINING, **training}}
+    assert cli.main(["run", "--check", *_flags(params)]) == 0
+    assert "all parameters are valid" in capsys.readouterr().out
