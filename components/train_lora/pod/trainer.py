@@ -996,7 +996,8 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
              cfg.task, runtime.world_size, dist.get_backend(), runtime.device.type,
              str(runtime.dtype).removeprefix("torch."))
     job, resumed = setup(cfg, runtime, auto_tokenizer)
-    progress = Progress(job, resumed, started, progress_lib.reporters_from_env(runtime.is_main))
+    progress = Progress(job, resumed, started, progress_lib.reporters_from_env(
+        runtime.is_main, _tracked_params(job), Path(cfg.output_dir).parent.name or "kftune"))
     hooks = DebugHooks(runtime)
     save_every = _every(settings.save_steps, job.total_steps)
     step, position = resumed.step, resumed.position
@@ -1018,8 +1019,20 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
     finally:
         for reporter in progress.reporters:  # a failed run (metrics None) reports no 100 %
             reporter.close(metrics)
+    tracking = progress_lib.tracking_record(progress.reporters)
+    if tracking:  # for the evaluate step, which adds its results to the same run
+        (Path(cfg.output_dir) / "final" / "tracking.json").write_text(json.dumps(tracking))
     assert metrics is not None  # set unless the loop raised
     return metrics
+
+
+def _tracked_params(job: Job) -> dict[str, Any]:
+    """The run's settings as experiment trackers show them (flat)."""
+    return {**dataclasses.asdict(job.settings), "task": job.cfg.task,
+            **{f"lora.{key}": value for key, value in job.cfg.lora_config.items()},
+            "world_size": job.runtime.world_size, "total_steps": job.total_steps,
+            "gradient_accumulation_steps": job.accumulation,
+            "base_model": (job.model_manifest.get("source") or {}).get("uri")}
 
 
 def _collate(task: str, examples: Sequence[data.Example], pad_id: int,
