@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..common.artifacts import DATA_FILE, MetricsSink, read_manifest
+from ..common.artifacts import DATA_FILE, MetricsSink, check_adapter_files, read_manifest
 from ..common.errors import InputError, Problems
 from ..common.report import evaluation_report
 from ..common.tasks import IGNORE_INDEX, check_task
@@ -610,6 +610,10 @@ def _check_inputs(
             f"task={adapter_task!r}"
         )
     problems.extend(check_disjoint(adapter_manifest, eval_manifest))
+    try:
+        check_adapter_files(adapter_path, parameter="adapter")
+    except InputError as error:
+        problems.extend(error.problems)
     problems.raise_if_any()
     return model_manifest, adapter_manifest, eval_manifest
 

@@ -46,7 +46,7 @@ from torch.distributed.elastic.multiprocessing.errors import get_error_handler, 
 
 from ...common import tokenization
 from ...common.artifacts import atomic_directory, read_manifest, write_manifest
-from ...common.errors import InputError, Problems
+from ...common.errors import InputError, Problems, writing
 from ...common.report import write_history
 from .. import fit
 from ..config import TrainConfig, TrainingSettings, build_lora_config, lora_config_problem
@@ -505,7 +505,8 @@ def save_final(cfg: TrainConfig, model: Any, tokenizer: Any, model_manifest: dic
         "use_rslora": peft_config.use_rslora, "use_dora": peft_config.use_dora,
         "task_type": str(peft_config.task_type),
     }
-    with atomic_directory(Path(cfg.output_dir) / "final") as staging:
+    with atomic_directory(Path(cfg.output_dir) / "final") as staging, writing(
+            staging, what="the adapter", fix=checkpoint.DISK_FULL_FIX):
         model.save_pretrained(staging, **({"state_dict": adapter} if adapter else {}))
         tokenizer.save_pretrained(staging)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
