@@ -42,7 +42,8 @@ from pathlib import Path
 from typing import Any
 
 from ..components.common import cluster
-from ..components.common.errors import InputError
+from ..components.common.cluster import KUBECONFIG_FIX
+from ..components.common.errors import InputError, reading
 from ..components.train_lora import parallelism
 
 logger = logging.getLogger("kftune")
@@ -489,8 +490,10 @@ def _cluster_configuration(config_file: str | None, context: str | None) -> Any:
     path = config_file or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
     if config_file is None and not Path(path.split(os.pathsep)[0]).is_file():
         return None
-    config.load_kube_config(config_file=path, context=context,
-                            client_configuration=configuration)
+    with reading(path, parameter="config_file" if config_file else "KUBECONFIG",
+                 fix=KUBECONFIG_FIX):
+        config.load_kube_config(config_file=path, context=context,
+                                client_configuration=configuration)
     return configuration
 
 

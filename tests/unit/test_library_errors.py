@@ -205,6 +205,16 @@ def test_a_kubeconfig_that_is_not_yaml_is_named(tmp_path: Path,
             "KUBECONFIG, or run inside a cluster") in str(caught.value)
 
 
+def test_training_client_names_a_kubeconfig_that_is_not_yaml(tmp_path: Path) -> None:
+    from kftune.pipelines.training_client import TrainingClient
+
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(BAD_YAML)
+    with pytest.raises(InputError) as caught:
+        TrainingClient(config_file=str(kubeconfig))
+    assert str(caught.value).startswith(f"`config_file`: {kubeconfig} is not valid YAML (")
+
+
 # -- JSON files the user gives: @FILE arguments ---------------------------------------------------
 
 
