@@ -25,6 +25,7 @@ def default_compiled_dir() -> Path:
 
 def compile_targets() -> dict[str, Any]:
     """Relative output path -> pipeline or component to compile into it."""
+    from ..components.benchmark.component import benchmark
     from ..components.deploy_model.component import deploy_model
     from ..components.download_dataset.component import download_dataset
     from ..components.download_model.component import download_model
@@ -43,6 +44,7 @@ def compile_targets() -> dict[str, Any]:
         ("export_model", export_model),
         ("register_model", register_model),
         ("deploy_model", deploy_model),
+        ("benchmark", benchmark),
     ):
         targets[f"{COMPONENTS_DIR}/{name}.yaml"] = component
     return targets

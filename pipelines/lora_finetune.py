@@ -18,6 +18,7 @@ from typing import Any, NamedTuple
 from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Markdown, Metrics, Model
 
+from ..components.benchmark.component import benchmark
 from ..components.common import demo
 from ..components.deploy_model.component import deploy_model
 from ..components.download_dataset.component import download_dataset
@@ -149,6 +150,13 @@ Args:
         artifact store's credentials; empty for the namespace's `default`.
     serving_resources: Requests = limits of the model server, e.g. `{"gpu": 1,
         "memory": "24Gi"}`; empty for the runtime's defaults.
+    benchmark_tasks: lm-evaluation-harness tasks to run on the base and the fine-tuned model
+        (causal-lm), comma-separated, e.g. `hellaswag,arc_easy`; empty: no benchmark step.
+    benchmark_num_fewshot: Few-shot examples in each benchmark prompt.
+    benchmark_limit: Examples per benchmark task.
+    benchmark_batch_size: Benchmark requests per forward pass.
+    benchmark_task_source: A task YAML or a directory of them, for benchmark tasks of your
+        own (no Hub needed): a path, `pvc://`, `s3://`, `gs://` or `https://` URI.
 """
 
 
@@ -209,6 +217,11 @@ def make_pipeline(
         serving_kind: str = "auto",
         serving_service_account: str = "",
         serving_resources: dict = {},  # noqa: B006
+        benchmark_tasks: str = "",
+        benchmark_num_fewshot: int = 0,
+        benchmark_limit: int = 100,
+        benchmark_batch_size: int = 8,
+        benchmark_task_source: str = "",
     ) -> PipelineOutputs:
         # locals(): the pipeline's parameters (KFP channels while the pipeline is built).
         return _add_steps(locals(), download_retries=download_retries, pvc_claims=pvc_claims)
@@ -246,10 +259,6 @@ def _add_steps(
     # A re-run trains again: training is the expensive, non-deterministic step whose result
     # a user re-runs the pipeline for.
     train_task.set_caching_options(False)
-    # The KFP run's name, for the MLflow run the trainer logs to (when a tracking URI is set).
-    kubernetes.use_field_path_as_env(
-        train_task, env_name="KFP_RUN_NAME",
-        field_path="metadata.annotations['pipelines.kubeflow.org/run_name']")
     eval_task = evaluate(
         base_model=model_task.outputs["model"],
         adapter=train_task.outputs["adapter"],
@@ -259,7 +268,7 @@ def _add_steps(
         max_examples=arguments["eval_max_examples"],
     ).set_display_name("Evaluate base vs fine-tuned")
     eval_task.set_caching_options(False)
-    after = _add_after_training(arguments, model_task, train_task, eval_task)
+    after = _add_after_training(arguments, model_task, train_task, eval_task, pvc_claims)
     for step in (data_task, model_task, train_task, eval_task, *after):
         kubernetes.add_node_selector_json(step, arguments["node_selector"])
         kubernetes.add_toleration_json(step, arguments["tolerations"])
@@ -276,15 +285,17 @@ def _add_steps(
 
 
 def _add_after_training(arguments: Mapping[str, Any], model_task: Any, train_task: Any,
-                        eval_task: Any) -> list[Any]:
+                        eval_task: Any, pvc_claims: Sequence[str] = ()) -> list[Any]:
     """The optional steps after evaluation, each behind its switch; returns the steps added.
 
     `merge`: export_model merges the adapter into the base model (the evaluation's metrics go
-    into its manifest). `register`: register_model records the adapter, and the merged model
-    when there is one, in the Model Registry. `deploy`: deploy_model serves the merged model, or
-    the base model with the adapter, with KServe. The switches are run parameters, so the
-    compiled pipeline holds the steps inside `dsl.If` groups: the registration and deployment of
-    the merged model inside the merge group, those of the adapter alone in its `dsl.Else`.
+    into its manifest). `benchmark_tasks` (not empty): benchmark runs lm-evaluation-harness on the
+    base model and on the merged model, or the adapter. `register`: register_model records the
+    adapter, and the merged model when there is one, in the Model Registry. `deploy`:
+    deploy_model serves the merged model, or the base model with the adapter, with KServe. The
+    switches are run parameters, so the compiled pipeline holds the steps inside `dsl.If` groups:
+    the benchmark, registration and deployment of the merged model inside the merge group, those
+    of the adapter alone in its `dsl.Else`.
     """
     adapter = train_task.outputs["adapter"]
     with dsl.If(arguments["merge"] == True, name="merge"):  # noqa: E712 (a KFP condition)
@@ -295,6 +306,9 @@ def _add_after_training(arguments: Mapping[str, Any], model_task: Any, train_tas
             task=arguments["task"],
         ).set_display_name("Merge adapter into the base model")
         export_task.set_caching_options(False)
+        with dsl.If(arguments["benchmark_tasks"] != "", name="benchmark"):
+            benchmark_merged = _benchmark(arguments, model_task, export_task.outputs[
+                "merged_model"], pvc_claims)
         with dsl.If(arguments["register"] == True, name="register"):  # noqa: E712
             register_both = _register(arguments, adapter, eval_task,
                                       merged_model=export_task.outputs["merged_model"])
@@ -302,11 +316,35 @@ def _add_after_training(arguments: Mapping[str, Any], model_task: Any, train_tas
             deploy_merged = _deploy(arguments, adapter, model_task,
                                     merged_model=export_task.outputs["merged_model"])
     with dsl.Else(name="adapter only"):
+        with dsl.If(arguments["benchmark_tasks"] != "", name="benchmark adapter"):
+            benchmark_adapter = _benchmark(arguments, model_task, adapter, pvc_claims)
         with dsl.If(arguments["register"] == True, name="register adapter"):  # noqa: E712
             register_adapter = _register(arguments, adapter, eval_task)
         with dsl.If(arguments["deploy"] == True, name="deploy adapter"):  # noqa: E712
             deploy_adapter = _deploy(arguments, adapter, model_task)
-    return [export_task, register_both, deploy_merged, register_adapter, deploy_adapter]
+    return [export_task, benchmark_merged, register_both, deploy_merged, benchmark_adapter,
+            register_adapter, deploy_adapter]
+
+
+def _benchmark(arguments: Mapping[str, Any], model_task: Any, tuned_model: Any,
+               pvc_claims: Sequence[str]) -> Any:
+    """The benchmark step on the base model and `tuned_model`, with the Hub token Secret."""
+    task = benchmark(
+        base_model=model_task.outputs["model"],
+        tuned_model=tuned_model,
+        tasks=arguments["benchmark_tasks"],
+        num_fewshot=arguments["benchmark_num_fewshot"],
+        limit=arguments["benchmark_limit"],
+        batch_size=arguments["benchmark_batch_size"],
+        task_source=arguments["benchmark_task_source"],
+    ).set_display_name("Benchmark base vs fine-tuned (lm-evaluation-harness)")
+    kubernetes.use_secret_as_env(task, secret_name=arguments["hf_token_secret"],
+                                 secret_key_to_env=HF_TOKEN_SECRET_KEYS, optional=True)
+    kubernetes.use_secret_as_env(task, secret_name=arguments["s3_secret"],
+                                 secret_key_to_env=S3_SECRET_KEYS, optional=True)
+    for claim in pvc_claims:
+        kubernetes.mount_pvc(task, pvc_name=claim, mount_path=f"{PVC_ROOT}/{claim}")
+    return task
 
 
 def _deploy(arguments: Mapping[str, Any], adapter: Any, model_task: Any,

@@ -10,10 +10,11 @@ import dataclasses
 import difflib
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from ..components.common import secrets, uris
-from ..components.common.errors import InputError, Problems, read_json_file
+from ..components.common.errors import InputError, Problems
 from ..components.train_lora.config import shown, training_parameters_help
 
 PARAM_HINT = (
@@ -34,17 +35,25 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
+def _read_at_file(name: str, raw: str) -> tuple[str, str | None]:
+    """The text of `@FILE` for a dict or list parameter: (text, problem or None)."""
+    path = Path(raw[1:]).expanduser()
+    try:
+        return path.read_text(), None
+    except (OSError, UnicodeDecodeError) as error:
+        reason = getattr(error, "strerror", None) or str(error)
+        return raw, f"`{name}` names the file {raw[1:]!r}, which cannot be read: {reason}"
+
+
 def _convert(name: str, kind: str, raw: Any) -> tuple[Any, str | None]:
     """Converts a command-line value to the parameter's type: (value, problem or None).
 
     A dict or list parameter given as `@FILE` is read from that JSON file.
     """
     if isinstance(raw, str) and kind in ("Dict", "List") and raw.startswith("@"):
-        what = "object" if kind == "Dict" else "array"
-        try:
-            raw = read_json_file(raw[1:], parameter=name, fix=f"write a JSON {what} in it")
-        except InputError as error:
-            return raw, error.problems[0]
+        raw, problem = _read_at_file(name, raw)
+        if problem:
+            return raw, problem
     value = raw
     if isinstance(raw, str) and kind != "String":
         try:
@@ -251,6 +260,7 @@ def check_run(arguments: Mapping[str, Any], *, on_this_host: bool = False) -> Ch
 
         problems.extend(deploy.task_problems(args["task"], args["serving_kind"],
                                              merged=bool(args["merge"])))
+    problems.extend(_benchmark_problems(args, on_this_host=on_this_host))
     if on_this_host:
         problems.extend(_host_problems(args, dataset, model, training))
     messages = secrets.scrub(problems.messages, found)
@@ -258,6 +268,17 @@ def check_run(arguments: Mapping[str, Any], *, on_this_host: bool = False) -> Ch
         raise InputError(messages)
     return CheckedRun(arguments=args, dataset=dataset, model=model, training=training,
                       evaluation=evaluation, registry=registry, serving=serving)
+
+
+def _benchmark_problems(arguments: Mapping[str, Any], *, on_this_host: bool) -> list[str]:
+    """The benchmark step's own check (none when `benchmark_tasks` is empty: no step runs)."""
+    from ..components.benchmark.tasks import benchmark_problems
+
+    return benchmark_problems(
+        arguments["benchmark_tasks"], num_fewshot=arguments["benchmark_num_fewshot"],
+        limit=arguments["benchmark_limit"], batch_size=arguments["benchmark_batch_size"],
+        task_source=arguments["benchmark_task_source"], model_task=arguments["task"],
+        runs_here=on_this_host, prefix="benchmark_")
 
 
 def _host_problems(arguments: Mapping[str, Any], dataset: Any, model: Any,

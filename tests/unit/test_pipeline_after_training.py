@@ -35,7 +35,11 @@ SWITCHES = [("merge", "BOOLEAN", False), ("register", "BOOLEAN", False),
             ("registered_model_name", "STRING", "kftune-lora"), ("model_version", "STRING", ""),
             ("deploy", "BOOLEAN", False), ("serving_name", "STRING", "kftune-lora"),
             ("serving_kind", "STRING", "auto"), ("serving_service_account", "STRING", ""),
-            ("serving_resources", "STRUCT", {})]
+            ("serving_resources", "STRUCT", {}), ("benchmark_tasks", "STRING", ""),
+            ("benchmark_num_fewshot", "NUMBER_INTEGER", 0),
+            ("benchmark_limit", "NUMBER_INTEGER", 100),
+            ("benchmark_batch_size", "NUMBER_INTEGER", 8),
+            ("benchmark_task_source", "STRING", "")]
 
 
 @pytest.mark.parametrize(("name", "kind", "default"), SWITCHES, ids=[s[0] for s in SWITCHES])
@@ -100,3 +104,20 @@ def test_deploy_serves_the_merged_model_or_base_and_adapter(pipeline_spec: dict[
         "serving_name": "pipelinechannel--serving_name", "kind": "pipelinechannel--serving_kind",
         "service_account": "pipelinechannel--serving_service_account",
         "resources": "pipelinechannel--serving_resources"}
+
+
+@pytest.mark.parametrize(("group_name", "tuned"), [
+    ("benchmark", "pipelinechannel--export-model-merged_model"),
+    ("benchmark adapter", "pipelinechannel--train-lora-adapter")])
+def test_benchmark_runs_on_the_merged_model_or_the_adapter(pipeline_spec: dict[str, Any],
+                                                          group_name: str, tuned: str) -> None:
+    group, tasks = _group(pipeline_spec, group_name)
+    assert group["triggerPolicy"]["condition"] == (
+        "inputs.parameter_values['pipelinechannel--benchmark_tasks'] != ''")
+    (benchmark,) = tasks.values()
+    assert _wired(benchmark) == {"base_model": "pipelinechannel--download-model-model",
+                                 "tuned_model": tuned}
+    parameters = benchmark["inputs"]["parameters"]
+    assert {name: value["componentInputParameter"] for name, value in parameters.items()} == {
+        name: f"pipelinechannel--benchmark_{name}"
+        for name in ("tasks", "num_fewshot", "limit", "batch_size", "task_source")}

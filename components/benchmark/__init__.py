@@ -1,0 +1,1 @@
+"""Benchmark a base model and its fine-tuned version with lm-evaluation-harness."""
