@@ -170,7 +170,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         code = getattr(error, "code", 2 if isinstance(error, ValueError) else 1)
         hint = getattr(error, "hint", "") or (PARAM_HINT if isinstance(error, InputError) else "")
-        print(f"kftune {args.command}: error: {error}", file=sys.stderr)
+        shown = error.listing() if isinstance(error, InputError) else error
+        print(f"kftune {args.command}: error: {shown}", file=sys.stderr)
         if hint:
             print(f"hint: {hint}", file=sys.stderr)
         return code

@@ -259,6 +259,10 @@ def _add_steps(
     # A re-run trains again: training is the expensive, non-deterministic step whose result
     # a user re-runs the pipeline for.
     train_task.set_caching_options(False)
+    # The KFP run's name, for the MLflow run the trainer logs to (when a tracking URI is set).
+    kubernetes.use_field_path_as_env(
+        train_task, env_name="KFP_RUN_NAME",
+        field_path="metadata.annotations['pipelines.kubeflow.org/run_name']")
     eval_task = evaluate(
         base_model=model_task.outputs["model"],
         adapter=train_task.outputs["adapter"],

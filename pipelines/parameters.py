@@ -10,11 +10,10 @@ import dataclasses
 import difflib
 import json
 from collections.abc import Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 from ..components.common import secrets, uris
-from ..components.common.errors import InputError, Problems
+from ..components.common.errors import InputError, Problems, read_json_file
 from ..components.train_lora.config import shown, training_parameters_help
 
 PARAM_HINT = (
@@ -35,25 +34,17 @@ def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _read_at_file(name: str, raw: str) -> tuple[str, str | None]:
-    """The text of `@FILE` for a dict or list parameter: (text, problem or None)."""
-    path = Path(raw[1:]).expanduser()
-    try:
-        return path.read_text(), None
-    except (OSError, UnicodeDecodeError) as error:
-        reason = getattr(error, "strerror", None) or str(error)
-        return raw, f"`{name}` names the file {raw[1:]!r}, which cannot be read: {reason}"
-
-
 def _convert(name: str, kind: str, raw: Any) -> tuple[Any, str | None]:
     """Converts a command-line value to the parameter's type: (value, problem or None).
 
     A dict or list parameter given as `@FILE` is read from that JSON file.
     """
     if isinstance(raw, str) and kind in ("Dict", "List") and raw.startswith("@"):
-        raw, problem = _read_at_file(name, raw)
-        if problem:
-            return raw, problem
+        what = "object" if kind == "Dict" else "array"
+        try:
+            raw = read_json_file(raw[1:], parameter=name, fix=f"write a JSON {what} in it")
+        except InputError as error:
+            return raw, error.problems[0]
     value = raw
     if isinstance(raw, str) and kind != "String":
         try:

@@ -42,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 from ..components.common import cluster
-from ..components.common.errors import InputError
+from ..components.common.cluster import KUBECONFIG_FIX
+from ..components.common.errors import InputError, reading
+from ..components.train_lora import parallelism
 
 logger = logging.getLogger("kftune")
 
@@ -251,11 +253,45 @@ def training_parameters_from(arguments: Any, task: str | None) -> tuple[dict[str
         ]
     default = _untouched_like(arguments)
     given, untouched = arguments.to_dict(), default.to_dict()
-    changed = {key: _plain(value) for key, value in given.items()
-               if key not in untouched or untouched[key] != value}
+    changed = _users_fsdp({key: _plain(value) for key, value in given.items()
+                           if key not in untouched or untouched[key] != value})
     problems = validate_training_parameters(changed, task)
     prefix = f"`{parameter}."
     return changed, [problem.replace("`training_parameters.", prefix) for problem in problems]
+
+
+# What transformers fills into `fsdp_config` when `fsdp` is set (4.x and 5.x): not the user's words.
+_FSDP_CONFIG_DEFAULTS = {"min_num_params": 0, "xla": False, "xla_fsdp_v2": False,
+                         "xla_fsdp_grad_ckpt": False, "version": 2}
+
+
+def _users_fsdp(changed: dict[str, Any]) -> dict[str, Any]:
+    """`fsdp` and `fsdp_config` read back into what the user wrote.
+
+    transformers normalizes `TrainingArguments(fsdp="full_shard")`: 4.x into a list of options
+    and an `fsdp_config` of its defaults, 5.x into `fsdp=True` with the sharding word moved into
+    `fsdp_config` (`reshard_after_forward` true for full_shard, false for shard_grad_op; `offload`
+    as `cpu_offload`). The words come back from there; the defaults transformers added go.
+    """
+    if not changed.get("fsdp"):
+        return changed
+    config = {key: value for key, value in dict(changed.get("fsdp_config") or {}).items()
+              if _FSDP_CONFIG_DEFAULTS.get(key, object()) != value}
+    value = changed["fsdp"]
+    words = [] if value is True else (value.split() if isinstance(value, str) else
+                                      [str(word) for word in value])
+    if value is True or not any(word in parallelism.SHARDING_WORDS for word in words):
+        reshard = config.pop("reshard_after_forward", True)
+        words.insert(0, reshard if isinstance(reshard, str) else
+                     "full_shard" if reshard else "shard_grad_op")
+    if config.pop("cpu_offload", False) and "offload" not in words:
+        words.append("offload")
+    result = {**changed, "fsdp": " ".join(word.lower() for word in words)}
+    if config:
+        result["fsdp_config"] = config
+    else:
+        result.pop("fsdp_config", None)
+    return result
 
 
 def lora_config_from(config: Any) -> tuple[dict[str, Any], list[str]]:
@@ -366,6 +402,30 @@ def _data_source(
     return data_uri, settings, env, sources.renamed(problems, names)
 
 
+# The reference's parameter classes (kubeflow-training), taken as they are: same names, fields.
+REFERENCE_MODULES = ("kubeflow.storage_initializer.hugging_face", "kubeflow.storage_initializer.s3")
+
+
+def adopted(value: Any) -> Any:
+    """`value`, or for an instance of the reference's own class of that name, kftune's one.
+
+    A notebook written for the reference imports its parameter classes from
+    `kubeflow.storage_initializer`; only its `TrainingClient` import changes. Their fields are
+    a subset of kftune's classes' (kftune adds optional ones), so the values carry over as given.
+    """
+    cls = type(value)
+    ours = {kind.__name__: kind for kind in (HuggingFaceModelParams, HuggingFaceDatasetParams,
+                                              S3DatasetParams, HuggingFaceTrainerParams)}
+    if cls.__module__ not in REFERENCE_MODULES or cls.__name__ not in ours:
+        return value
+    if not dataclasses.is_dataclass(value):
+        return value
+    target = ours[cls.__name__]
+    names = {field.name for field in dataclasses.fields(target)}
+    return target(**{field.name: getattr(value, field.name)
+                     for field in dataclasses.fields(value) if field.name in names})
+
+
 def _wrong_classes(model: Any, dataset: Any, trainer: Any) -> list[str]:
     expected = (
         ("model_provider_parameters", model, (HuggingFaceModelParams,)),
@@ -373,7 +433,8 @@ def _wrong_classes(model: Any, dataset: Any, trainer: Any) -> list[str]:
         ("trainer_parameters", trainer, (HuggingFaceTrainerParams,)),
     )
     return [
-        f"`{name}` must be a {' or '.join(f'kftune.{cls.__name__}' for cls in classes)}, got "
+        f"`{name}` must be a {' or '.join(f'kftune.{cls.__name__}' for cls in classes)} (or "
+        f"kubeflow.storage_initializer's class of that name), got {type(value).__module__}."
         f"{type(value).__name__}"
         for name, value, classes in expected if not isinstance(value, classes)
     ]
@@ -385,6 +446,7 @@ def translate(model: Any, dataset: Any, trainer: Any) -> tuple[Translated | None
     The translation comes back with its problems (to check the rest of the call too); it is None
     only when an object is not of the expected class.
     """
+    model, dataset, trainer = adopted(model), adopted(dataset), adopted(trainer)
     wrong = _wrong_classes(model, dataset, trainer)
     if wrong:
         return None, wrong
@@ -428,8 +490,10 @@ def _cluster_configuration(config_file: str | None, context: str | None) -> Any:
     path = config_file or os.environ.get("KUBECONFIG") or str(Path.home() / ".kube" / "config")
     if config_file is None and not Path(path.split(os.pathsep)[0]).is_file():
         return None
-    config.load_kube_config(config_file=path, context=context,
-                            client_configuration=configuration)
+    with reading(path, parameter="config_file" if config_file else "KUBECONFIG",
+                 fix=KUBECONFIG_FIX):
+        config.load_kube_config(config_file=path, context=context,
+                                client_configuration=configuration)
     return configuration
 
 
@@ -647,6 +711,7 @@ class TrainingClient:
         """
         from ..components.common import secrets
 
+        model, dataset, trainer = adopted(model), adopted(dataset), adopted(trainer)
         translated, problems = _translate_call(name, model, dataset, trainer)
         options, env_problems = _job_options(kubernetes_options, translated.env, *env)
         resources, resource_problems = _resources(resources_per_worker)

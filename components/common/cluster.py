@@ -11,10 +11,11 @@ from pathlib import Path
 from typing import Any
 
 from . import retry
-from .errors import InputError
+from .errors import InputError, parse_failure
 
 # Where Kubernetes mounts the pod's namespace with its service account token.
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+KUBECONFIG_FIX = "fix the file (`kubectl config view` shows what it parses to) or use another one"
 
 
 def own_namespace(namespace: str = "") -> str:
@@ -43,16 +44,17 @@ def api_client(*, doing: str, fix: str) -> Any:
     try:
         config.load_incluster_config(client_configuration=configuration)
     except config.ConfigException:
+        path = os.environ.get("KUBECONFIG")
         try:
             # The library reads $KUBECONFIG once, at import: pass it explicitly.
-            config.load_kube_config(
-                config_file=os.environ.get("KUBECONFIG"), client_configuration=configuration
-            )
+            config.load_kube_config(config_file=path, client_configuration=configuration)
         except Exception as error:  # missing, unreadable or malformed: not usable
+            parsed = parse_failure(error)
+            detail = (f"{path or '~/.kube/config'} {parsed}" if parsed else
+                      str(error).splitlines()[0] if str(error) else type(error).__name__)
             raise InputError([
                 f"no Kubernetes cluster to {doing}: not inside a cluster and no usable "
-                f"kubeconfig ({str(error).splitlines()[0] if str(error) else type(error).__name__})"
-                f"; set KUBECONFIG, or {fix}"
+                f"kubeconfig ({detail}); set KUBECONFIG, or {fix}"
             ]) from None
     return client.ApiClient(configuration)
 

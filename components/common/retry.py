@@ -18,8 +18,10 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import TypeVar
+
+from .errors import error_chain, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +73,6 @@ def first_delay() -> float:
 def timeout_seconds() -> float:
     """Connect/read timeout of one request in seconds (`KFTUNE_TIMEOUT_SECONDS`, default 60)."""
     return _env_number(TIMEOUT_ENV, 60.0, 0.01)
-
-
-def error_chain(error: BaseException) -> Iterator[BaseException]:
-    """Yields `error` and the exceptions it was raised from (cause or context), once each."""
-    seen: set[int] = set()
-    current: BaseException | None = error
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
 
 
 def is_timeout(error: BaseException) -> bool:
@@ -139,7 +131,12 @@ def transient_status(error: BaseException) -> int | None:
 
 
 def is_transient(error: BaseException) -> bool:
-    """Whether `error` is worth retrying: timeouts, dropped connections, 429/5xx responses."""
+    """Whether `error` is worth retrying: timeouts, dropped connections, 429/5xx responses.
+
+    A full disk never is, whatever it is wrapped in: the next try fills it again.
+    """
+    if is_disk_full(error):
+        return False
     if is_timeout(error) or is_connection_failure(error):
         return True
     transient_names = {

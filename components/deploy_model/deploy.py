@@ -28,15 +28,13 @@ predictor only through its ServiceAccount's Secrets, never through the manifest.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from ..common import secrets, uris
-from ..common.artifacts import read_manifest
+from ..common.artifacts import read_adapter_config, read_manifest
 from ..common.errors import Problems
 
 KINDS = ("auto", "llm-inference-service", "inference-service")
@@ -248,8 +246,7 @@ def task_problems(task: str, kind: str, *, merged: bool) -> list[str]:
 
 
 def _adapter_rank(adapter_dir: str, manifest: dict[str, Any]) -> int:
-    config_file = Path(adapter_dir) / "adapter_config.json"
-    config = json.loads(config_file.read_text()) if config_file.is_file() else {}
+    config = read_adapter_config(adapter_dir, parameter="adapter")
     ranks = [config.get("r") or (manifest.get("lora") or {}).get("r") or 0,
              *(config.get("rank_pattern") or {}).values()]
     return max(int(rank) for rank in ranks)

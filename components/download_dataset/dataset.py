@@ -133,16 +133,27 @@ def _split_problems(expression: Any, parameter: str) -> list[str]:
 
 
 def encoding_problems(encoding: Any, parameter: str = "encoding") -> list[str]:
-    """A problem when `encoding` is not a text encoding Python knows, else none."""
+    """A problem when `encoding` is not a text encoding Python can decode files with, else none.
+
+    The name is tried on the decoder that reads the files (`_as_utf8`'s): Python also knows
+    codecs that are not text encodings (`base64`, `rot13`, `zlib`, `undefined`), which would fail
+    mid-read with the codec's own error.
+    """
+    fix = "e.g. utf-8, latin-1, cp1252"
+    if not isinstance(encoding, str) or not encoding:
+        return [f"`{parameter}` must name a text encoding, got {encoding!r}; {fix}"]
     try:
-        if isinstance(encoding, str) and encoding and codecs.lookup(encoding):
-            return []
+        decoder_class = codecs.getincrementaldecoder(encoding)
     except LookupError:
-        pass
-    return [
-        f"`{parameter}` must name a text encoding Python knows, got {encoding!r}; e.g. utf-8, "
-        f"latin-1, cp1252"
-    ]
+        return [f"`{parameter}` must name a text encoding Python knows, got {encoding!r}; {fix}"]
+    try:
+        decoded = decoder_class(errors="replace").decode(b"", final=True)
+    except Exception:  # a bytes-to-bytes codec, or one that refuses every input
+        decoded = None
+    if not isinstance(decoded, str):
+        return [f"`{parameter}` must name a text encoding, got {encoding!r}, a codec that does "
+                f"not decode bytes to text; {fix}"]
+    return []
 
 
 def _mapping_problems(mapping: Any) -> list[str]:

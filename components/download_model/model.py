@@ -24,7 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from ..common import secrets, uris
-from ..common.artifacts import atomic_directory, directory_size, write_manifest
+from ..common.artifacts import (
+    atomic_directory,
+    check_files_parse,
+    directory_size,
+    write_manifest,
+)
 from ..common.errors import InputError, Problems
 from ..common.tasks import check_task
 
@@ -47,6 +52,8 @@ SAFETENSORS_PATTERNS = ["*.safetensors", "*.safetensors.index.json"]
 BIN_PATTERNS = ["pytorch_model*.bin", "pytorch_model*.bin.index.json"]
 CODE_PATTERNS = ["*.py"]
 VERIFY_TIMEOUT_SECONDS = 600
+DAMAGED_FIX = ("the model's files are damaged or were cut short when uploaded: upload them "
+               "again, or point `uri` at an intact copy")
 _DTYPES = {
     "F64": "float64",
     "F32": "float32",
@@ -178,27 +185,9 @@ def download_model_to(
         with atomic_directory(model_dir) as stage:
             logger.info("Copying %d file(s) into the model artifact", len(files))
             uris.copy_tree(root, stage, files)
+            check_files_parse(stage, parameter="uri", shown=location.display, fix=DAMAGED_FIX)
             details = _verify(stage, source) if check_loads else {}
-            config = json.loads((stage / "config.json").read_text())
-            parameters, weights_dtype = safetensors_summary(stage)
-            manifest = {
-                "kind": "model",
-                "source": {
-                    "uri": location.display,
-                    "revision": source.hub_revision or None,
-                    "resolved_revision": resolved,
-                },
-                "task": source.task,
-                "architecture": details.get("architecture")
-                or (config.get("architectures") or [None])[0],
-                "model_type": details.get("model_type") or config.get("model_type"),
-                "parameters": parameters,
-                "dtype": weights_dtype or config.get("dtype") or config.get("torch_dtype"),
-                "size_bytes": directory_size(stage),
-                "trust_remote_code": source.trust_remote_code,
-                "tokenizer_class": details.get("tokenizer_class"),
-                "files": files,
-            }
+            manifest = _manifest(stage, source, resolved, details, files)
             write_manifest(stage, manifest)
     logger.info(
         "Model %s (%s, %s parameters, %s) written to %s",
@@ -209,6 +198,31 @@ def download_model_to(
         model_dir,
     )
     return manifest
+
+
+def _manifest(stage: Path, source: ModelSource, resolved: str | None, details: dict[str, Any],
+              files: list[str]) -> dict[str, Any]:
+    """The manifest of the model staged in `stage` (its files already checked to parse)."""
+    config = json.loads((stage / "config.json").read_text(encoding="utf-8"))
+    parameters, weights_dtype = safetensors_summary(stage)
+    return {
+        "kind": "model",
+        "source": {
+            "uri": source.location.display,
+            "revision": source.hub_revision or None,
+            "resolved_revision": resolved,
+        },
+        "task": source.task,
+        "architecture": details.get("architecture")
+        or (config.get("architectures") or [None])[0],
+        "model_type": details.get("model_type") or config.get("model_type"),
+        "parameters": parameters,
+        "dtype": weights_dtype or config.get("dtype") or config.get("torch_dtype"),
+        "size_bytes": directory_size(stage),
+        "trust_remote_code": source.trust_remote_code,
+        "tokenizer_class": details.get("tokenizer_class"),
+        "files": files,
+    }
 
 
 def _hub_model(source: ModelSource) -> tuple[Path, str]:

@@ -28,11 +28,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
-from ..common.artifacts import DATA_FILE, MetricsSink, read_manifest
+from ..common.artifacts import DATA_FILE, MetricsSink, check_adapter_files, read_manifest
 from ..common.errors import InputError, Problems
 from ..common.report import evaluation_report
 from ..common.tasks import IGNORE_INDEX, check_task
 from ..common.tokenization import check_columns, tokenize_rows
+from ..common.tracking import log_to_training_run
 
 logger = logging.getLogger(__name__)
 
@@ -571,6 +572,9 @@ def run_evaluation(
     else:
         result.update(_compare_language_models(model, tokenizer, rows, config))
     _publish(result, metrics, classification_metrics, report_path, html_report_path)
+    log_to_training_run(adapter_path, {f"eval_{side}_{name}": float(result[side][name])
+                                       for side in ("base", "tuned")
+                                       for name in result["headline"]})
     base_value, tuned_value = result["base"][result["primary"]], result["tuned"][result["primary"]]
     logger.info("%s: base %.4f -> fine-tuned %.4f", result["primary"], base_value, tuned_value)
     return result
@@ -606,6 +610,10 @@ def _check_inputs(
             f"task={adapter_task!r}"
         )
     problems.extend(check_disjoint(adapter_manifest, eval_manifest))
+    try:
+        check_adapter_files(adapter_path, parameter="adapter")
+    except InputError as error:
+        problems.extend(error.problems)
     problems.raise_if_any()
     return model_manifest, adapter_manifest, eval_manifest
 

@@ -25,7 +25,12 @@ import logging
 from pathlib import Path
 from typing import Any, Literal
 
-from ..common.artifacts import atomic_directory, read_manifest, write_manifest
+from ..common.artifacts import (
+    atomic_directory,
+    check_adapter_files,
+    read_manifest,
+    write_manifest,
+)
 from ..common.errors import InputError, Problems
 from ..common.tasks import check_task
 from . import merge
@@ -279,6 +284,10 @@ def _inputs(base_dir: Path, adapter_dir: Path, task: str) -> tuple[dict[str, Any
                      f"task={adapter_task!r}")
     if manifests.get("base_model", {}).get("trust_remote_code"):
         problems.add("`base_model` needs trust_remote_code, which kftune never enables")
+    try:
+        check_adapter_files(adapter_dir, parameter="adapter")
+    except InputError as error:
+        problems.extend(error.problems)
     problems.raise_if_any()
     return manifests["base_model"], manifests["adapter"]
 

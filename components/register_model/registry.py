@@ -19,12 +19,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 from ..common import retry, secrets, uris
-from ..common.artifacts import read_manifest
+from ..common.artifacts import read_adapter_config, read_manifest
 from ..common.errors import Problems
 
 LOG = logging.getLogger(__name__)
@@ -120,8 +119,7 @@ def registration_plan(adapter_dir: str, adapter_uri: str, target: RegistryTarget
                      "merged_from)")
     problems.raise_if_any()
     properties = provenance(adapter_manifest, eval_metrics, run or {})
-    peft_version = json.loads((Path(adapter_dir) / "adapter_config.json").read_text()).get(
-        "peft_version", "") if (Path(adapter_dir) / "adapter_config.json").is_file() else ""
+    peft_version = read_adapter_config(adapter_dir, parameter="adapter").get("peft_version", "")
     entries = [{
         "name": target.model_name, "version": target.version, "uri": adapter_uri,
         "model_format_name": ADAPTER_FORMAT, "model_format_version": peft_version or "1",

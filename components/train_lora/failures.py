@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 BAD_INPUT_STATUS = 2  # the trainer's exit status for bad input (trainer.main)
+DISK_FULL = "No space left on device"  # strerror(ENOSPC), also in kftune's DiskFullError
 
 # What a rank says when another rank or node went away, not a failure of its own.
 PEER_LOST = ("Connection closed by peer", "Connection reset by peer", "DistNetworkError",
@@ -151,7 +152,10 @@ def lost_peer(cause: str) -> bool:
 
 def node_failure(code: int, recorded: str, tail: Sequence[str],
                  report: Report | None = None) -> tuple[str, bool, bool]:
-    """What a failed node's exit means: (one-line cause, bad input, killed by a signal).
+    """What a failed node's exit means: (one-line cause, permanent, killed by a signal).
+
+    Permanent: bad input or a full disk, which no restart fixes (a restarted trainer would fill
+    the disk again at its next checkpoint).
 
     Args:
         code: the node's (torchrun's) exit status; negative for a signal.
@@ -168,7 +172,9 @@ def node_failure(code: int, recorded: str, tail: Sequence[str],
         own = recorded.splitlines()[0]
     exitcode = failure.exitcode if failure else None
     if own:
-        return _with_disk_hint(f"{who}: {own}", tail), own.startswith("InputError"), False
+        cause = f"{who}: {own}"
+        return _with_disk_hint(cause, tail), (own.startswith("InputError")
+                                              or _disk_full(cause, tail)), False
     if exitcode is not None and exitcode < 0:
         name = signal_name(-exitcode)
         cause = f"{who} (pid {failure.pid}) was killed by {name}"
@@ -176,16 +182,21 @@ def node_failure(code: int, recorded: str, tail: Sequence[str],
             cause += " (out of memory, or killed from outside)"
         return cause, False, True
     if exitcode is not None:
-        return _with_disk_hint(f"{who} exited with code {exitcode}{_last_words(tail)}", tail), (
-            exitcode == BAD_INPUT_STATUS), False
+        cause = f"{who} exited with code {exitcode}{_last_words(tail)}"
+        return _with_disk_hint(cause, tail), (exitcode == BAD_INPUT_STATUS
+                                              or _disk_full(cause, tail)), False
     if code < 0:
         return f"its torchrun was killed by {signal_name(-code)}", False, True
-    return _with_disk_hint(f"torchrun exited with code {code}{_last_words(tail)}", tail), (
-        code == BAD_INPUT_STATUS), False
+    cause = f"torchrun exited with code {code}{_last_words(tail)}"
+    return _with_disk_hint(cause, tail), code == BAD_INPUT_STATUS or _disk_full(cause, tail), False
+
+
+def _disk_full(cause: str, tail: Sequence[str]) -> bool:
+    return any(DISK_FULL in line for line in [cause, *tail])
 
 
 def _with_disk_hint(cause: str, tail: Sequence[str]) -> str:
-    if any("No space left on device" in line for line in [cause, *tail]):
+    if _disk_full(cause, tail) and "DiskFullError" not in cause:
         return (f"{cause} -- the disk is full: free space on it, or point the run's output "
                 "elsewhere")
     return cause

@@ -284,3 +284,31 @@ def test_component_door(case: Case, tmp_path: Path) -> None:
         _component(name, arguments, tmp_path)
     assert list(tmp_path.iterdir()) == []  # nothing fetched or written
     _assert_same_answer(case, str(raised.value))
+
+
+def test_a_failed_steps_last_log_line_lists_its_problems() -> None:
+    # A step's log ends with its traceback's last line: with several problems, all of them.
+    import subprocess
+    import sys
+
+    code = ("from kftune.components.common.errors import InputError\n"
+            "raise InputError([\"`uri` has an unknown scheme 'ftp://'\", "
+            "\"`split` 'train[:x' is not a valid split expression\"])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=False)
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("kftune.components.common.errors.InputError: 2 problems: ")
+    assert "`uri` has an unknown scheme 'ftp://'" in last
+    assert "`split` 'train[:x' is not a valid split expression" in last
+
+
+@pytest.mark.parametrize("training", [{"fsdp": "full_shard"}], ids=["fsdp"])
+def test_the_pipelines_merge_is_export_models_and_takes_a_sharded_adapter(
+    training: dict[str, Any], capsys: Any
+) -> None:
+    # The training step's own merge (`kftune launch --merge`) needs the whole base in one process;
+    # the pipeline's `merge` is export_model, which streams the adapter into the base shard by
+    # shard after training, whatever the training layout was.
+    params = {"merge": True, "training_parameters": {**DEMO_TRAINING, **training}}
+    assert cli.main(["run", "--check", *_flags(params)]) == 0
+    assert "all parameters are valid" in capsys.readouterr().out

@@ -139,19 +139,27 @@ class RestartCase:
     max_restarts: int
     attempts: int
     first_line: str
+    output: str = ""
 
 
+DISK_FULL = ("DiskFullError: [Errno 28] No space left on device while writing checkpoint step 4 "
+             "to /out/checkpoints/.step-4.partial-x (0 MiB free of 1.0 GiB); free space there")
 RESTART_CASES = [
     RestartCase("bounded", 1, 2, 3,
                 "training failed on node 0 of 1 after 2 restart(s): torchrun exited with code 1"),
     RestartCase("bad input is never retried", 2, 3, 1,
                 "training failed on node 0 of 1: torchrun exited with code 2"),
+    # A restarted trainer would fill the disk again at its next checkpoint.
+    RestartCase("a full disk is never retried", 1, 3, 1,
+                f"training failed on node 0 of 1: torchrun exited with code 1: {DISK_FULL}",
+                output=DISK_FULL),
 ]
 
 
 @pytest.mark.parametrize("case", RESTART_CASES, ids=lambda case: case.name)
 def test_restarts_are_bounded_and_skip_bad_input(tmp_path, case):
-    log, command = attempts_command(tmp_path, f"sys.exit({case.exit_code})\n")
+    log, command = attempts_command(
+        tmp_path, f"print({case.output!r}, flush=True)\nsys.exit({case.exit_code})\n")
     backend = LocalBackend(command, num_workers=1, max_restarts=case.max_restarts,
                            log_line=lambda line: None)
     backend.submit()
@@ -198,8 +206,11 @@ FAILURE_CASES = [
     FailureCase("a full disk", 1, "OSError: [Errno 28] No space left on device: '/out/x'",
                 [*REPORT, "  exitcode  : 1 (pid: 41)"],
                 ("trainer rank 3: OSError: [Errno 28] No space left on device: '/out/x' -- the "
-                 "disk is full: free space on it, or point the run's output elsewhere", False,
+                 "disk is full: free space on it, or point the run's output elsewhere", True,
                  False)),
+    FailureCase("a full disk named by kftune", 1, DISK_FULL,
+                [*REPORT, "  exitcode  : 1 (pid: 41)"], (f"trainer rank 3: {DISK_FULL}", True,
+                                                         False)),
     FailureCase("an unrecorded exit quotes the last exception line", 1, "",
                 ["ValueError: boom", *REPORT, "  exitcode  : 1 (pid: 41)",
                  "torch.distributed.elastic.multiprocessing.errors.ChildFailedError: "],

@@ -359,3 +359,97 @@ def test_following_a_local_log_streams_its_lines_until_the_job_ends() -> None:
 
     assert streamed == [True]
     assert received == [("node-0", "step 1/2 | loss 1.5"), ("node-0", "step 2/2 | loss 1.2")]
+
+
+def _reference_classes_call(**training_arguments: Any) -> dict[str, Any]:
+    """The documented example written with the reference's own parameter classes."""
+    from kubeflow.storage_initializer.hugging_face import (
+        HuggingFaceDatasetParams,
+        HuggingFaceModelParams,
+        HuggingFaceTrainerParams,
+    )
+
+    return {
+        "name": "fine-tune-bert",
+        "model_provider_parameters": HuggingFaceModelParams(
+            model_uri="hf://google-bert/bert-base-cased",
+            transformer_type=transformers.AutoModelForSequenceClassification),
+        "dataset_provider_parameters": HuggingFaceDatasetParams(
+            repo_id="yelp_review_full", split="train[:3000]"),
+        "trainer_parameters": HuggingFaceTrainerParams(
+            training_parameters=transformers.TrainingArguments(
+                output_dir="test_trainer", save_strategy="no", **training_arguments),
+            lora_config=LoraConfig(r=8, lora_alpha=8, lora_dropout=0.1, bias="none")),
+        "num_workers": 2, "resources_per_worker": {"cpu": 1},
+    }
+
+
+def test_the_references_own_parameter_classes_are_taken_as_they_are(fake: Any) -> None:
+    from kftune import TrainingClient
+
+    TrainingClient().train(**_reference_classes_call())
+    (reference_job,) = fake.jobs.values()
+    TrainingClient().delete_job("fine-tune-bert")
+    TrainingClient().train(**_reference_call())  # the same call with kftune's classes
+    (job,) = fake.jobs.values()
+    assert _container(reference_job, "Master")["args"] == _container(job, "Master")["args"]
+
+
+def test_the_references_s3_dataset_class_is_taken_as_it_is(fake: Any) -> None:
+    from kftune import TrainingClient
+    from kubeflow.storage_initializer.s3 import S3DatasetParams
+
+    call = _reference_call()
+    call["dataset_provider_parameters"] = S3DatasetParams(
+        endpoint_url="http://minio.example.com:9000", bucket_name="team-bucket",
+        file_key="data/yelp.jsonl")
+    TrainingClient().train(**call)
+    (job,) = fake.jobs.values()
+    assert _arg(_container(job, "Master")["args"], "--data-uri") == "s3://team-bucket/data/yelp.jsonl"
+    # Beside the data, as for kftune's S3DatasetParams.
+    assert TrainingClient().get_adapter_uri("fine-tune-bert") == (
+        "s3://team-bucket/kftune/fine-tune-bert/adapter")
+
+
+FSDP_SPELLINGS = [
+    ({"fsdp": "full_shard"}, {"fsdp": "full_shard"}),
+    ({"fsdp": "shard_grad_op"}, {"fsdp": "shard_grad_op"}),
+    ({"fsdp": "full_shard auto_wrap"}, {"fsdp": "full_shard"}),
+    ({"fsdp": "full_shard", "fsdp_config": {"activation_checkpointing": True}},
+     {"fsdp": "full_shard", "fsdp_config": {"activation_checkpointing": True}}),
+]
+
+
+@pytest.mark.parametrize("given, meant", FSDP_SPELLINGS, ids=lambda case: json.dumps(case))
+def test_fsdp_is_read_back_into_what_the_user_wrote(
+    given: dict[str, Any], meant: dict[str, Any], fake: Any
+) -> None:
+    # transformers normalizes fsdp (5.x: fsdp=True, the word moved into an fsdp_config it fills
+    # with defaults; 4.x: a list of options); the job gets the user's words and nothing else.
+    from kftune import TrainingClient
+
+    TrainingClient().train(**_reference_classes_call(**given))
+    (job,) = fake.jobs.values()
+    training = json.loads(_arg(_container(job, "Master")["args"], "--training-parameters"))
+    assert {key: training[key] for key in ("fsdp", "fsdp_config") if key in training} == meant
+
+
+TRANSFORMERS_4_SHAPES = [
+    # transformers 4.57's TrainingArguments(fsdp="full_shard auto_wrap", fsdp_config={...}):
+    # a list of FSDPOption values and an fsdp_config with its defaults added.
+    ({"fsdp": ["full_shard", "auto_wrap"],
+      "fsdp_config": {"activation_checkpointing": True, "min_num_params": 0, "xla": False,
+                      "xla_fsdp_v2": False, "xla_fsdp_grad_ckpt": False}},
+     {"fsdp": "full_shard auto_wrap", "fsdp_config": {"activation_checkpointing": True}}),
+    ({"fsdp": ["shard_grad_op"]}, {"fsdp": "shard_grad_op"}),
+]
+
+
+@pytest.mark.parametrize("normalized, meant", TRANSFORMERS_4_SHAPES,
+                         ids=lambda case: json.dumps(case))
+def test_transformers_4s_fsdp_shape_is_read_back_too(
+    normalized: dict[str, Any], meant: dict[str, Any]
+) -> None:
+    from kftune.pipelines.training_client import _users_fsdp
+
+    assert _users_fsdp(normalized) == meant

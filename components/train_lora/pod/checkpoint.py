@@ -27,7 +27,7 @@ from typing import Any
 import torch
 
 from ...common.artifacts import atomic_directory
-from ...common.errors import Problems
+from ...common.errors import Problems, writing
 
 LOG = logging.getLogger("kftune.trainer")
 CHECKPOINTS = "checkpoints"
@@ -35,6 +35,9 @@ COMPLETE = "COMPLETE"
 STATE = "state.pt"
 META = "meta.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+DISK_FULL_FIX = ("free space there or give the output more room (a larger emptyDir or claim), "
+                 "keep fewer checkpoints (`training_parameters.save_total_limit`) or save less "
+                 "often (`save_steps`)")
 
 
 def checkpoint_root(output_dir: str | Path) -> Path:
@@ -62,13 +65,19 @@ def save_checkpoint(
     meta: dict[str, Any],
     keep: int | None,
 ) -> Path:
-    """Writes checkpoint `step` atomically and removes all but the newest `keep` ones."""
+    """Writes checkpoint `step` atomically and removes all but the newest `keep` ones.
+
+    Raises:
+        DiskFullError: when the disk fills while it is written (the partial checkpoint is removed;
+            restarting would only fill it again).
+    """
     final = checkpoint_root(output_dir) / f"step-{step}"
     if final.parent.is_dir():
         # Only global rank 0 writes checkpoints, one at a time: any partial one is from a crash.
         for stale in final.parent.glob(".step-*.partial-*"):
             shutil.rmtree(stale, ignore_errors=True)
-    with atomic_directory(final) as staging:
+    with atomic_directory(final) as staging, writing(
+            staging, what=f"checkpoint step {step}", fix=DISK_FULL_FIX):
         torch.save(state, staging / STATE)
         (staging / META).write_text(json.dumps({"step": step, **meta}, indent=2, sort_keys=True))
         (staging / COMPLETE).write_text(f"{step}\n")

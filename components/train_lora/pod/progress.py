@@ -13,6 +13,14 @@ its endpoint warns once and carries on.
   (`kubectl get trainjob` shows the progress). Without the URL (PyTorchJob, local, an older
   Trainer, the gate off) there is no reporter. Posts go from a background thread, at most one
   every `min_interval` seconds (the latest status wins), and the final one always.
+- `MlflowReporter`: when `MLFLOW_TRACKING_URI` is set (MLflow's convention; credentials as
+  `MLFLOW_TRACKING_USERNAME`/`MLFLOW_TRACKING_PASSWORD` or `MLFLOW_TRACKING_TOKEN` from a
+  Secret), one MLflow run named `KFTUNE_RUN_NAME` (the KFP run, set by the train step) in the
+  experiment `MLFLOW_EXPERIMENT_NAME` (default `kftune`): the settings as params, every logged
+  step's figures as metrics, the final figures, and the adapter's URI (`KFTUNE_ADAPTER_URI`) as
+  tag and param. mlflow is imported only then (the `tracking` extra): without it, a warning.
+  Calls go from a background thread; MLflow's HTTP retries are cut short, so an unreachable
+  tracker costs a warning, not the training's time.
 """
 
 from __future__ import annotations
@@ -22,6 +30,7 @@ import datetime
 import json
 import logging
 import os
+import queue
 import ssl
 import threading
 import time
@@ -156,9 +165,136 @@ class TrainerStatusReporter:
             log("could not report progress to the TrainJob's status: %s; training goes on", error)
 
 
-def reporters_from_env(is_main: bool) -> list[Reporter]:
-    """The reporters this process's environment asks for (global rank 0 only reports)."""
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+RUN_NAME_ENV = "KFTUNE_RUN_NAME"
+ADAPTER_URI_ENV = "KFTUNE_ADAPTER_URI"
+# The per-step figures logged to MLflow (the record's other keys are the step and the time).
+TRACKED_METRICS = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second",
+                   "epoch")
+# The final figures logged to MLflow as `final_<name>`.
+FINAL_METRICS = ("final_loss", "tokens_per_second", "tokens_per_second_per_process",
+                 "runtime_seconds", "steps", "epochs", "peak_memory_gib")
+
+
+class MlflowReporter:
+    """Logs the run to an MLflow tracking server, from a background thread (see module doc)."""
+
+    def __init__(self, mlflow: Any, run_name: str, params: Mapping[str, Any],
+                 adapter_uri: str = "") -> None:
+        self._mlflow = mlflow
+        self.run_name = run_name
+        self.adapter_uri = adapter_uri
+        self.run_id = ""
+        self._calls: queue.Queue[Any] = queue.Queue()
+        self._failed = False
+        self._calls.put(lambda client: self._start(client, params))
+        self._thread = threading.Thread(target=self._run, name="mlflow", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def from_env(cls, params: Mapping[str, Any], default_run_name: str,
+                 environ: Mapping[str, str] | None = None) -> MlflowReporter | None:
+        """The reporter `MLFLOW_TRACKING_URI` asks for; None without it, or without mlflow."""
+        environ = os.environ if environ is None else environ
+        uri = environ.get(TRACKING_URI_ENV)
+        if not uri:
+            return None
+        # MLflow retries a failed request 7 times with backoff (minutes): a tracker that does
+        # not answer should cost seconds. The user's own settings win.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        try:
+            import mlflow  # the `tracking` extra: not every trainer image has it
+        except ImportError:
+            LOG.warning("%s is set but mlflow is not installed in this image (pip install "
+                        "'kftune[tracking]'); training goes on without tracking", TRACKING_URI_ENV)
+            return None
+        run_name = environ.get(RUN_NAME_ENV) or default_run_name
+        LOG.info("logging to MLflow at %s, run %r", _shown(uri), run_name)
+        return cls(mlflow, run_name, params, environ.get(ADAPTER_URI_ENV, ""))
+
+    def step(self, record: Mapping[str, Any], position: Position) -> None:
+        """Queues the figures of one logged step."""
+        figures = {name: float(record[name]) for name in TRACKED_METRICS
+                   if isinstance(record.get(name), (int, float))}
+        stamp = int(time.time() * 1000)
+        self._calls.put(lambda client: self._log(client, figures, position.step, stamp))
+
+    def close(self, metrics: Mapping[str, Any] | None, timeout: float = 30.0) -> None:
+        """Logs the final figures and ends the run (FAILED when `metrics` is None)."""
+        self._calls.put(lambda client: self._end(client, metrics))
+        self._calls.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        client: Any = None
+        while (call := self._calls.get()) is not None:
+            if self._failed:
+                continue
+            try:
+                client = client or self._mlflow.tracking.MlflowClient()
+                call(client)
+            except Exception as error:  # tracking is best effort: training goes on
+                self._failed = True
+                LOG.warning("MLflow tracking stopped: %s: %s; training goes on",
+                            type(error).__name__, (str(error).splitlines() or [""])[0][:300])
+
+    def _start(self, client: Any, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "kftune"
+        experiment = client.get_experiment_by_name(name)
+        experiment_id = (experiment.experiment_id if experiment is not None
+                         else client.create_experiment(name))
+        tags = {"kftune.adapter_uri": self.adapter_uri} if self.adapter_uri else {}
+        self.run_id = client.create_run(experiment_id, run_name=self.run_name,
+                                        tags=tags).info.run_id
+        values = {**params, **({"adapter_uri": self.adapter_uri} if self.adapter_uri else {})}
+        client.log_batch(self.run_id, params=[
+            Param(key, json.dumps(value) if not isinstance(value, str) else value)
+            for key, value in sorted(values.items()) if value is not None])
+
+    def _log(self, client: Any, figures: Mapping[str, float], step: int, stamp: int) -> None:
+        from mlflow.entities import Metric
+
+        client.log_batch(self.run_id, metrics=[Metric(name, value, stamp, step)
+                                               for name, value in figures.items()])
+
+    def _end(self, client: Any, metrics: Mapping[str, Any] | None) -> None:
+        from mlflow.entities import Metric
+
+        if metrics is not None:
+            stamp, step = int(time.time() * 1000), int(metrics.get("steps") or 0)
+            client.log_batch(self.run_id, metrics=[
+                Metric(f"final_{name.removeprefix('final_')}", float(metrics[name]), stamp, step)
+                for name in FINAL_METRICS if isinstance(metrics.get(name), (int, float))])
+        client.set_terminated(self.run_id, "FINISHED" if metrics is not None else "FAILED")
+
+
+def tracking_record(reporters: list[Reporter]) -> dict[str, str]:
+    """What a later step needs to add to the run: the MLflow run's id (after `close`), or {}."""
+    for reporter in reporters:
+        if isinstance(reporter, MlflowReporter) and reporter.run_id:
+            return {"mlflow_run_id": reporter.run_id, "mlflow_run_name": reporter.run_name}
+    return {}
+
+
+def _shown(uri: str) -> str:
+    """The tracking URI without user-info (a credential in it is never logged)."""
+    scheme, _, rest = uri.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}" if rest else uri
+
+
+def reporters_from_env(is_main: bool, params: Mapping[str, Any] | None = None,
+                       default_run_name: str = "kftune") -> list[Reporter]:
+    """The reporters this process's environment asks for (global rank 0 only reports).
+
+    `params`: the run's settings, logged to MLflow.
+    """
     if not is_main:
         return []
-    found: list[Reporter | None] = [TrainerStatusReporter.from_env()]
+    found: list[Reporter | None] = [
+        TrainerStatusReporter.from_env(),
+        MlflowReporter.from_env(params or {}, default_run_name),
+    ]
     return [reporter for reporter in found if reporter is not None]

@@ -46,7 +46,7 @@ from torch.distributed.elastic.multiprocessing.errors import get_error_handler, 
 
 from ...common import tokenization
 from ...common.artifacts import atomic_directory, read_manifest, write_manifest
-from ...common.errors import InputError, Problems
+from ...common.errors import InputError, Problems, writing
 from ...common.report import write_history
 from .. import fit
 from ..config import TrainConfig, TrainingSettings, build_lora_config, lora_config_problem
@@ -505,7 +505,8 @@ def save_final(cfg: TrainConfig, model: Any, tokenizer: Any, model_manifest: dic
         "use_rslora": peft_config.use_rslora, "use_dora": peft_config.use_dora,
         "task_type": str(peft_config.task_type),
     }
-    with atomic_directory(Path(cfg.output_dir) / "final") as staging:
+    with atomic_directory(Path(cfg.output_dir) / "final") as staging, writing(
+            staging, what="the adapter", fix=checkpoint.DISK_FULL_FIX):
         model.save_pretrained(staging, **({"state_dict": adapter} if adapter else {}))
         tokenizer.save_pretrained(staging)
         (staging / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -996,7 +997,8 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
              cfg.task, runtime.world_size, dist.get_backend(), runtime.device.type,
              str(runtime.dtype).removeprefix("torch."))
     job, resumed = setup(cfg, runtime, auto_tokenizer)
-    progress = Progress(job, resumed, started, progress_lib.reporters_from_env(runtime.is_main))
+    progress = Progress(job, resumed, started, progress_lib.reporters_from_env(
+        runtime.is_main, _tracked_params(job), Path(cfg.output_dir).parent.name or "kftune"))
     hooks = DebugHooks(runtime)
     save_every = _every(settings.save_steps, job.total_steps)
     step, position = resumed.step, resumed.position
@@ -1018,8 +1020,20 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
     finally:
         for reporter in progress.reporters:  # a failed run (metrics None) reports no 100 %
             reporter.close(metrics)
+    tracking = progress_lib.tracking_record(progress.reporters)
+    if tracking:  # for the evaluate step, which adds its results to the same run
+        (Path(cfg.output_dir) / "final" / "tracking.json").write_text(json.dumps(tracking))
     assert metrics is not None  # set unless the loop raised
     return metrics
+
+
+def _tracked_params(job: Job) -> dict[str, Any]:
+    """The run's settings as experiment trackers show them (flat)."""
+    return {**dataclasses.asdict(job.settings), "task": job.cfg.task,
+            **{f"lora.{key}": value for key, value in job.cfg.lora_config.items()},
+            "world_size": job.runtime.world_size, "total_steps": job.total_steps,
+            "gradient_accumulation_steps": job.accumulation,
+            "base_model": (job.model_manifest.get("source") or {}).get("uri")}
 
 
 def _collate(task: str, examples: Sequence[data.Example], pad_id: int,

@@ -32,10 +32,9 @@ import json
 import logging
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from ...common.errors import InputError
+from ...common.errors import InputError, read_json_file
 from ...common.images import TRAINER_IMAGE, unset_image_problems
 from ..config import shown
 from .spec import DEFAULT_TIMEOUT_MINUTES
@@ -126,10 +125,9 @@ def _json(flag: str, text: str, problems: list[str]) -> Any:
     """The JSON value of a flag: its text, or with `@FILE` the content of that file."""
     if text.startswith("@"):
         try:
-            text = Path(text[1:]).expanduser().read_text()
-        except (OSError, UnicodeDecodeError) as error:
-            reason = getattr(error, "strerror", None) or str(error)
-            problems.append(f"`{flag}` names the file {text[1:]!r}, which cannot be read: {reason}")
+            return read_json_file(text[1:], parameter=flag, fix="write JSON in it")
+        except InputError as error:
+            problems.extend(error.problems)
             return None
     try:
         return json.loads(text)

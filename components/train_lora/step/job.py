@@ -26,6 +26,7 @@ from typing import Any
 from ..failures import TERMINATION_MESSAGE_PATH
 from .options import KubernetesOptions
 from .spec import TrainingSpec
+from .tracking import tracking_env
 
 API_GROUP = "kubeflow.org"
 API_VERSION = "v1"
@@ -189,7 +190,7 @@ def _artifact_store_env(job: JobRequest) -> tuple[dict[str, str], dict[str, str]
 def pod_env(job: JobRequest, client: Any) -> list[Any]:
     """The container's `V1EnvVar`s: plain values, then Secret keys as `secretKeyRef`."""
     store_plain, store_secrets = _artifact_store_env(job)
-    plain = {**job.spec.env, **store_plain}
+    plain = {**job.spec.env, **store_plain, **tracking_env(job.spec.env, job.io.output_uri)}
     env = [client.V1EnvVar(name=name, value=value) for name, value in sorted(plain.items())]
     for name, reference in sorted({**store_secrets, **job.options.secret_env}.items()):
         secret, key = reference.split(":")

@@ -52,6 +52,7 @@ from . import job as job_lib
 from .backends.base import Backend, deleting_on_exit
 from .options import KubernetesOptions, check_elastic_range, parse_kubernetes_options
 from .spec import DEFAULT_TIMEOUT_MINUTES, TrainingSpec, from_parameters
+from .tracking import tracking_env
 
 logger = logging.getLogger(__name__)
 
@@ -357,7 +358,7 @@ def _run_local(
             trainer_command(config_path),
             num_workers=spec.num_workers,
             num_procs_per_worker=_local_procs(spec),
-            env=dict(spec.env),
+            env={**spec.env, **tracking_env(spec.env, str(adapter_path.resolve()))},
             cwd=str(work),
             # Like the operator restarting a failed pod; the checkpoints in `work` outlive the
             # attempts, so the trainer resumes from the last one.
