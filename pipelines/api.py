@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
-from ..components.common import images, uris
+from ..components.common import images, secrets, uris
 from .errors import CliError
 from .parameters import resolve_arguments
 
@@ -217,6 +217,10 @@ def submit(
         parameters, schedule, package, pvc, runtime_image, image_registry, host,
         existing_token, credentials,
     )
+    # The run's own names are stored on the server and shown in its UI, like its parameters.
+    problems += secrets.scan_all({"experiment": experiment, "namespace": namespace,
+                                  "run_name": run_name, "pipeline_name": pipeline_name,
+                                  "runtime_image": runtime_image, "pvc": list(pvc)})[0]
     if problems:
         from ..components.common.errors import InputError
 

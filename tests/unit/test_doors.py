@@ -312,3 +312,10 @@ def test_the_pipelines_merge_is_export_models_and_takes_a_sharded_adapter(
     params = {"merge": True, "training_parameters": {**DEMO_TRAINING, **training}}
     assert cli.main(["run", "--check", *_flags(params)]) == 0
     assert "all parameters are valid" in capsys.readouterr().out
+
+
+def test_submit_refuses_a_token_in_the_runs_own_names(capsys: Any) -> None:
+    assert cli.main(["submit", *SUBMIT, "--run-name", f"nightly-{HF_TOKEN}"]) == 2
+    err = capsys.readouterr().err
+    assert "`run_name` holds a Hugging Face token (not shown)" in err
+    assert HF_TOKEN not in err
