@@ -215,12 +215,9 @@ def submit(
 
     overrides, cron, problems = _submit_problems(
         parameters, schedule, package, pvc, runtime_image, image_registry, host,
-        existing_token, credentials,
+        existing_token, credentials, {"experiment": experiment, "namespace": namespace,
+                                      "run_name": run_name, "pipeline_name": pipeline_name},
     )
-    # The run's own names are stored on the server and shown in its UI, like its parameters.
-    problems += secrets.scan_all({"experiment": experiment, "namespace": namespace,
-                                  "run_name": run_name, "pipeline_name": pipeline_name,
-                                  "runtime_image": runtime_image, "pvc": list(pvc)})[0]
     if problems:
         from ..components.common.errors import InputError
 
@@ -246,12 +243,16 @@ def submit(
 def _submit_problems(
     parameters: dict[str, Any], schedule: str | None, package: str | Path | None,
     pvc: Sequence[str], runtime_image: str, image_registry: str, host: str,
-    existing_token: str | None, credentials: Any,
+    existing_token: str | None, credentials: Any, names: dict[str, str],
 ) -> tuple[dict[str, Any], str | None, list[str]]:
-    """(the overridden parameters, KFP's cron, every problem with the call), without the server."""
+    """(the overridden parameters, KFP's cron, every problem with the call), without the server.
+
+    `names` are the run's own names (experiment, run, pipeline, namespace): the server stores and
+    shows them like the parameters, so they are scanned for secrets too.
+    """
     from .submit import cron_for_kfp
 
-    problems: list[str] = []
+    problems = secrets.scan_all({**names, "runtime_image": runtime_image, "pvc": list(pvc)})[0]
     try:
         _, overrides = resolve_arguments((), parameters)
     except ValueError as error:
