@@ -25,6 +25,7 @@ from typing import Any
 
 from .. import __version__
 from ..components.common import images, secrets, uris
+from ..components.common.errors import InputError, reading
 from .errors import CliError
 from .parameters import resolve_arguments
 
@@ -275,6 +276,8 @@ def _submit_problems(
             f"`package` must be a compiled pipeline YAML, got {str(package)!r} (no such file); "
             "run `kftune compile` or leave it out to compile now"
         )
+    elif package is not None:
+        problems += _package_problems(Path(package))
     if uris.credential_problems(host, parameter="host"):
         problems.append(
             f"`host` {uris.display_uri(host)!r} carries credentials (user-info before '@' or a "
@@ -290,6 +293,22 @@ def _submit_problems(
     return overrides, cron, problems
 
 
+def _package_problems(package: Path) -> list[str]:
+    """Problems with a compiled pipeline the user gives, found before the server is asked."""
+    import yaml
+
+    fix = "pass a pipeline YAML written by `kftune compile`, or leave `package` out"
+    try:
+        with reading(package, parameter="package", fix=fix):
+            first = next(iter(yaml.safe_load_all(package.read_text(encoding="utf-8"))), None)
+    except InputError as error:
+        return error.problems
+    if not isinstance(first, dict) or "pipelineInfo" not in first:
+        return [f"`package`: {package} is YAML but not a compiled KFP pipeline (no pipelineInfo); "
+                f"{fix}"]
+    return []
+
+
 def _image_problems(package: str | Path | None, runtime_image: str,
                     image_registry: str) -> list[str]:
     """A run whose steps name no pullable image would fail only at its first pod: refuse it."""
@@ -299,7 +318,8 @@ def _image_problems(package: str | Path | None, runtime_image: str,
     unset = not (runtime_image or image_registry)
     if package is not None:
         path = Path(package)
-        unset = path.is_file() and f"image: {images.RUNTIME_IMAGE}\n" in path.read_text()
+        unset = path.is_file() and f"image: {images.RUNTIME_IMAGE}\n" in path.read_text(
+            encoding="utf-8", errors="replace")
     if unset:
         problems.append(
             f"the pipeline's steps would run in {images.RUNTIME_IMAGE}, which no registry serves "

@@ -215,6 +215,25 @@ def test_training_client_names_a_kubeconfig_that_is_not_yaml(tmp_path: Path) -> 
     assert str(caught.value).startswith(f"`config_file`: {kubeconfig} is not valid YAML (")
 
 
+@pytest.mark.parametrize(("content", "expected"), [
+    (BAD_YAML, "is not valid YAML (while parsing a flow node: expected the node content, but "
+               "found '-' at line 3 column 3); pass a pipeline YAML written by `kftune compile`"),
+    ("- just\n- a list\n", "is YAML but not a compiled KFP pipeline (no pipelineInfo)"),
+], ids=["not-yaml", "not-a-pipeline"])
+def test_a_pipeline_package_that_is_not_one_is_named_before_the_server(
+        tmp_path: Path, content: str, expected: str) -> None:
+    import kftune
+    from support.kfp_server import KfpApiDouble, serving
+
+    package = tmp_path / "pipeline.yaml"
+    package.write_text(content)
+    for api in serving(KfpApiDouble()):
+        with pytest.raises(InputError) as caught:
+            kftune.submit(host=api.host, package=package)
+        assert f"`package`: {package} {expected}" in str(caught.value)
+        assert api.requests == []
+
+
 # -- JSON files the user gives: @FILE arguments ---------------------------------------------------
 
 
