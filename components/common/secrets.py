@@ -89,8 +89,8 @@ def scan(value: Any, parameter: str) -> tuple[list[str], list[str]]:
     """(problems, secret values found) of every string in `value`, nested dicts and lists too.
 
     Args:
-        value: a parameter's value (a string, number, dict, list, or an object with `__dict__`
-            fields, scanned as a dict).
+        value: a parameter's value: a string, a dict (keys and values), a list, tuple or set;
+            anything else holds no string and has no problem.
         parameter: its name, for the messages; nested entries are `parameter.key` and
             `parameter[index]`.
     """
