@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ..common import secrets, uris
-from ..common.artifacts import DATA_FILE, atomic_directory, write_manifest
+from ..common.artifacts import DATA_FILE, atomic_directory, check_files_parse, write_manifest
 from ..common.errors import InputError, Problems
 
 logger = logging.getLogger(__name__)
@@ -340,10 +340,9 @@ def _load_path(
     shown = source.location.display
     if path.is_dir():
         if (path / "dataset_dict.json").is_file():
-            loaded = datasets.load_from_disk(str(path))
-            return dict(loaded), None
+            return dict(_load_from_disk(path, shown)), None
         if (path / "state.json").is_file() and (path / "dataset_info.json").is_file():
-            loaded = datasets.load_from_disk(str(path))
+            loaded = _load_from_disk(path, shown)
             return {str(loaded.split) if loaded.split else "train": loaded}, None
         try:
             loaded = datasets.load_dataset(
@@ -412,6 +411,22 @@ def _load_path(
     return dict(loaded), decoding
 
 
+def _load_from_disk(path: Path, shown: str) -> Any:
+    """A `save_to_disk` directory, its JSON files checked first so a damaged one is named.
+
+    Raises:
+        InputError: naming the file that does not parse, or the directory that does not load.
+    """
+    import datasets
+
+    fix = "save the dataset again with save_to_disk, or copy it again"
+    check_files_parse(path, parameter="uri", fix=fix, shown=shown)
+    try:
+        return datasets.load_from_disk(str(path))
+    except Exception as error:  # a truncated .arrow file, a missing shard
+        raise _unreadable(shown, "a save_to_disk directory", error, fix=fix) from None
+
+
 def _as_utf8(
     path: Path, encoding: str, directory: Path, shown: str
 ) -> tuple[Path, dict[str, Any]]:
@@ -467,12 +482,13 @@ def _as_utf8(
     return target, record
 
 
-def _unreadable(shown: str, what: str, error: BaseException) -> InputError:
+def _unreadable(shown: str, what: str, error: BaseException,
+                fix: str = "check the file") -> InputError:
     cause = error
     while cause.__cause__ is not None and type(cause).__name__ == "DatasetGenerationError":
         cause = cause.__cause__
     detail = " ".join(uris.redact(f"{type(cause).__name__}: {cause}").split())[:400]
-    return InputError([f"`uri` {shown!r} could not be read as {what} ({detail}); check the file"])
+    return InputError([f"`uri` {shown!r} could not be read as {what} ({detail}); {fix}"])
 
 
 def _is_blank(path: Path) -> bool:

@@ -185,6 +185,34 @@ def test_text_encodings_still_read(tmp_path: Path, encoding: str) -> None:
     assert manifest["rows"] == 2
 
 
+def _damaged_json(directory: Path) -> None:
+    (directory / "state.json").write_text("{")
+
+
+def _truncated_arrow(directory: Path) -> None:
+    (arrow,) = directory.glob("*.arrow")
+    arrow.write_bytes(arrow.read_bytes()[: arrow.stat().st_size // 2])
+
+
+@pytest.mark.parametrize(("damage", "expected"), [
+    (_damaged_json, "`uri`: {saved}/state.json is not valid JSON (line 1 column 2: "),
+    (_truncated_arrow, "`uri` '{saved}' could not be read as a save_to_disk directory (OSError: "),
+], ids=["json", "arrow"])
+def test_a_damaged_save_to_disk_directory_is_named(tmp_path: Path, damage: Callable[[Path], None],
+                                                   expected: str) -> None:
+    import datasets
+    from kftune.components.download_dataset.dataset import DatasetSource, download_dataset_to
+
+    saved = tmp_path / "saved"
+    datasets.Dataset.from_dict({"text": ["a row"] * 500}).save_to_disk(str(saved))
+    damage(saved)
+    with pytest.raises(InputError) as caught:
+        download_dataset_to(DatasetSource(uri=str(saved)), tmp_path / "out", tmp_path / "held")
+    message = str(caught.value)
+    assert message.startswith(expected.format(saved=saved))
+    assert message.endswith("save the dataset again with save_to_disk, or copy it again")
+
+
 # -- YAML the user gives: a kubeconfig ------------------------------------------------------------
 
 
