@@ -77,6 +77,31 @@ def _stable_header(text: str) -> str:
     return _DEFAULT_COMMENT.sub(render, text)
 
 
+_WHOLE_DEFAULT = re.compile(r"^(\s+defaultValue: )(-?\d+)\.0$")
+_INT_HEADER_DEFAULT = re.compile(r"^(#    \w+: int \[Default: )(-?\d+)\.0(\])$", re.MULTILINE)
+
+
+def _integer_defaults(text: str) -> str:
+    """Writes integer parameters' defaults as integers (`1440`, not KFP's protobuf `1440.0`).
+
+    A default is rewritten when its parameter block (the lines indented at least as deep that
+    follow it) says `parameterType: NUMBER_INTEGER`; the header comment's `int` defaults too.
+    """
+    lines = text.split("\n")
+    for index, line in enumerate(lines):
+        match = _WHOLE_DEFAULT.match(line)
+        if not match:
+            continue
+        indent = len(line) - len(line.lstrip())
+        for following in lines[index + 1:]:
+            if following.strip() and len(following) - len(following.lstrip()) < indent:
+                break
+            if following.strip() == "parameterType: NUMBER_INTEGER":
+                lines[index] = f"{match.group(1)}{match.group(2)}"
+                break
+    return _INT_HEADER_DEFAULT.sub(r"\1\2\3", "\n".join(lines))
+
+
 def compile_all(image_registry: str = "") -> dict[str, bytes]:
     """Relative output path -> compiled YAML bytes (deterministic); steps in `image_registry`."""
     from kfp import compiler
@@ -88,7 +113,7 @@ def compile_all(image_registry: str = "") -> dict[str, bytes]:
         for relative, target in compile_targets().items():
             path = Path(scratch) / relative.replace("/", "_")
             compiler.Compiler().compile(target, str(path))
-            text = _stable_header(path.read_text())
+            text = _integer_defaults(_stable_header(path.read_text()))
             compiled[relative] = (with_registry(text, image_registry) if image_registry
                                   else text).encode()
     return compiled

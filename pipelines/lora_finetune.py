@@ -27,7 +27,7 @@ from ..components.evaluate.component import evaluate
 from ..components.export_model.component import export_model
 from ..components.register_model.component import register_model
 from ..components.train_lora.component import train_lora
-from ..components.train_lora.step.spec import DEFAULT_TIMEOUT_MINUTES
+from ..components.train_lora.step.spec import DEFAULT_TIMEOUT_MINUTES, train_arguments
 
 PIPELINE_NAME = "lora-finetune"
 # Kubeflow's Model Registry Service as its manifests install it (namespace kubeflow).
@@ -245,16 +245,7 @@ def _add_steps(
     train_task = train_lora(
         model=model_task.outputs["model"],
         train_data=data_task.outputs["train_data"],
-        task=arguments["task"],
-        training_parameters=arguments["training_parameters"],
-        lora_config=arguments["lora_config"],
-        num_workers=arguments["num_workers"],
-        num_procs_per_worker=arguments["num_procs_per_worker"],
-        resources_per_worker=arguments["resources_per_worker"],
-        backend=arguments["backend"],
-        image=arguments["trainer_image"],
-        timeout_minutes=arguments["timeout_minutes"],
-        kubernetes_options=arguments["kubernetes_options"],
+        **train_arguments(arguments),
     ).set_display_name("Fine-tune with LoRA")
     # A re-run trains again: training is the expensive, non-deterministic step whose result
     # a user re-runs the pipeline for.

@@ -209,6 +209,7 @@ def check_run(arguments: Mapping[str, Any], *, on_this_host: bool = False) -> Ch
     from ..components.evaluate.evaluation import EvalConfig
     from ..components.register_model.registry import RegistryTarget
     from ..components.train_lora.step.launch import plan
+    from ..components.train_lora.step.spec import TrainParameters
 
     args = dict(arguments)
     problems = Problems()
@@ -228,17 +229,10 @@ def check_run(arguments: Mapping[str, Any], *, on_this_host: bool = False) -> Ch
     model = _checked(problems, _MODEL_NAMES, lambda: ModelSource(
         uri=args["model_uri"], revision=args["model_revision"], task=args["task"],
         trust_remote_code=args["trust_remote_code"]))
-    backend = args["backend"]
+    # `auto` picks the backend where the step runs: this machine for `kftune run`, the cluster
+    # for a submitted run.
     training = _checked(problems, {"image": "trainer_image"}, lambda: plan(
-        task=args["task"], training_parameters=args["training_parameters"],
-        lora_config=args["lora_config"], num_workers=args["num_workers"],
-        num_procs_per_worker=args["num_procs_per_worker"],
-        resources_per_worker=args["resources_per_worker"],
-        # `auto` picks the backend where the step runs: this machine for `kftune run`, the
-        # cluster for a submitted run.
-        backend="cluster" if not on_this_host and backend == "auto" else backend,
-        image=args["trainer_image"], timeout_minutes=args["timeout_minutes"],
-        kubernetes_options=args["kubernetes_options"]))
+        TrainParameters.from_pipeline(args), cluster=None if on_this_host else True))
     evaluation = _checked(problems, _EVAL_NAMES, lambda: EvalConfig(
         task=args["task"], batch_size=args["eval_batch_size"],
         max_examples=args["eval_max_examples"]))
@@ -281,7 +275,7 @@ def _host_problems(arguments: Mapping[str, Any], dataset: Any, model: Any,
     for name, source in (("dataset_uri", dataset), ("model_uri", model)):
         if source is not None:
             problems += uris.missing_problems(source.location, parameter=name)
-    if training is not None and training.backend == "local":
+    if training is not None and training.target.is_local:
         problems += host_problems(arguments["num_workers"], arguments["num_procs_per_worker"],
                                   arguments["training_parameters"])
     return problems

@@ -35,9 +35,8 @@ import enum
 import logging
 import os
 import re
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -53,9 +52,6 @@ TASKS = {
     "AutoModelForSequenceClassification": "sequence-classification",
     "AutoModelForCausalLM": "causal-lm",
 }
-# job_kind -> the launch backend that creates it (`cluster`: whichever the cluster serves,
-# TrainJob first).
-JOB_KINDS = {"PyTorchJob": "kubernetes", "TrainJob": "trainjob", "auto": "cluster"}
 JOB_CONDITIONS = frozenset({"Created", "Running", "Restarting", "Succeeded", "Failed"})
 # The reference's `storage_config` default (kubeflow.training.constants PVC_DEFAULT_*).
 REFERENCE_STORAGE_CONFIG = {
@@ -72,8 +68,6 @@ DEFAULT_LOCAL_OUTPUT = "runs/{name}/adapter"
 CORE_LORA_FIELDS = ("r", "lora_alpha", "lora_dropout", "bias")
 # A job name: a DNS-1035 label (its pods and Services are named after it).
 _JOB_NAME = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
-# Where the local backend logs its nodes' lines when nobody collects them.
-LOCAL_BACKEND_LOGGER = "kftune.components.train_lora.step.backends.local"
 
 
 def _default_training_arguments() -> Any:
@@ -497,73 +491,6 @@ def _cluster_configuration(config_file: str | None, context: str | None) -> Any:
     return configuration
 
 
-class NodeLogs:
-    """A local job's log, per node (`node-<rank>`, the local "pods"), as its lines come.
-
-    Fed by the local backend's `[node-<rank>] ...` lines while `train` runs; read by
-    `get_job_logs`, which with `follow` streams them until the job ends.
-    """
-
-    def __init__(self, num_nodes: int = 1) -> None:
-        # Every node has a log, if only an empty one (the workers often print nothing).
-        self._lines: dict[str, list[str]] = {f"node-{rank}": [] for rank in range(num_nodes)}
-        self._changed = threading.Condition()
-        self._over = False
-
-    def add(self, line: str) -> None:
-        """Takes one `[node-<rank>] text` line (and logs it, as the local backend would)."""
-        prefix, _, text = line.partition(" ")
-        with self._changed:
-            self._lines.setdefault(prefix.strip("[]"), []).append(text)
-            self._changed.notify_all()
-        logging.getLogger(LOCAL_BACKEND_LOGGER).info("%s", line)
-
-    def end(self) -> None:
-        """The job is over: followers stop once they have read everything."""
-        with self._changed:
-            self._over = True
-            self._changed.notify_all()
-
-    def text(self, nodes: Callable[[str], bool]) -> dict[str, str]:
-        """`{node: its log}` of the selected nodes, as far as it has come."""
-        with self._changed:
-            return {node: "".join(f"{line}\n" for line in lines)
-                    for node, lines in sorted(self._lines.items()) if nodes(node)}
-
-    def follow(self, nodes: Callable[[str], bool]) -> Iterator[tuple[str, str]]:
-        """Yields (node, line) of the selected nodes as they come, until the job is over."""
-        read: dict[str, int] = {}
-        while True:
-            with self._changed:
-                fresh = [(node, lines[read.get(node, 0):])
-                         for node, lines in sorted(self._lines.items()) if nodes(node)]
-                over = self._over
-                if not any(lines for _, lines in fresh) and not over:
-                    self._changed.wait(timeout=1.0)
-                    continue
-            for node, lines in fresh:
-                read[node] = read.get(node, 0) + len(lines)
-                for line in lines:
-                    yield node, line
-            if over and not any(lines for _, lines in fresh):
-                return
-
-
-def _local_nodes(
-    is_master: bool, replica_type: str | None, replica_index: int | None
-) -> Callable[[str], bool]:
-    """Which local nodes `get_job_logs` selects: node 0 is the Master, node i+1 Worker i."""
-    def selected(node: str) -> bool:
-        rank = int(node.removeprefix("node-"))
-        if is_master or (replica_type or "").lower() == "master":
-            return rank == 0 and replica_index in (None, 0)
-        if (replica_type or "").lower() == "worker":
-            return rank >= 1 and replica_index in (None, rank - 1)
-        return True
-
-    return selected
-
-
 class TrainingClient:
     """kftune's `TrainingClient`: the reference's `train` and the calls that go with it.
 
@@ -594,22 +521,29 @@ class TrainingClient:
         backend: str = "auto",
         output_root: str | os.PathLike | None = None,
     ) -> None:
+        from ..components.train_lora.step.backends import resolve
+        from ..components.train_lora.step.backends.choice import (
+            CLIENT_CHOICES,
+            JOB_KINDS,
+            Target,
+            client_wants_cluster,
+        )
+
         problems = []
         if job_kind not in JOB_KINDS:
             problems.append(f"`job_kind` must be one of {', '.join(JOB_KINDS)}, got {job_kind!r}")
-        if backend not in ("auto", "kubernetes", "local"):
+        if backend not in CLIENT_CHOICES:
             problems.append(f"`backend` must be auto, kubernetes or local, got {backend!r}")
         if problems:
             raise InputError(problems)
         self.namespace = cluster.own_namespace(namespace)
         self.job_kind = job_kind
         self.output_root = Path(output_root or "runs")
-        self._local_jobs: dict[tuple[str, str], dict[str, Any]] = {}
-        self._kinds: dict[tuple[str, str], str] = {}
         self.api_client = None
-        if backend != "local":
+        wants_cluster = client_wants_cluster(backend)
+        if wants_cluster is not False:
             configuration = client_configuration or _cluster_configuration(config_file, context)
-            if configuration is None and backend == "kubernetes":
+            if configuration is None and wants_cluster:
                 raise InputError(
                     ["`backend` is 'kubernetes' but no cluster is configured (no kubeconfig, "
                      "not in a pod); pass config_file or client_configuration, or use "
@@ -619,10 +553,10 @@ class TrainingClient:
                 from kubernetes import client
 
                 self.api_client = client.ApiClient(configuration)
-        self.backend = JOB_KINDS[job_kind] if self.api_client is not None else "local"
-        """`local`, or the launch backend of the cluster's jobs: `kubernetes` (PyTorchJob),
-        `trainjob`, or `cluster` (ask the cluster)."""
-        if backend == "auto" and self.backend == "local":
+        target = JOB_KINDS[job_kind] if self.api_client is not None else Target.LOCAL
+        self.backend = resolve(target, api_client=self.api_client, work_root=self.output_root)
+        """Where the jobs run: this machine, or the cluster's jobs of `job_kind`."""
+        if wants_cluster is None and target.is_local:
             print("kftune: no Kubernetes cluster configured (no kubeconfig, not in a pod): jobs "
                   "run on this machine")
 
@@ -675,9 +609,11 @@ class TrainingClient:
             InputError: every bad input at once, before anything is created.
             RuntimeError: when the cluster refuses the job, or local training fails.
         """
+        from ..components.train_lora.step import job as job_lib
+
         namespace = namespace or self.namespace
         _note_storage_config(storage_config)
-        translated, plan, options, resources, output_uri = self.check(
+        translated, plan, _, _, output_uri = self.check(
             name, namespace, model_provider_parameters, dataset_provider_parameters,
             trainer_parameters, num_workers=num_workers,
             num_procs_per_worker=num_procs_per_worker, resources_per_worker=resources_per_worker,
@@ -685,10 +621,14 @@ class TrainingClient:
             timeout_minutes=timeout_minutes, kubernetes_options=kubernetes_options)
         # Printed, as kftune.submit prints its run: a notebook shows no INFO log by default.
         print(f"kftune: the adapter of {name} goes to {output_uri}")
-        if self.backend != "local":
-            self._create(translated, plan, name, namespace, output_uri)
-        else:
-            self._run_local(translated, plan, name, namespace, output_uri, options, resources)
+        io = job_lib.PodIO(
+            model_uri=translated.model_uri, data_uri=translated.data_uri, output_uri=output_uri,
+            model_source=translated.model_source, data_source=translated.data_source,
+        )
+        self.backend.submit(job_lib.JobRequest(plan.spec, plan.options, io, name=name,
+                                               namespace=namespace), plan)
+        if self.backend.target.is_local:
+            print(f"kftune: {name} succeeded; the adapter is in {output_uri}")
         return name
 
     def check(
@@ -710,6 +650,7 @@ class TrainingClient:
             InputError: every problem at once, never quoting a credential.
         """
         from ..components.common import secrets
+        from ..components.train_lora.step.spec import TrainParameters
 
         model, dataset, trainer = adopted(model), adopted(dataset), adopted(trainer)
         translated, problems = _translate_call(name, model, dataset, trainer)
@@ -723,16 +664,18 @@ class TrainingClient:
             "output_uri": output_uri,
             "image": image, "kubernetes_options": options, "init_env_vars": _plain(env[0]),
             "env_vars": _plain(env[1])})
-        if self.backend != "local":
+        if self.backend.target.on_cluster:
             options.update(namespace=namespace, job_name=name)
         image, cluster_problems = self._cluster_problems(translated, options, output_uri, image)
         problems = [*scanned, *problems, *_name_problems(name), *env_problems,
                     *resource_problems, *cluster_problems]
-        if self.backend == "local":
+        if self.backend.target.is_local:
             problems += self._host_problems(translated, num_workers, num_procs_per_worker)
         try:
-            plan = self._plan(translated, options, resources, num_workers, num_procs_per_worker,
-                              image, timeout_minutes, problems)
+            plan = self._plan(translated, TrainParameters(
+                num_workers=num_workers, num_procs_per_worker=num_procs_per_worker,
+                resources_per_worker=resources, image=image, timeout_minutes=timeout_minutes,
+                kubernetes_options=options), problems)
         except InputError as error:
             raise InputError(secrets.scrub(error.problems, found)) from None
         return translated, plan, options, resources, output_uri
@@ -755,7 +698,7 @@ class TrainingClient:
         self, translated: Translated, options: dict[str, Any], output_uri: str, image: str
     ) -> tuple[str, list[str]]:
         """What the pods could not reach or pull, and the trainer image (cluster only)."""
-        if self.backend == "local":
+        if self.backend.target.is_local:
             return image, []
         from ..components.common.images import (
             TRAINER_IMAGE,
@@ -776,110 +719,26 @@ class TrainingClient:
         image = image or os.environ.get(TRAINER_IMAGE_ENV, "")
         return image, problems + unset_image_problems(image or TRAINER_IMAGE, "image")
 
-    def _plan(
-        self, translated: Translated, options: dict[str, Any], resources: dict[str, Any],
-        num_workers: int, num_procs_per_worker: Any, image: str, timeout_minutes: int,
-        problems: list[str],
-    ) -> Any:
+    def _plan(self, translated: Translated, parameters: Any, problems: list[str]) -> Any:
         """The launch step's own checks of every setting, reported with `problems` at once."""
         from ..components.train_lora.step import launch
 
-        return launch.plan(
+        return launch.plan(parameters.replace(
             task=translated.task or "causal-lm",  # an unknown transformer_type is in `problems`
             # Checked already (and reported under their reference names) when refused.
             training_parameters={} if translated.settings_refused
             else translated.training_parameters,
             lora_config={} if translated.settings_refused else translated.lora_config,
-            num_workers=num_workers,
-            num_procs_per_worker=num_procs_per_worker,
-            resources_per_worker=resources,
-            backend=self.backend,
-            image=image,
-            timeout_minutes=timeout_minutes,
-            kubernetes_options=options,
-            extra_problems=tuple(problems),
-        )
+        ), target=self.backend.target, extra_problems=tuple(problems))
 
     def _default_output(self, name: str, namespace: str, dataset: Any) -> str:
-        if self.backend == "local":
+        if not self.backend.target.on_cluster:
             return str((self.output_root / name / "adapter").resolve())
         if isinstance(dataset, S3DatasetParams):
             return f"s3://{dataset.bucket_name}/kftune/{name}/adapter"
         return DEFAULT_CLUSTER_OUTPUT.format(namespace=namespace, name=name)
 
-    def _create(
-        self, translated: Translated, plan: Any, name: str, namespace: str, output_uri: str
-    ) -> None:
-        from ..components.train_lora.step import job as job_lib
-        from ..components.train_lora.step import launch
-        from ..components.train_lora.step.backends.kubernetes import (
-            PyTorchJobBackend,
-            TrainJobBackend,
-        )
-
-        kind = launch.resolve_kind(plan, self.api_client)
-        io = job_lib.PodIO(
-            model_uri=translated.model_uri, data_uri=translated.data_uri, output_uri=output_uri,
-            model_source=translated.model_source, data_source=translated.data_source,
-        )
-        manifest = launch.build_job(job_lib.request(plan.spec, plan.options, io,
-                                                    namespace=namespace), kind)
-        backend_class = TrainJobBackend if kind == "trainjob" else PyTorchJobBackend
-        backend_class(self.api_client, manifest).submit()
-        self._kinds[(namespace, name)] = kind
-
-    def _run_local(
-        self, translated: Translated, plan: Any, name: str, namespace: str, output_uri: str,
-        options: dict[str, Any], resources: dict[str, Any],
-    ) -> None:
-        from ..components.train_lora.pod.entrypoint import stage_inputs
-        from ..components.train_lora.step.launch import run_training
-
-        work = self.output_root / name
-        logs = NodeLogs(plan.spec.num_workers)
-        record: dict[str, Any] = {"conditions": [{"type": "Created", "status": "True"}],
-                                  "adapter": output_uri, "logs": logs}
-        self._local_jobs[(namespace, name)] = record
-        try:
-            # The pods' own staging: the same fetching code, onto this machine's disk.
-            model_dir, data_dir = stage_inputs(
-                translated.model_uri, translated.data_uri, work / "inputs",
-                wait_for_other_node=False, model_source=translated.model_source,
-                data_source=translated.data_source,
-            )
-            record["conditions"].append({"type": "Running", "status": "True"})
-            run_training(
-                model_dir=str(model_dir), model_uri=translated.model_uri,
-                data_dir=str(data_dir), data_uri=translated.data_uri,
-                adapter_dir=output_uri, adapter_uri=output_uri, metrics=None,
-                task=translated.task, training_parameters=translated.training_parameters,
-                lora_config=translated.lora_config, num_workers=plan.spec.num_workers,
-                num_procs_per_worker=plan.spec.num_procs_per_worker,
-                resources_per_worker=resources, backend="local", image="",
-                timeout_minutes=plan.spec.timeout_minutes, kubernetes_options=options,
-                log_line=logs.add,
-            )
-        except Exception as error:
-            record["conditions"].append({"type": "Failed", "status": "True",
-                                         "message": str(error)})
-            raise
-        finally:
-            logs.end()
-        record["conditions"].append({"type": "Succeeded", "status": "True"})
-        print(f"kftune: {name} succeeded; the adapter is in {output_uri}")
-
     # -- following a job ---------------------------------------------------------------------
-
-    def _job_kind(self, name: str, namespace: str) -> Any:
-        """The `JobKind` (PyTorchJob or TrainJob) of a cluster job."""
-        from ..components.train_lora.step.backends import kubernetes as backends
-
-        kind = self._kinds.get((namespace, name)) or self.backend
-        if kind == "cluster":
-            from ..components.train_lora.step.backends.discovery import pick_backend
-
-            kind = pick_backend(self.api_client)
-        return backends.TRAINJOB if kind == "trainjob" else backends.PYTORCHJOB
 
     def get_job(self, name: str, namespace: str | None = None) -> dict[str, Any]:
         """The job as a dict (for a local job: its conditions).
@@ -887,25 +746,7 @@ class TrainingClient:
         Raises:
             RuntimeError: when there is no such job.
         """
-        namespace = namespace or self.namespace
-        if self.backend == "local":
-            record = self._local_jobs.get((namespace, name))
-            if record is None:
-                raise RuntimeError(f"no local job {namespace}/{name} was trained by this client")
-            return {"metadata": {"name": name, "namespace": namespace},
-                    "status": {"conditions": list(record["conditions"])}}
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
-        kind = self._job_kind(name, namespace)
-        try:
-            return client.CustomObjectsApi(self.api_client).get_namespaced_custom_object(
-                kind.group, kind.version, namespace, kind.plural, name
-            )
-        except ApiException as error:
-            raise RuntimeError(
-                f"failed to get {kind.kind} {namespace}/{name}: HTTP {error.status} {error.reason}"
-            ) from error
+        return self.backend.status(name, namespace or self.namespace)
 
     def wait_for_job_conditions(
         self,
@@ -973,37 +814,14 @@ class TrainingClient:
         Raises:
             RuntimeError: when there is no such job.
         """
-        namespace = namespace or self.namespace
-        if self.backend == "local":
-            self.get_job(name, namespace)
-            logs = self._local_jobs[(namespace, name)]["logs"]
-            nodes = _local_nodes(is_master, replica_type, replica_index)
-            if follow:
-                for node, line in logs.follow(nodes):
-                    print(f"[{node}] {line}")
-            return logs.text(nodes), {}
-        from kubernetes import client
+        from ..components.train_lora.step.backends import NodeSelection
 
-        from ..components.train_lora.step import job as job_lib
-
-        kind = self._job_kind(name, namespace)
-        labels = {kind.job_label: name}
-        if is_master:
-            labels.update(kind.main_pod_labels(self.get_job(name, namespace)))
-        else:
-            if replica_type:
-                labels[job_lib.REPLICA_TYPE_LABEL] = replica_type.lower()
-            if replica_index is not None:
-                labels[job_lib.REPLICA_INDEX_LABEL] = str(replica_index)
-        core = client.CoreV1Api(self.api_client)
-        selector = ",".join(f"{key}={value}" for key, value in labels.items())
-        logs = {}
-        for pod in core.list_namespaced_pod(namespace, label_selector=selector).items:
-            text = core.read_namespaced_pod_log(pod.metadata.name, namespace,
-                                                container=kind.container)
-            logs[pod.metadata.name] = text
-            if follow:
-                print(text, end="")
+        logs = self.backend.logs(
+            name, namespace or self.namespace,
+            NodeSelection(is_master=is_master, replica_type=replica_type,
+                          replica_index=replica_index),
+            follow=(lambda text: print(text, end="")) if follow else None,
+        )
         return logs, {}
 
     def delete_job(
@@ -1018,37 +836,11 @@ class TrainingClient:
         Raises:
             RuntimeError: when the cluster refuses.
         """
-        namespace = namespace or self.namespace
-        if self.backend == "local":
-            self._local_jobs.pop((namespace, name), None)
-            return
-        from kubernetes import client
-        from kubernetes.client.exceptions import ApiException
-
-        kind = self._job_kind(name, namespace)
-        try:
-            client.CustomObjectsApi(self.api_client).delete_namespaced_custom_object(
-                kind.group, kind.version, namespace, kind.plural, name,
-                body=delete_options or client.V1DeleteOptions(propagation_policy="Background"),
-            )
-        except ApiException as error:
-            raise RuntimeError(
-                f"failed to delete {kind.kind} {namespace}/{name}: HTTP {error.status} "
-                f"{error.reason}"
-            ) from error
+        self.backend.delete(name, namespace or self.namespace, delete_options)
 
     def get_adapter_uri(self, name: str, namespace: str | None = None) -> str:
         """Where the job's LoRA adapter is (or goes): `PeftModel.from_pretrained(base, it)`."""
-        namespace = namespace or self.namespace
-        if self.backend == "local":
-            record = self._local_jobs.get((namespace, name))
-            if record is None:
-                raise RuntimeError(f"no local job {namespace}/{name} was trained by this client")
-            return record["adapter"]
-        from ..components.train_lora.step import job as job_lib
-
-        job = self.get_job(name, namespace)
-        return job["metadata"]["annotations"][job_lib.OUTPUT_URI_ANNOTATION]
+        return self.backend.adapter_uri(name, namespace or self.namespace)
 
 
 def _translate_call(

@@ -23,7 +23,7 @@ def train_lora(
     resources_per_worker: dict = None,
     backend: str = "auto",
     image: str = "",
-    timeout_minutes: int = 1440,  # spec.DEFAULT_TIMEOUT_MINUTES (this source runs on its own)
+    timeout_minutes: int = 1440,
     kubernetes_options: dict = None,
 ):
     """Fine-tunes `model` with LoRA on `train_data` across `num_workers` x `num_procs_per_worker`.
@@ -63,30 +63,16 @@ def train_lora(
     """
     import logging
 
+    from kftune.components.train_lora.step.backends import StepFiles
     from kftune.components.train_lora.step.launch import run_training
+    from kftune.components.train_lora.step.spec import TrainParameters
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 
-    run_training(
-        model_dir=model.path,
-        model_uri=model.uri,
-        data_dir=train_data.path,
-        data_uri=train_data.uri,
-        adapter_dir=adapter.path,
-        adapter_uri=adapter.uri,
-        metrics=metrics,
-        task=task,
-        training_parameters=training_parameters or {},
-        lora_config=lora_config or {},
-        num_workers=num_workers,
-        num_procs_per_worker=num_procs_per_worker,
-        resources_per_worker=resources_per_worker or {},
-        backend=backend,
-        image=image,
-        timeout_minutes=timeout_minutes,
-        kubernetes_options=kubernetes_options or {},
-        report_path=report.path,
-    )
+    files = StepFiles(model_dir=model.path, model_uri=model.uri, data_dir=train_data.path,
+                      data_uri=train_data.uri, adapter_dir=adapter.path, adapter_uri=adapter.uri)
+    # The signature's parameters (held equal to TrainParameters by a test), as one object.
+    run_training(TrainParameters.of(locals()), files, metrics=metrics, report_path=report.path)
 
 
 # The documentation of `training_parameters` comes from the settings' definitions (config.py); it

@@ -128,11 +128,14 @@ def estimate(parameters: int, dtype: str, shape: Shape, *, shards: int = 1,
 
 
 def _tokens(settings: Mapping[str, Any]) -> int:
+    from .config import TrainingSettings
+
     budget = settings.get("max_tokens_per_micro_batch")
     if budget:
         return int(budget)
-    return int(settings.get("per_device_train_batch_size", 8)) * int(
-        settings.get("max_seq_length", 1024))
+    return int(settings.get("per_device_train_batch_size",
+                            TrainingSettings.per_device_train_batch_size)) * int(
+        settings.get("max_seq_length", TrainingSettings.max_seq_length))
 
 
 def estimate_for(manifest: Mapping[str, Any], config: Mapping[str, Any],

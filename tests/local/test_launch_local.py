@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from kftune.components.common import demo
 from kftune.components.train_lora.step.backends.local import LocalBackend
-from kftune.components.train_lora.step.launch import run_training
+from support.train_step import run_step
 
 pytestmark = pytest.mark.local
 
@@ -54,7 +54,7 @@ def training(artifacts, tmp_path, **overrides):
 def test_two_nodes_by_two_processes_train_an_adapter(artifacts, tmp_path, caplog):
     caplog.set_level("INFO")
     args = training(artifacts, tmp_path)
-    result = run_training(**args)
+    result = run_step(**args)
 
     adapter = Path(args["adapter_dir"])
     assert (adapter / "adapter_config.json").is_file()
@@ -75,7 +75,7 @@ def test_a_killed_rank_fails_the_step_naming_it(artifacts, tmp_path):
         "OMP_NUM_THREADS": "1", "KFTUNE_DEBUG_KILL_AT_STEP": "2", "KFTUNE_DEBUG_KILL_RANK": "3",
     }})
     with pytest.raises(RuntimeError) as caught:
-        run_training(**args)
+        run_step(**args)
 
     first, *rest = str(caught.value).splitlines()
     # Global rank 3 is node 1's second process.
@@ -88,7 +88,7 @@ def test_a_killed_rank_fails_the_step_naming_it(artifacts, tmp_path):
 def test_the_trainers_own_error_is_the_first_line(artifacts, tmp_path):
     args = training(artifacts, tmp_path, lora_config={**LORA, "target_modules": ["nope"]})
     with pytest.raises(RuntimeError) as caught:
-        run_training(**args)
+        run_step(**args)
 
     first = str(caught.value).splitlines()[0]
     # Every rank finds the same problem; the first to fail is quoted.
@@ -108,7 +108,7 @@ def test_a_killed_worker_restarts_the_job_which_resumes_from_its_checkpoint(
         kubernetes_options={"backoff_limit": 1, "env": {
             "OMP_NUM_THREADS": "1", "KFTUNE_DEBUG_KILL_AT_STEP": "5",
             "KFTUNE_DEBUG_KILL_RANK": "2", "KFTUNE_DEBUG_SEEN_DIR": str(seen)}})
-    result = run_training(**args)
+    result = run_step(**args)
 
     assert "starting the job again (restart 1 of 1)" in caplog.text
     assert "trainer rank 2 (pid" in caplog.text and "killed by SIGKILL" in caplog.text
@@ -195,7 +195,7 @@ def test_a_full_disk_is_named_in_the_first_line(artifacts, small_disk):
     args = training(artifacts, small_disk, num_workers=1, num_procs_per_worker="1",
                     kubernetes_options={"backoff_limit": 0, "env": {"OMP_NUM_THREADS": "1"}})
     with pytest.raises(RuntimeError) as caught:
-        run_training(**args)
+        run_step(**args)
 
     first = str(caught.value).splitlines()[0]
     assert first.startswith("training failed on node 0 of 1: trainer rank 0: "), first
@@ -208,8 +208,14 @@ def test_a_full_disk_is_named_in_the_first_line(artifacts, small_disk):
 STEP = """
 import json, logging, sys
 logging.basicConfig(level=logging.INFO)
+from kftune.components.train_lora.step.backends import StepFiles
 from kftune.components.train_lora.step.launch import run_training
-run_training(**json.loads(sys.argv[1]))
+from kftune.components.train_lora.step.spec import TrainParameters
+args = json.loads(sys.argv[1])
+def take(cls):
+    return cls(**{name: args.pop(name) for name in list(args) if name in cls.__dataclass_fields__})
+files = take(StepFiles)
+run_training(take(TrainParameters), files, **args)
 """
 
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from kftune.components.common import demo, report
 from kftune.components.evaluate.evaluation import run_evaluation
-from kftune.components.train_lora.step.launch import run_training
 from kftune.pipelines.lora_finetune import DEMO_LORA_CONFIG, DEMO_TRAINING_PARAMETERS
 from support.browser import ink, screenshot
+from support.train_step import run_step
 
 pytestmark = pytest.mark.local
 
@@ -30,7 +30,7 @@ def trained(tmp_path_factory):
     train = demo.write_dataset_artifact(root / "train", rows[:480], label_names=labels)
     held_out = demo.write_dataset_artifact(root / "eval", rows[480:], label_names=labels,
                                            source_uri="memory://held-out")
-    run_training(
+    run_step(
         model_dir=str(model), model_uri=str(model), data_dir=str(train), data_uri=str(train),
         adapter_dir=str(root / "adapter"), adapter_uri=str(root / "adapter"), metrics=None,
         task="sequence-classification", training_parameters=PARAMETERS,

@@ -13,10 +13,12 @@ import pytest
 from kftune.components.common import demo
 from kftune.components.train_lora.failures import TERMINATION_MESSAGE_ENV, FailureRecord
 from kftune.components.train_lora.step import job as job_lib
-from kftune.components.train_lora.step import launch
+from kftune.components.train_lora.step.backends import Target
+from kftune.components.train_lora.step.backends.cluster_training import manifest_of
 from kftune.components.train_lora.step.backends.kubernetes import PyTorchJobBackend
 from kftune.components.train_lora.step.backends.local import LocalBackend
 from support.fake_kubernetes import FakeKubernetes
+from support.train_step import plan_of
 
 pytestmark = pytest.mark.local
 
@@ -50,13 +52,13 @@ def run_pod_that_loses_a_rank(tmp_path: Path) -> str:
 
 
 def pytorchjob() -> dict:
-    plan = launch.plan(task="causal-lm", training_parameters={}, lora_config={}, num_workers=1,
+    plan = plan_of(task="causal-lm", training_parameters={}, lora_config={}, num_workers=1,
                        num_procs_per_worker=2, resources_per_worker={}, backend="kubernetes",
                        image="registry.local/kftune/trainer:1")
     io = job_lib.PodIO("s3://bucket/model", "s3://bucket/data", "s3://bucket/run/adapter")
     request = job_lib.JobRequest(plan.spec, plan.options, io, name="kftune-killed",
                                  namespace=NAMESPACE)
-    return launch.build_job(request, "kubernetes")
+    return manifest_of(request, Target.PYTORCHJOB)
 
 
 def test_a_killed_ranks_cause_reaches_the_step_through_the_termination_message(tmp_path):

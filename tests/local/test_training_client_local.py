@@ -38,7 +38,7 @@ def test_the_reference_call_trains_locally_and_returns_a_loadable_adapter(
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "no-cluster"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     training = TrainingClient(output_root=tmp_path / "runs")
-    assert training.backend == "local"
+    assert training.backend.target.is_local
     training.train(
         name="fine-tune-minilm",
         model_provider_parameters=HuggingFaceModelParams(

@@ -9,8 +9,8 @@ import pytest
 from kftune.components.common.artifacts import write_manifest
 from kftune.components.common.errors import InputError
 from kftune.components.train_lora import fit
-from kftune.components.train_lora.step.launch import run_training
 from support.fake_kubernetes import FakeKubernetes
+from support.train_step import run_step
 
 LLAMA_8B = {"hidden_size": 4096, "num_hidden_layers": 32, "intermediate_size": 14336,
             "vocab_size": 128256, "num_attention_heads": 32, "num_key_value_heads": 8}
@@ -97,7 +97,7 @@ def test_a_job_that_cannot_fit_fails_at_submission_and_creates_nothing(tmp_path)
     write_manifest(data, {"kind": "dataset", "rows": 10})
     with FakeKubernetes() as fake:
         with pytest.raises(InputError, match="the job does not fit its GPUs") as caught:
-            run_training(
+            run_step(
                 model_dir=str(model_artifact(tmp_path, "70b")), model_uri="s3://b/model",
                 data_dir=str(data), data_uri="s3://b/data", adapter_dir=str(tmp_path / "out"),
                 adapter_uri="s3://b/adapter", metrics=None, task="causal-lm",

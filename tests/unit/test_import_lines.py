@@ -82,14 +82,7 @@ def test_imports_are_resolved(source: str, module: str, is_package: bool, expect
 
 
 def test_no_module_outside_the_pod_imports_pod_code() -> None:
-    crossing = {path: pod for path, pod in pod_importers().items() if path not in PENDING}
-    assert crossing == {}, (
+    assert pod_importers() == {}, (
         "these modules import the training pod's code; move what both sides need to "
         "components/common, or reach the pod through the step side's backends"
     )
-
-
-@pytest.mark.xfail(strict=False, reason="TrainingClient's staging moves to the step side (#21.3)")
-@pytest.mark.parametrize("path", sorted(PENDING))
-def test_pending_files_stop_importing_pod_code(path: str) -> None:
-    assert path not in pod_importers()

@@ -10,11 +10,13 @@ import pytest
 import yaml
 from kftune.components.common.errors import InputError
 from kftune.components.train_lora.step import job as job_lib
-from kftune.components.train_lora.step import launch
+from kftune.components.train_lora.step.backends import Target
+from kftune.components.train_lora.step.backends.cluster_training import manifest_of
 from kftune.components.train_lora.step.cli import launch_main
 from kftune.components.train_lora.step.options import MAX_JOB_NAME_LENGTH
 from kubernetes import client
 from support.fake_kubernetes import FakeKubernetes
+from support.train_step import plan_of
 
 GOLDEN = Path(__file__).parent.parent / "golden" / "pytorchjob_reference_bert.yaml"
 TRAINJOB_GOLDEN = Path(__file__).parent.parent / "golden" / "trainjob_reference_bert.yaml"
@@ -85,13 +87,13 @@ def build(config: dict[str, Any], io: dict[str, str] | None = None,
     parameters = dict(task="causal-lm", training_parameters={}, lora_config={}, num_workers=1,
                       num_procs_per_worker=1, resources_per_worker={})
     parameters.update(config)
-    plan = launch.plan(backend=kind, **parameters)
+    plan = plan_of(backend=kind, **parameters)
     pod_io = job_lib.PodIO(**{
         "model_uri": "s3://bucket/model", "data_uri": "s3://bucket/data",
         "output_uri": "s3://bucket/run-1/train-lora/adapter", **(io or {}),
     })
-    return launch.build_job(job_lib.request(plan.spec, plan.options, pod_io, namespace="team-a"),
-                            kind)
+    return manifest_of(job_lib.request(plan.spec, plan.options, pod_io, namespace="team-a"),
+                       Target(kind))
 
 
 def master(manifest):
@@ -385,7 +387,7 @@ BAD = [
 ], ids=["placement", "secrets and claim"])
 def test_the_local_backend_refuses_kubernetes_only_options(options, refused):
     with pytest.raises(InputError) as caught:
-        launch.plan(**component_args(kubernetes_options={**options, "env": {"A": "1"}},
+        plan_of(**component_args(kubernetes_options={**options, "env": {"A": "1"}},
                                      backend="local"))
     (problem,) = caught.value.problems
     assert problem.startswith(f"`kubernetes_options` {refused} cannot be used with backend 'local'")
@@ -399,7 +401,7 @@ def test_each_kubernetes_kind_refuses_what_it_cannot_honour(kind, refused):
     options = {"runtime": "torch-distributed", "priority_class": "high", "backoff_limit": 2,
                "elastic_policy": {"min_nodes": 1, "max_nodes": 2}}
     with pytest.raises(InputError) as caught:
-        launch.plan(**component_args(kubernetes_options=options, backend=kind))
+        plan_of(**component_args(kubernetes_options=options, backend=kind))
     (problem,) = caught.value.problems
     assert problem.startswith(f"`kubernetes_options` {refused} cannot be used with backend")
 
@@ -407,7 +409,7 @@ def test_each_kubernetes_kind_refuses_what_it_cannot_honour(kind, refused):
 def test_secret_values_are_never_echoed():
     secret = "wJalrXUtnFEMI-K7MDENG"
     with pytest.raises(InputError) as caught:
-        launch.plan(**component_args(
+        plan_of(**component_args(
             kubernetes_options={"env": {"DB_PASSWORD": secret}},
             uris={"adapter": f"s3://AKIA:{secret}@bucket/out"}))
     assert len(caught.value.problems) == 2
@@ -418,7 +420,7 @@ def test_secret_values_are_never_echoed():
     ("auto", {"gpu": 4}, 4), ("auto", {}, 1), ("3", {"gpu": 8}, 3),
 ], ids=["auto from gpus", "auto without gpus", "explicit"])
 def test_auto_processes_resolve_from_the_gpus_requested(procs, resources, expected):
-    plan = launch.plan(**component_args(num_procs_per_worker=procs,
+    plan = plan_of(**component_args(num_procs_per_worker=procs,
                                         resources_per_worker=resources))
     assert plan.spec.procs_per_node() == expected
     assert plan.spec.procs_per_node(host_gpus=2) == (expected if resources or procs != "auto"
@@ -428,7 +430,7 @@ def test_auto_processes_resolve_from_the_gpus_requested(procs, resources, expect
 @pytest.mark.parametrize("bad", BAD, ids=[bad.name for bad in BAD])
 def test_bad_input_is_reported_with_parameter_and_value(bad):
     with pytest.raises(InputError) as caught:
-        launch.plan(**component_args(**bad.options))
+        plan_of(**component_args(**bad.options))
     message = str(caught.value)
     for expected in bad.messages:
         assert expected in message
@@ -437,7 +439,7 @@ def test_bad_input_is_reported_with_parameter_and_value(bad):
 
 def test_every_problem_is_reported_at_once():
     with pytest.raises(InputError) as caught:
-        launch.plan(**component_args(
+        plan_of(**component_args(
             num_workers=0, num_procs_per_worker="two",
             resources_per_worker={"memory": "ten gigs", "gpu": 0.5},
             training_parameters={"lerning_rate": 1}, lora_config={"r": 0}, image="Not An Image",

@@ -18,8 +18,8 @@ from kftune.components.common.artifacts import write_manifest
 from kftune.components.common.demo import write_dataset_artifact
 from kftune.components.common.errors import InputError
 from kftune.components.train_lora.step import inputs
-from kftune.components.train_lora.step.launch import run_training
 from kftune.pipelines import cli
+from support.train_step import run_step
 
 
 @dataclass
@@ -185,7 +185,7 @@ def test_run_training_refuses_every_problem_before_starting_anything(tmp_path: P
     data = data_artifact(tmp_path / "data", [1] * 8, ["neg", "pos"])
     adapter = tmp_path / "out" / "adapter"
     with pytest.raises(InputError) as caught:
-        run_training(
+        run_step(
             model_dir=str(model), model_uri=str(model), data_dir=str(data), data_uri=str(data),
             adapter_dir=str(adapter), adapter_uri=str(adapter), metrics=None,
             task="sequence-classification",

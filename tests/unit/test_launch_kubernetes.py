@@ -16,11 +16,12 @@ from kftune.components.common.errors import InputError
 from kftune.components.train_lora.failures import FailureRecord
 from kftune.components.train_lora.pod import entrypoint
 from kftune.components.train_lora.step import job as job_lib
-from kftune.components.train_lora.step import launch
-from kftune.components.train_lora.step.backends import deleting_on_exit
+from kftune.components.train_lora.step.backends import Target, deleting_on_exit
+from kftune.components.train_lora.step.backends.cluster_training import manifest_of
 from kftune.components.train_lora.step.backends.kubernetes import PyTorchJobBackend
 from kftune.components.train_lora.step.cli import launch_main
 from support.fake_kubernetes import FakeKubernetes
+from support.train_step import plan_of
 
 NAMESPACE = "team-a"
 NAME = "kftune-clm-0123456789ab"
@@ -28,7 +29,7 @@ NAME = "kftune-clm-0123456789ab"
 
 def make_manifest(name=NAME, num_workers=2, output_uri="s3://bucket/run-1/train/adapter",
                   elastic_policy=None, kind="kubernetes"):
-    plan = launch.plan(
+    plan = plan_of(
         task="causal-lm", training_parameters={}, lora_config={}, num_workers=num_workers,
         num_procs_per_worker=1, resources_per_worker={}, backend=kind,
         image="registry.local/kftune/trainer:1",
@@ -36,7 +37,7 @@ def make_manifest(name=NAME, num_workers=2, output_uri="s3://bucket/run-1/train/
     )
     io = job_lib.PodIO("s3://bucket/model", "s3://bucket/data", output_uri)
     job = job_lib.JobRequest(plan.spec, plan.options, io, name=name, namespace=NAMESPACE)
-    return launch.build_job(job, kind)
+    return manifest_of(job, Target(kind))
 
 
 @pytest.fixture

@@ -11,12 +11,10 @@ import pytest
 from kftune.components.common.artifacts import write_manifest
 from kftune.components.common.errors import InputError
 from kftune.components.common.transfer import download_directory, upload_directory
-from kftune.components.train_lora.step.launch import (
-    choose_backend,
-    run_training,
-    whole_numbers_as_ints,
-)
+from kftune.components.train_lora.step.backends import Target, target_of
+from kftune.components.train_lora.step.launch import whole_numbers_as_ints
 from support.fake_kubernetes import FakeKubernetes
+from support.train_step import run_step
 
 NAMESPACE = "team-a"
 
@@ -118,7 +116,7 @@ def test_kubernetes_run_collects_the_adapter_and_metrics(s3, tmp_path, monkeypat
     args = training_args(tmp_path, s3.bucket("pipeline"), backend=backend)
     with FakeKubernetes(serves=serves) as fake:
         fake.on_create = make_controller(tmp_path)
-        result = run_training(**args, api_client=fake.api_client())
+        result = run_step(**args, api_client=fake.api_client())
         (stored,) = [fake.job(NAMESPACE, name) for name in fake.created]
     assert stored["kind"] == kind
 
@@ -138,7 +136,7 @@ def test_kubernetes_failure_fails_the_step_and_publishes_nothing(s3, tmp_path, b
     with FakeKubernetes() as fake:
         fake.on_create = make_controller(tmp_path, outcome="Failed")
         with pytest.raises(RuntimeError, match=rf"failed: {reason}(.|\n)*NCCL timeout"):
-            run_training(**args, api_client=fake.api_client())
+            run_step(**args, api_client=fake.api_client())
     assert not Path(args["adapter_dir"]).exists()
 
 
@@ -148,7 +146,7 @@ def test_bad_input_creates_nothing(tmp_path):
                          lora_config={"r": 0}, backend="kubernetes")
     with FakeKubernetes() as fake:
         with pytest.raises(InputError) as caught:
-            run_training(**args, api_client=fake.api_client())
+            run_step(**args, api_client=fake.api_client())
     assert fake.requests == []
     message = str(caught.value)
     assert "`num_workers` must be >= 1, got 0" in message
@@ -160,39 +158,39 @@ def test_no_trainer_image_creates_nothing(tmp_path):
     args = training_args(tmp_path, "pipeline", image="")
     with FakeKubernetes() as fake:
         with pytest.raises(InputError, match="`image` names no pullable image"):
-            run_training(**args, api_client=fake.api_client())
+            run_step(**args, api_client=fake.api_client())
     assert fake.requests == []
 
 
 def test_kubernetes_backend_needs_remote_artifacts(tmp_path):
     args = training_args(tmp_path, "pipeline", adapter_uri=str(tmp_path / "adapter"))
     with pytest.raises(InputError, match="`adapter` must live in an object store"):
-        run_training(**args, api_client=None)
+        run_step(**args, api_client=None)
 
 
 def test_missing_input_artifacts_are_reported(tmp_path):
     args = training_args(tmp_path, "pipeline", backend="local")
     args["data_dir"] = str(tmp_path / "nowhere")
     with pytest.raises(InputError, match="`train_data` must be a kftune artifact directory"):
-        run_training(**args)
+        run_step(**args)
 
 
 def test_unknown_backend(tmp_path):
     args = training_args(tmp_path, "pipeline", backend="slurm")
     with pytest.raises(InputError,
                        match="`backend` must be one of auto, kubernetes, trainjob, local"):
-        run_training(**args)
+        run_step(**args)
 
 
-@pytest.mark.parametrize("host, expected", [("10.0.0.1", "cluster"), (None, "local")],
+@pytest.mark.parametrize("host, expected", [("10.0.0.1", Target.CLUSTER), (None, Target.LOCAL)],
                          ids=["in a cluster", "elsewhere"])
 def test_auto_backend_is_kubernetes_only_inside_a_cluster(host, expected, monkeypatch):
     if host is None:
         monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
     else:
         monkeypatch.setenv("KUBERNETES_SERVICE_HOST", host)
-    assert choose_backend("auto") == expected
-    assert choose_backend("local") == "local"
+    assert target_of("auto") is expected
+    assert target_of("local") is Target.LOCAL
 
 
 def test_pod_staging_round_trip_through_s3(s3, tmp_path):
@@ -224,7 +222,7 @@ def test_auto_on_a_cluster_serving_neither_kind_creates_nothing(tmp_path, monkey
     args = training_args(tmp_path, "pipeline", backend="auto")
     with FakeKubernetes(serves=()) as fake:
         with pytest.raises(RuntimeError, match="serves neither TrainJob .* nor PyTorchJob"):
-            run_training(**args, api_client=fake.api_client())
+            run_step(**args, api_client=fake.api_client())
     assert fake.created == []
 
 
@@ -235,5 +233,5 @@ def test_auto_refuses_options_the_discovered_kind_lacks(tmp_path, monkeypatch):
     with FakeKubernetes(serves=("trainjobs",)) as fake:
         with pytest.raises(InputError,
                            match="backoff_limit cannot be used with backend 'trainjob'"):
-            run_training(**args, api_client=fake.api_client())
+            run_step(**args, api_client=fake.api_client())
     assert fake.created == []

@@ -14,11 +14,12 @@ import pytest
 import yaml
 from kftune.components.common.errors import InputError
 from kftune.components.train_lora.step import job as job_lib
-from kftune.components.train_lora.step import launch
-from kftune.components.train_lora.step.backends import deleting_on_exit, discovery
+from kftune.components.train_lora.step.backends import Target, deleting_on_exit, discovery
+from kftune.components.train_lora.step.backends.cluster_training import manifest_of
 from kftune.components.train_lora.step.backends.kubernetes import TrainJobBackend
 from support.fake_kubernetes import FakeKubernetes
 from support.structural import CRDS
+from support.train_step import plan_of
 
 NAMESPACE = "team-a"
 NAME = "kftune-clm-0123456789ab"
@@ -26,15 +27,14 @@ NAME = "kftune-clm-0123456789ab"
 
 def make_manifest(name=NAME, num_workers=2, output_uri="s3://bucket/run-1/train/adapter",
                   options=None):
-    plan = launch.plan(
+    plan = plan_of(
         task="causal-lm", training_parameters={}, lora_config={}, num_workers=num_workers,
         num_procs_per_worker=2, resources_per_worker={"cpu": 2}, backend="trainjob",
         image="registry.local/kftune/trainer:1", kubernetes_options=options or {},
     )
     io = job_lib.PodIO("s3://bucket/model", "s3://bucket/data", output_uri)
-    return launch.build_job(
-        job_lib.JobRequest(plan.spec, plan.options, io, name=name, namespace=NAMESPACE), "trainjob"
-    )
+    job = job_lib.JobRequest(plan.spec, plan.options, io, name=name, namespace=NAMESPACE)
+    return manifest_of(job, Target.TRAINJOB)
 
 
 @pytest.fixture
@@ -228,7 +228,7 @@ def test_auto_picks_the_kind_the_cluster_serves(serves, runtimes, runtime, expec
     with FakeKubernetes(serves=serves, runtimes=runtimes) as fake:
         kind = discovery.pick_backend(fake.api_client(), runtime=runtime or "torch-distributed",
                                       runtime_given=runtime is not None)
-    assert kind == expected
+    assert kind is Target(expected)
     assert f"backend auto: {'TrainJob' if expected == 'trainjob' else 'PyTorchJob'}" in caplog.text
 
 

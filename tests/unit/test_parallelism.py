@@ -8,7 +8,7 @@ import pytest
 from kftune.components.common.errors import InputError
 from kftune.components.train_lora import parallelism
 from kftune.components.train_lora.config import validate_training_parameters
-from kftune.components.train_lora.step.launch import plan
+from support.train_step import plan_of as plan
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,9 @@ from kftune.components.train_lora.config import (
     validate_lora_config,
     validate_training_parameters,
 )
-from kftune.components.train_lora.step.launch import plan
 from kftune.components.train_lora.step.spec import DEFAULT_TIMEOUT_MINUTES
 from kftune.pipelines import parameters
+from support.train_step import plan_of as plan
 
 
 @dataclasses.dataclass(frozen=True)

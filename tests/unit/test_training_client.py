@@ -264,7 +264,7 @@ def test_no_cluster_means_the_local_backend(
 
     monkeypatch.setenv("KUBECONFIG", str(tmp_path / "missing"))
     monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
-    assert TrainingClient().backend == "local"
+    assert TrainingClient().backend.target.is_local
     with pytest.raises(InputError, match="no cluster is configured"):
         TrainingClient(backend="kubernetes")
 
@@ -321,21 +321,23 @@ SELECTIONS = [
 
 @pytest.mark.parametrize("case", SELECTIONS, ids=[case[0] for case in SELECTIONS])
 def test_local_logs_are_selected_as_the_references_pods_are(case: Any) -> None:
-    from kftune.pipelines.training_client import NodeLogs, _local_nodes
+    from kftune.components.train_lora.step.backends import NodeSelection
+    from kftune.components.train_lora.step.backends.local_training import NodeLogs, selected_nodes
 
     _, selection, expected = case
     logs = NodeLogs(num_nodes=4)
     for rank in (2, 0, 1):
         logs.add(f"[node-{rank}] hello from {rank}")
 
-    assert logs.text(_local_nodes(*selection)) == {
+    assert logs.text(selected_nodes(NodeSelection(*selection))) == {
         node: f"hello from {node[-1]}\n" if node != "node-3" else "" for node in expected}
 
 
 def test_following_a_local_log_streams_its_lines_until_the_job_ends() -> None:
     import threading
 
-    from kftune.pipelines.training_client import NodeLogs, _local_nodes
+    from kftune.components.train_lora.step.backends import NodeSelection
+    from kftune.components.train_lora.step.backends.local_training import NodeLogs, selected_nodes
 
     logs = NodeLogs()
     received: list[tuple[str, str]] = []
@@ -352,7 +354,7 @@ def test_following_a_local_log_streams_its_lines_until_the_job_ends() -> None:
 
     job = threading.Thread(target=run_job)
     job.start()
-    for node, line in logs.follow(_local_nodes(True, None, None)):
+    for node, line in logs.follow(selected_nodes(NodeSelection())):
         received.append((node, line))
         first_seen.set()
     job.join(timeout=10)

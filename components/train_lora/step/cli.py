@@ -28,6 +28,7 @@ status 2.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import sys
@@ -37,10 +38,23 @@ from typing import Any
 from ...common.errors import InputError, read_json_file
 from ...common.images import TRAINER_IMAGE, unset_image_problems
 from ..config import shown
-from .spec import DEFAULT_TIMEOUT_MINUTES
+from .spec import TrainParameters
 
+# `kftune launch` builds a Kubernetes job: PyTorchJob unless told otherwise, so that `--dry-run`
+# needs no cluster to ask (`auto` asks it which kind it serves).
+LAUNCH_BACKENDS = ("kubernetes", "trainjob", "auto")
+LAUNCH_BACKEND = "kubernetes"
 # `kftune launch` has no local backend (its --backend choices all need a cluster): this is its way.
 NO_CLUSTER_FIX = "train on this machine with `kftune run` (its `local` training backend)"
+# Help beyond the parameters' one-line docs, for the flags that need it.
+FLAG_HELP = {
+    "backend": "kubernetes: a PyTorchJob (Training Operator v1); trainjob: a TrainJob (Kubeflow "
+    "Trainer v2); auto: whichever the cluster serves (TrainJob first)",
+    "num_workers": "pods: Master 1 + Worker n-1",
+    "num_procs_per_worker": "processes per pod, or auto",
+}
+# kubernetes_options has a flag per option instead (--service-account, --env, ...).
+OWN_FLAGS = ("kubernetes_options",)
 
 
 class _UsageError(Exception):
@@ -59,14 +73,9 @@ def _parser() -> argparse.ArgumentParser:
         "run.",
     )
     parser.add_argument("--dry-run", action="store_true", help="print the YAML, create nothing")
-    parser.add_argument("--backend", default="kubernetes",
-                        choices=("kubernetes", "trainjob", "auto"),
-                        help="kubernetes: a PyTorchJob (Training Operator v1); trainjob: a "
-                        "TrainJob (Kubeflow Trainer v2); auto: whichever the cluster serves "
-                        "(TrainJob first)")
+    _add_parameter_flags(parser)
     parser.add_argument("--runtime", default="",
                         help="the TrainJob's ClusterTrainingRuntime; default torch-distributed")
-    parser.add_argument("--task", default="causal-lm", help="causal-lm or sequence-classification")
     parser.add_argument("--model-uri", default="",
                         help="the Model artifact (s3://, gs://, ...); or give --model-source")
     parser.add_argument("--dataset-uri", default="",
@@ -93,16 +102,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--name", "--job-name", dest="job_name", default="",
                         help="job name; default: derived from --output-uri")
     parser.add_argument("--namespace", default="default")
-    parser.add_argument("--num-workers", type=int, default=1, help="pods: Master 1 + Worker n-1")
-    parser.add_argument("--num-procs-per-worker", default="1", help="processes per pod, or auto")
-    parser.add_argument("--resources-per-worker", default="{}",
-                        help='JSON, e.g. \'{"gpu": 2, "cpu": 5, "memory": "10G"}\'')
-    parser.add_argument("--training-parameters", default="{}",
-                        help="JSON TrainingArguments fields (+ kftune keys), or @FILE")
-    parser.add_argument("--lora-config", default="{}", help="JSON LoraConfig fields, or @FILE")
     parser.add_argument("--merge", action="store_true", help="also write merged full weights")
-    parser.add_argument("--image", default=TRAINER_IMAGE)
-    parser.add_argument("--timeout-minutes", type=int, default=DEFAULT_TIMEOUT_MINUTES)
     parser.add_argument("--service-account", default="")
     parser.add_argument("--node-selector", default="{}", help="JSON label -> value")
     parser.add_argument("--tolerations", default="[]", help="JSON list of tolerations")
@@ -119,6 +119,44 @@ def _parser() -> argparse.ArgumentParser:
                         help="PyTorchJob only; default 3600")
     parser.add_argument("--pvc", default="", help="an existing claim to stage inputs on")
     return parser
+
+
+def _flag(field: dataclasses.Field) -> str:
+    return "--" + field.name.replace("_", "-")
+
+
+def _add_parameter_flags(parser: argparse.ArgumentParser) -> None:
+    """A flag per train step parameter (`TrainParameters`), with its default and doc."""
+    for field in dataclasses.fields(TrainParameters):
+        if field.name in OWN_FLAGS:
+            continue
+        help_text = FLAG_HELP.get(field.name, field.metadata["doc"])
+        options: dict[str, Any] = {"default": field.default}
+        if field.type == "dict":
+            options = {"default": "{}", "metavar": "JSON"}
+            help_text += " As JSON, or @FILE."
+        elif field.type == "int":
+            options["type"] = int
+        if field.name == "backend":
+            options.update(default=LAUNCH_BACKEND, choices=LAUNCH_BACKENDS)
+        elif field.name == "image":
+            options["default"] = TRAINER_IMAGE
+        parser.add_argument(_flag(field), **options, help=help_text.replace("%", "%%"))
+
+
+def _parameters(args: argparse.Namespace, options: dict[str, Any],
+                problems: list[str]) -> TrainParameters:
+    """The train step's parameters from the flags; JSON that does not parse is a problem."""
+    values: dict[str, Any] = {"kubernetes_options": options}
+    for field in dataclasses.fields(TrainParameters):
+        if field.name in OWN_FLAGS:
+            continue
+        value = getattr(args, field.name)
+        if field.type == "dict":
+            value = _json(_flag(field), value, problems)
+            value = value if value is not None else {}
+        values[field.name] = value
+    return TrainParameters(**values)
 
 
 def _json(flag: str, text: str, problems: list[str]) -> Any:
@@ -242,48 +280,38 @@ def _pod_inputs(
     return io, artifact_uris
 
 
-def build_from_args(args: argparse.Namespace, api_client: Any = None) -> tuple[dict, str]:
-    """The job manifest for parsed flags, and its kind (`kubernetes` or `trainjob`).
+def build_from_args(args: argparse.Namespace, api_client: Any = None) -> tuple[dict, Any, Any]:
+    """The job manifest for parsed flags, the job, and the backend that creates it.
 
     Raises:
         InputError: listing every bad flag.
     """
     from . import job as job_lib
     from . import launch
+    from .backends.cluster_training import ClusterTraining
 
     problems: list[str] = []
-    resources = _json("--resources-per-worker", args.resources_per_worker, problems)
-    training_parameters = _json("--training-parameters", args.training_parameters, problems)
-    lora_config = _json("--lora-config", args.lora_config, problems)
+    # The order the problems are reported in: the JSON flags first.
+    parameters = _parameters(args, {}, problems)
     options = _options(args, problems)
     io, artifact_uris = _pod_inputs(args, options, problems)
     plan = launch.plan(
-        task=args.task,
-        training_parameters=training_parameters if training_parameters is not None else {},
-        lora_config=lora_config if lora_config is not None else {},
-        num_workers=args.num_workers,
-        num_procs_per_worker=args.num_procs_per_worker,
-        resources_per_worker=resources if resources is not None else {},
-        backend="cluster" if args.backend == "auto" else args.backend,
-        image=args.image,
-        timeout_minutes=args.timeout_minutes,
-        kubernetes_options=options,
+        parameters.replace(kubernetes_options=options),
+        cluster=True,
         merge=args.merge,
         uris=artifact_uris,
         extra_problems=tuple(problems),
     )
-    kind = plan.backend
-    if kind == "cluster":
-        kind = launch.resolve_kind(plan, api_client or launch.default_api_client(NO_CLUSTER_FIX))
+    backend = ClusterTraining(plan.target, api_client, no_cluster_fix=NO_CLUSTER_FIX)
     request = job_lib.request(plan.spec, plan.options, io, namespace=args.namespace)
-    return launch.build_job(request, kind), kind
+    return backend.manifest(request, check_runtime=False), request, backend
 
 
 def launch_main(argv: Sequence[str], api_client: Any = None) -> int:
     """`kftune launch [flags]`; returns the exit status (0 ok, 1 training failed, 2 bad input)."""
     try:
         args = _parser().parse_args(list(argv))
-        manifest, kind = build_from_args(args, api_client)
+        manifest, request, backend = build_from_args(args, api_client)
     except _UsageError as error:
         print(f"kftune launch: error: {error}", file=sys.stderr)
         return 2
@@ -305,16 +333,13 @@ def launch_main(argv: Sequence[str], api_client: Any = None) -> int:
     if unset:  # the pods could not pull their image: create nothing
         print(f"kftune launch: error: {'; '.join(unset)}", file=sys.stderr)
         return 2
-    return _submit(manifest, kind, args.timeout_minutes, api_client)
+    return _submit(backend, request, manifest)
 
 
-def _submit(manifest: dict[str, Any], kind: str, timeout_minutes: int, api_client: Any) -> int:
-    from . import launch
-
+def _submit(backend: Any, request: Any, manifest: dict[str, Any]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     try:
-        client = api_client or launch.default_api_client(NO_CLUSTER_FIX)
-        launch.run_job(manifest, kind, client, timeout_minutes * 60)
+        backend.run(request, manifest)
     except InputError as error:
         print(f"kftune launch: error: {'; '.join(error.problems)}", file=sys.stderr)
         return 2

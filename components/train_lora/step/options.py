@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from .backends.choice import Target
 from .spec import check_env_name
 
 CLEAN_POD_POLICIES = ("None", "Running", "All")
@@ -42,9 +43,9 @@ KUBERNETES_OPTION_KEYS = (
 # TrainJob's pods are patched through `runtimePatches`, whose pod spec has no priorityClassName,
 # and the job itself has no run or elastic policy.
 REFUSED = {
-    "local": frozenset(KUBERNETES_OPTION_KEYS) - {"env", "backoff_limit"},
-    "kubernetes": frozenset({"runtime"}),
-    "trainjob": frozenset(
+    Target.LOCAL: frozenset(KUBERNETES_OPTION_KEYS) - {"env", "backoff_limit"},
+    Target.PYTORCHJOB: frozenset({"runtime"}),
+    Target.TRAINJOB: frozenset(
         {"elastic_policy", "clean_pod_policy", "backoff_limit", "ttl_seconds_after_finished",
          "priority_class"}
     ),
@@ -161,21 +162,21 @@ class KubernetesOptions:
     given: frozenset[str] = frozenset()
     """The keys the user set (to refuse those a backend cannot honour)."""
 
-    def refused_by(self, backend: str) -> list[str]:
-        """The problems of giving these options to `backend` (`local`, `kubernetes`, ...)."""
-        refused = sorted(self.given & REFUSED.get(backend, frozenset()))
+    def refused_by(self, target: Target) -> list[str]:
+        """The problems of giving these options to `target` (none yet for `CLUSTER`)."""
+        refused = sorted(self.given & REFUSED.get(target, frozenset()))
         if not refused:
             return []
         what = {
-            "local": "the local backend runs torchrun on this host (only `env` and "
+            Target.LOCAL: "the local backend runs torchrun on this host (only `env` and "
             "`backoff_limit` apply there); remove them or use a Kubernetes backend",
-            "kubernetes": "they apply to backend 'trainjob' only",
-            "trainjob": "a TrainJob has no such setting (elastic and run policies, priority "
+            Target.PYTORCHJOB: "they apply to backend 'trainjob' only",
+            Target.TRAINJOB: "a TrainJob has no such setting (elastic and run policies, priority "
             "class: use backend 'kubernetes', a PyTorchJob, or set them in the runtime)",
-        }[backend]
+        }[target]
         return [
             f"`kubernetes_options` {', '.join(refused)} cannot be used with backend "
-            f"{backend!r}: {what}"
+            f"{target.value!r}: {what}"
         ]
 
 

@@ -17,7 +17,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
-from ...common.errors import Problems
+from ...common.errors import InputError, Problems
 from ...common.images import TRAINER_IMAGE
 from ...common.tasks import check_task
 from ..config import TrainConfig, validate_lora_config, validate_training_parameters
@@ -27,7 +27,6 @@ RESOURCE_KEYS = ("gpu", "cpu", "memory", "ephemeral-storage", "gpu_memory")
 # Read by the fit estimate (fit.py), not requested from Kubernetes: one GPU's memory.
 NOT_REQUESTED = ("gpu_memory",)
 GPU_RESOURCE = "nvidia.com/gpu"
-DEFAULT_TIMEOUT_MINUTES = 1440
 
 _ENV_NAME = re.compile(r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
 # Name parts that mark a credential: such a value belongs in a Secret (`secret_env`), not in the
@@ -51,6 +50,86 @@ _IMAGE_REFERENCE = re.compile(
     r"(?::[\w][\w.-]{0,127})?"
     r"(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$"
 )
+
+
+TRAIN_STEP = "train_lora"
+
+
+def _parameter(default: Any, doc: str, *, secret: bool = False,
+               steps: tuple[str, ...] = (TRAIN_STEP,), pipeline_name: str = "") -> Any:
+    """One parameter of the train step: its default, one-line doc and where else it goes."""
+    factory = {"default_factory": lambda: type(default)(default)} if isinstance(
+        default, (dict, list)) else {"default": default}
+    return dataclasses.field(**factory, metadata={  # type: ignore[call-overload]
+        "doc": doc, "secret": secret, "steps": steps, "pipeline_name": pipeline_name})
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainParameters:
+    """The train step's parameters as a user gives them: the one definition of each.
+
+    Each field is one parameter of the train_lora component (in its order, with its type and
+    default), of the pipeline (`pipeline_name` where it differs) and of `kftune launch` (a flag
+    each); its metadata holds the one-line doc, whether it may hold a secret (none may: credentials
+    go in Secrets) and which steps take it. The component's literal signature (KFP embeds its
+    source) and the pipeline's are held equal to it by tests/unit/test_train_parameters.py.
+    The values are checked by `launch.plan`, which turns them into a `TrainingSpec`.
+    """
+
+    task: str = _parameter("causal-lm", "`causal-lm` or `sequence-classification`.",
+                           steps=(TRAIN_STEP, "download_model", "evaluate"))
+    training_parameters: dict = _parameter(
+        {}, "`transformers.TrainingArguments` fields and kftune extras.")
+    lora_config: dict = _parameter({}, "`peft.LoraConfig` fields.")
+    num_workers: int = _parameter(1, "Pods (PyTorchJob Master 1 + Worker n-1, or TrainJob "
+                                  "nodes), or local \"nodes\".")
+    num_procs_per_worker: str = _parameter(
+        "1", "Processes per pod (torchrun `--nproc-per-node`): a number or `auto`.")
+    resources_per_worker: dict = _parameter(
+        {}, 'Requests = limits per pod, e.g. `{"gpu": 2, "cpu": 5, "memory": "10G"}`.')
+    backend: str = _parameter("auto", "`kubernetes` (PyTorchJob), `trainjob` (TrainJob), "
+                              "`local` (torchrun on this host) or `auto`.")
+    image: str = _parameter("", "Trainer image of the pods; empty for kftune's.",
+                            pipeline_name="trainer_image")
+    timeout_minutes: int = _parameter(
+        1440, "Fail the step (and delete the job) when training takes longer.")
+    kubernetes_options: dict = _parameter(
+        {}, "Everything else about the training job (namespace, service_account, env, ...).")
+
+    @classmethod
+    def of(cls, values: Mapping[str, Any]) -> TrainParameters:
+        """The parameters among `values` (a component's `locals()`); a None dict is empty."""
+        fields = {field.name: field for field in dataclasses.fields(cls)}
+        return cls(**{name: ({} if value is None and fields[name].type == "dict" else value)
+                      for name, value in values.items() if name in fields})
+
+    @classmethod
+    def from_pipeline(cls, arguments: Mapping[str, Any]) -> TrainParameters:
+        """The train step's parameters among the pipeline's `arguments`."""
+        return cls(**{field.name: arguments[pipeline_name(field)]
+                      for field in dataclasses.fields(cls)})
+
+    def as_pipeline_call(self) -> dict[str, Any]:
+        """Keyword arguments of the component (by their names), as a pipeline passes them."""
+        return {field.name: getattr(self, field.name) for field in dataclasses.fields(self)}
+
+    def replace(self, **changes: Any) -> TrainParameters:
+        """A copy with `changes`."""
+        return dataclasses.replace(self, **changes)
+
+
+def pipeline_name(field: dataclasses.Field) -> str:
+    """The pipeline parameter that feeds the train step's parameter `field`."""
+    return field.metadata["pipeline_name"] or field.name
+
+
+def train_arguments(pipeline_arguments: Mapping[str, Any]) -> dict[str, Any]:
+    """The train step's keyword arguments from the pipeline's (KFP channels while it is built)."""
+    return {field.name: pipeline_arguments[pipeline_name(field)]
+            for field in dataclasses.fields(TrainParameters)}
+
+
+DEFAULT_TIMEOUT_MINUTES: int = TrainParameters.timeout_minutes
 
 
 @dataclasses.dataclass(frozen=True)
@@ -282,35 +361,36 @@ def _check_trainer_input(training_parameters: Any, lora_config: Any, task: Any) 
 
 
 def from_parameters(
-    *,
-    task: str,
-    training_parameters: Mapping[str, Any],
-    lora_config: Mapping[str, Any],
-    num_workers: int,
-    num_procs_per_worker: Any,
-    resources_per_worker: Any,
-    image: str = "",
-    timeout_minutes: int = DEFAULT_TIMEOUT_MINUTES,
-    env: Any = None,
-    merge: bool = False,
+    parameters: TrainParameters, *, env: Any = None, merge: bool = False
 ) -> tuple[TrainingSpec | None, list[str]]:
-    """The `TrainingSpec` of the component's parameters, or None and every problem found."""
+    """The `TrainingSpec` of the step's parameters, or None and every problem found.
+
+    `env` is `kubernetes_options.env` (plain environment of every node); `merge` also writes
+    merged full weights (`kftune launch --merge`).
+    """
+    resources_per_worker = parameters.resources_per_worker
     resources, problems = parse_resources(
         {} if resources_per_worker is None else resources_per_worker
     )
     try:
         spec = TrainingSpec(
-            task=task,
-            training_parameters=training_parameters if training_parameters is not None else {},
-            lora_config=lora_config if lora_config is not None else {},
-            num_workers=num_workers,
-            num_procs_per_worker=parse_num_procs(num_procs_per_worker),
+            task=parameters.task,
+            training_parameters=_or_empty(parameters.training_parameters),
+            lora_config=_or_empty(parameters.lora_config),
+            num_workers=parameters.num_workers,
+            num_procs_per_worker=parse_num_procs(parameters.num_procs_per_worker),
             resources=resources,
-            image=image or TRAINER_IMAGE,
-            timeout_minutes=timeout_minutes,
+            image=parameters.image or TRAINER_IMAGE,
+            timeout_minutes=parameters.timeout_minutes,
             merge=merge,
             env=dict(env) if isinstance(env, Mapping) else ({} if env is None else env),
         )
+    except InputError as error:
+        return None, problems + list(error.problems)
     except ValueError as error:
-        return None, problems + list(getattr(error, "problems", [str(error)]))
+        return None, problems + [str(error)]
     return (spec if not problems else None), problems
+
+
+def _or_empty(value: Any) -> Any:
+    return value if value is not None else {}

@@ -1,13 +1,31 @@
-"""The interface the training backends share, and the cancel/timeout handling around it."""
+"""The interfaces the training backends share, and the cancel/timeout handling around them.
+
+`TrainingBackend` is the one object per place training runs (this host, a PyTorchJob, a
+TrainJob), resolved once by `backends.resolve`: it runs the train step, submits jobs, follows
+them, reads their logs and status, and deletes them. `Backend` is one job in flight, as the
+training backends drive it.
+"""
 
 from __future__ import annotations
 
 import abc
 import contextlib
+import dataclasses
+import json
 import logging
+import shutil
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ....common.artifacts import atomic_directory
+from .choice import Target
+
+if TYPE_CHECKING:
+    from ..job import JobRequest
+    from ..launch import Plan
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +53,93 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def delete(self) -> None:
         """Stops the job and removes what it created; a no-op when it is already gone."""
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFiles:
+    """The train step's artifacts: local directories and their URIs in the artifact store."""
+
+    model_dir: str
+    """The base Model artifact's directory."""
+    model_uri: str
+    """Its URI (what the pods download)."""
+    data_dir: str
+    """The Dataset artifact's directory."""
+    data_uri: str
+    """Its URI."""
+    adapter_dir: str
+    """The output Model artifact's directory (the adapter)."""
+    adapter_uri: str
+    """Its URI (node rank 0 uploads there; it names the job)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeSelection:
+    """Which nodes' logs to read: node 0 (the Master), or by replica type and index."""
+
+    is_master: bool = True
+    """Node 0 only."""
+    replica_type: str | None = None
+    """`Master` or `Worker`."""
+    replica_index: int | None = None
+    """The replica's index among its type."""
+
+
+class TrainingBackend(abc.ABC):
+    """Where training runs: one object per backend, resolved once (`backends.resolve`)."""
+
+    target: Target
+    """The place, as the `backend` parameter names it."""
+
+    @abc.abstractmethod
+    def run_step(self, plan: Plan, files: StepFiles) -> dict[str, Any]:
+        """Trains the train step's adapter into `files.adapter_dir`; returns its metrics.
+
+        Raises:
+            InputError: what this backend finds wrong before anything starts.
+            RuntimeError: when training fails.
+            TimeoutError: when it runs past the plan's timeout.
+        """
+
+    @abc.abstractmethod
+    def submit(self, job: JobRequest, plan: Plan) -> str:
+        """Starts `job` (a local job runs to its end) and returns its name.
+
+        Raises:
+            InputError: what this backend finds wrong before anything starts.
+            RuntimeError: when the job cannot be created, or a local job fails.
+        """
+
+    @abc.abstractmethod
+    def status(self, name: str, namespace: str) -> dict[str, Any]:
+        """The job as a dict with `status.conditions`.
+
+        Raises:
+            RuntimeError: when there is no such job.
+        """
+
+    @abc.abstractmethod
+    def logs(self, name: str, namespace: str, nodes: NodeSelection,
+             follow: Callable[[str], None] | None = None) -> dict[str, str]:
+        """`{pod or node: its log}` of the selected nodes.
+
+        With `follow`, the logs' text is also given to it as it comes, until the job ends.
+
+        Raises:
+            RuntimeError: when there is no such job.
+        """
+
+    @abc.abstractmethod
+    def delete(self, name: str, namespace: str, delete_options: Any = None) -> None:
+        """Deletes the job.
+
+        Raises:
+            RuntimeError: when the cluster refuses.
+        """
+
+    @abc.abstractmethod
+    def adapter_uri(self, name: str, namespace: str) -> str:
+        """Where the job's adapter is (or goes)."""
 
 
 class Cancelled(BaseException):
@@ -86,3 +191,26 @@ def _delete_quietly(backend: Backend) -> None:
         backend.delete()
     except Exception:  # the original error matters more than a failed cleanup
         logger.exception("could not delete the training job")
+
+
+def run_to_the_end(job: Backend, timeout_seconds: float) -> None:
+    """Submits `job` and waits for its end; SIGTERM, Ctrl-C or an unexpected error delete it."""
+    with deleting_on_exit(job):
+        job.submit()
+        job.wait(timeout_seconds=timeout_seconds)
+
+
+def publish_adapter(final_dir: Path, adapter_dir: Path) -> dict[str, Any]:
+    """Copies the trainer's `final/` into `adapter_dir` atomically; returns its metrics.
+
+    Raises:
+        RuntimeError: when training reported success but left no adapter.
+    """
+    if not (final_dir / "adapter_config.json").is_file():
+        raise RuntimeError(
+            f"training finished but {final_dir} holds no adapter (adapter_config.json missing)"
+        )
+    with atomic_directory(adapter_dir) as staging:
+        shutil.copytree(final_dir, staging, dirs_exist_ok=True)
+    metrics = adapter_dir / "metrics.json"
+    return json.loads(metrics.read_text()) if metrics.is_file() else {}

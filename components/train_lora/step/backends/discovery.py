@@ -18,6 +18,7 @@ from ....common.errors import InputError
 from .. import job as job_lib
 from .. import trainjob
 from ..options import DEFAULT_RUNTIME
+from .choice import Target
 
 logger = logging.getLogger(__name__)
 
@@ -63,8 +64,8 @@ def check_runtime(api_client: Any, runtime: str) -> None:
 
 
 def pick_backend(api_client: Any, *, runtime: str = DEFAULT_RUNTIME,
-                 runtime_given: bool = False) -> str:
-    """`trainjob` or `kubernetes` (PyTorchJob), from what the cluster serves.
+                 runtime_given: bool = False) -> Target:
+    """`TRAINJOB` or `PYTORCHJOB`, from what the cluster serves.
 
     Raises:
         RuntimeError: when the cluster serves neither kind.
@@ -86,14 +87,14 @@ def pick_backend(api_client: Any, *, runtime: str = DEFAULT_RUNTIME,
                 " and kubeflow.org/v1 PyTorchJob; TrainJob is preferred" if v1 else "",
                 f", with ClusterTrainingRuntime {runtime}" if names is not None else "",
             )
-            return "trainjob"
+            return Target.TRAINJOB
         if runtime_given or not v1:
             raise _unknown_runtime(runtime, names)
         logger.info(
             "backend auto: PyTorchJob (the cluster serves TrainJob too, but has no "
             "ClusterTrainingRuntime %r; it has %s)", runtime, ", ".join(names) or "none",
         )
-        return "kubernetes"
+        return Target.PYTORCHJOB
     if runtime_given:
         raise InputError([
             f"`kubernetes_options.runtime` {runtime!r} needs a TrainJob, which this cluster does "
@@ -101,4 +102,4 @@ def pick_backend(api_client: Any, *, runtime: str = DEFAULT_RUNTIME,
         ])
     logger.info("backend auto: PyTorchJob (the cluster serves kubeflow.org/v1 PyTorchJob, "
                 "not trainer.kubeflow.org/v1alpha1 TrainJob)")
-    return "kubernetes"
+    return Target.PYTORCHJOB
