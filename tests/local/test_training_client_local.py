@@ -84,8 +84,10 @@ def test_the_reference_call_trains_locally_and_returns_a_loadable_adapter(
         condition["type"] for condition in job["status"]["conditions"]}
     adapter = Path(training.get_adapter_uri("fine-tune-minilm"))
     assert adapter == (tmp_path / "runs" / "fine-tune-minilm" / "adapter").resolve()
-    base = transformers.AutoModelForSequenceClassification.from_pretrained(
-        tmp_path / "runs" / "fine-tune-minilm" / "inputs" / "model", num_labels=3)
+    # Staged under a key of what made the inputs (`stage_inputs`).
+    (staged_model,) = (tmp_path / "runs" / "fine-tune-minilm" / "inputs").glob("*/model")
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(staged_model,
+                                                                           num_labels=3)
     tuned = PeftModel.from_pretrained(base, adapter)
     assert tuned.peft_config["default"].r == 8
     assert tuned.peft_config["default"].lora_dropout == 0.1
