@@ -16,8 +16,8 @@ import pytest
 from kftune.components.common import demo
 from kftune.components.evaluate.evaluation import run_evaluation
 from kftune.components.train_lora.step.backends.local import free_port
-from kftune.components.train_lora.step.launch import run_training
 from kftune.pipelines.lora_finetune import DEMO_LORA_CONFIG, DEMO_TRAINING_PARAMETERS
+from support.train_step import run_step
 
 pytestmark = pytest.mark.local
 mlflow = pytest.importorskip("mlflow", reason="pip install 'kftune[test]' (mlflow's server)")
@@ -66,7 +66,7 @@ def artifacts(tmp_path_factory):
 
 def train(artifacts, adapter: Path) -> dict:
     model, data, _ = artifacts
-    return run_training(
+    return run_step(
         model_dir=str(model), model_uri=str(model), data_dir=str(data), data_uri=str(data),
         adapter_dir=str(adapter), adapter_uri=str(adapter), metrics=None,
         task="sequence-classification", training_parameters=PARAMETERS,

@@ -17,13 +17,15 @@ from kftune.components.train_lora.pod.progress import (
     STATUS_URL_ENV,
 )
 from kftune.components.train_lora.step import job as job_lib
-from kftune.components.train_lora.step import launch
+from kftune.components.train_lora.step.backends import Target
+from kftune.components.train_lora.step.backends.cluster_training import manifest_of
 from kftune.components.train_lora.step.backends.kubernetes import TrainJobBackend
 from kftune.components.train_lora.step.backends.local import free_port
 from kftune.components.train_lora.step.spec import TrainingSpec
 from kftune.components.train_lora.step.trainjob import trainjob_env
 from support.fake_kubernetes import FakeKubernetes
 from support.torchrun_env import clean_env
+from support.train_step import plan_of
 
 pytestmark = pytest.mark.local
 
@@ -33,13 +35,13 @@ STEPS = 8
 
 
 def trainjob_manifest() -> dict:
-    plan = launch.plan(task="causal-lm", training_parameters={}, lora_config={}, num_workers=1,
-                       num_procs_per_worker=1, resources_per_worker={"cpu": 1},
-                       backend="trainjob", image="registry.local/kftune/trainer:1")
+    plan = plan_of(task="causal-lm", training_parameters={}, lora_config={}, num_workers=1,
+                   num_procs_per_worker=1, resources_per_worker={"cpu": 1},
+                   backend="trainjob", image="registry.local/kftune/trainer:1")
     io = job_lib.PodIO("s3://bucket/model", "s3://bucket/data", "s3://bucket/run/adapter")
-    return launch.build_job(
+    return manifest_of(
         job_lib.JobRequest(plan.spec, plan.options, io, name=NAME, namespace=NAMESPACE),
-        "trainjob")
+        Target.TRAINJOB)
 
 
 def trainer_config(tmp_path):
