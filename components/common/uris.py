@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from . import retry
-from .errors import InputError
+from .errors import DiskFullError, InputError, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -564,8 +564,8 @@ def describe_failure(
 
     Returns:
         InputError for a missing object/bucket/repository or refused credentials, TimeoutError for
-        a timeout, ConnectionError for an unreachable endpoint, else a RuntimeError. Messages hold
-        no secrets.
+        a timeout, ConnectionError for an unreachable endpoint, DiskFullError when the local disk
+        filled, else a RuntimeError. Messages hold no secrets.
     """
     shown = location.display
     where = _endpoint_hint(location)
@@ -612,6 +612,12 @@ def describe_failure(
             f"`{parameter}` {shown!r}: the transfer{where} kept failing after "
             f"{retry.attempts()} attempt(s) ({type(error).__name__}); check the endpoint and the "
             f"network, or raise {retry.RETRIES_ENV}"
+        )
+    if is_disk_full(error):
+        # Not the source's fault, and no retry helps: the local disk it is copied to is full.
+        return DiskFullError(
+            f"No space left on device while copying `{parameter}` {shown!r} to local disk; free "
+            "space there or give it more room (a larger volume or emptyDir)"
         )
     return RuntimeError(
         f"`{parameter}` {shown!r}: transfer failed{where}: {type(error).__name__}: "

@@ -399,6 +399,36 @@ def test_an_enospc_from_the_writer_says_disk_full(tmp_path: Path,
     _assert_disk_full(caught.value, tmp_path / "output")
 
 
+def test_staging_onto_a_full_disk_says_disk_full_and_is_permanent(
+        tmp_path: Path, s3: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pod's inputs copied from the artifact store onto a node-local disk too small for them."""
+    from kftune.components.train_lora import failures
+    from kftune.components.train_lora.pod import entrypoint
+
+    bucket = s3.bucket("full-disk")
+    s3.put(bucket, "model/manifest.json", json.dumps({"kind": "model"}))
+    s3.put(bucket, "model/model.safetensors", b"\0" * 600_000)
+    with small_filesystem(tmp_path / "small") as small:
+        with pytest.raises(DiskFullError) as caught:
+            entrypoint.stage_inputs(f"s3://{bucket}/model", f"s3://{bucket}/data", small / "in",
+                                    wait_for_other_node=False)
+        assert str(caught.value).startswith(
+            f"[Errno 28] No space left on device while copying `model` 's3://{bucket}/model' to "
+            "local disk; free space there")
+        assert not retry.is_transient(caught.value)
+        assert list((small / "in").iterdir()) == []  # the partial staging is removed
+        # The pod's failure record says it is for good: a restarted container would fail again.
+        record = tmp_path / "termination-log"
+        monkeypatch.setenv(failures.TERMINATION_MESSAGE_ENV, str(record))
+        with pytest.raises(DiskFullError):
+            entrypoint.main(["--task", "causal-lm", "--model-uri", f"s3://{bucket}/model",
+                             "--data-uri", f"s3://{bucket}/data", "--output-uri",
+                             str(tmp_path / "out"), "--work-dir", str(small / "work")])
+        written = failures.FailureRecord.from_message(record.read_text())
+        assert written is not None and written.bad_input
+        assert "No space left on device" in written.cause
+
+
 @pytest.mark.parametrize(("error", "full"), [
     (OSError(errno.ENOSPC, "No space left on device"), True),
     (OSError(errno.EDQUOT, "Disk quota exceeded"), True),

@@ -54,6 +54,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from ...common.errors import is_disk_full
 from ...common.transfer import download_directory, upload_directory
 from ..config import TrainConfig, trainer_command
 from ..failures import (
@@ -301,8 +302,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _pod(argv)
     except Exception as error:
         line = (str(error).splitlines() or [""])[0]
+        # Bad input and a full disk are for good: a restarted container would fail the same way.
+        permanent = isinstance(error, ValueError) or is_disk_full(error)
         write_failure_record(FailureRecord(f"the pod entrypoint: {type(error).__name__}: {line}",
-                                           _node_rank(), isinstance(error, ValueError)))
+                                           _node_rank(), permanent))
         raise
 
 
