@@ -61,6 +61,8 @@ class RunSummary:
     kftune_version: str = __version__
     merged_model_dir: Path | None = None
     """The merged model (export_model's output) when the run had `merge` on."""
+    benchmark_report: Path | None = None
+    """The benchmark step's Markdown report (lm-evaluation-harness) when `benchmark_tasks` ran."""
     would_register: list[dict[str, Any]] | None = None
     """What register_model records for these artifacts: name, version, URI, format, metadata."""
     would_deploy: dict[str, Any] | None = None
@@ -72,7 +74,8 @@ class RunSummary:
         """From the dict `summary.json` holds."""
         fields = {field.name for field in dataclasses.fields(cls)}
         values = {key: value for key, value in summary.items() if key in fields}
-        for key in ("output_dir", "adapter_dir", "report", "merged_model_dir"):
+        for key in ("output_dir", "adapter_dir", "report", "merged_model_dir",
+                    "benchmark_report"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         return cls(**values)

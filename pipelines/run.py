@@ -105,6 +105,8 @@ def format_table(summary: dict[str, Any]) -> str:
     if summary.get("training_report"):  # HTML pages, as the KFP UI shows them
         lines.append(f"curves     : {summary['training_report']}")
         lines.append(f"comparison : {summary['evaluation_report']}")
+    if summary.get("benchmark_report"):
+        lines.append(f"benchmark  : {summary['benchmark_report']}")
     if summary.get("merged_model_dir"):
         lines.append(f"merged     : {summary['merged_model_dir']}")
     # With `register` on the run registered these; else it shows what a run with it would.
@@ -175,6 +177,12 @@ def base_model_dir(artifacts: Path) -> Path | None:
     """download_model's output under a kfp.local run's artifacts."""
     found = sorted(artifacts.glob("*/download-model/model/manifest.json"))
     return found[-1].parent if found else None
+
+
+def benchmark_report(artifacts: Path) -> Path | None:
+    """The benchmark step's Markdown report under a kfp.local run's artifacts (if it ran)."""
+    found = sorted(path for path in artifacts.glob("*/benchmark*/report") if path.is_file())
+    return found[-1] if found else None
 
 
 def merged_model_dir(artifacts: Path) -> Path | None:
@@ -586,6 +594,7 @@ def _summary(arguments: dict[str, Any], outputs: Any, output_dir: Path,
              wall: float) -> dict[str, Any]:
     metrics, adapter = dict(outputs["metrics"].metadata), Path(outputs["adapter"].path)
     merged = merged_model_dir(output_dir / "artifacts")
+    benchmark = benchmark_report(output_dir / "artifacts")
     return {
         "kftune_version": __version__,
         "output_dir": str(output_dir),
@@ -594,6 +603,7 @@ def _summary(arguments: dict[str, Any], outputs: Any, output_dir: Path,
         **{name: str(Path(outputs[name].path)) if name in outputs else None
            for name in ("training_report", "evaluation_report")},
         "merged_model_dir": str(merged) if merged else None,
+        "benchmark_report": str(benchmark) if benchmark else None,
         "would_register": registration_preview(arguments, metrics, adapter, merged,
                                                output_dir.name),
         "would_deploy": deployment_preview(arguments, adapter, merged,

@@ -127,8 +127,7 @@ def test_kftune_run_with_a_local_benchmark_task(tmp_path: Path) -> None:
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
     )
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
-    (report,) = [path for path in (output_dir / "artifacts").rglob("*")
-                 if path.is_file() and "benchmark" in str(path.relative_to(output_dir))
-                 and "report" in path.name]
-    text = report.read_text()
+    summary = json.loads((output_dir / "summary.json").read_text())
+    assert f"benchmark  : {summary['benchmark_report']}" in completed.stdout
+    text = Path(summary["benchmark_report"]).read_text()
     assert f"| {TASK_NAME} | acc |" in text and "at most 9 examples per task" in text
