@@ -19,7 +19,7 @@ from kfp import dsl, kubernetes
 from kfp.dsl import HTML, Markdown, Metrics, Model
 
 from ..components.benchmark.component import benchmark
-from ..components.common import demo
+from ..components.common import demo, retry
 from ..components.deploy_model.component import deploy_model
 from ..components.download_dataset.component import download_dataset
 from ..components.download_model.component import download_model
@@ -62,11 +62,9 @@ DEMO_LORA_CONFIG: dict[str, Any] = {
     "modules_to_save": ["classifier"],
 }
 
-# Download retries on the cluster: transient storage or Hub errors. Backoff 30 s, 60 s, 120 s.
-DOWNLOAD_RETRIES = 3
-DOWNLOAD_BACKOFF = "30s"
-DOWNLOAD_BACKOFF_FACTOR = 2.0
-DOWNLOAD_BACKOFF_MAX = "600s"
+# Download retries on the cluster: transient storage or Hub errors (common/retry.py's policy:
+# 3 retries, backoff 30 s, 60 s, 120 s).
+DOWNLOAD_RETRIES = retry.DEFAULTS.task_retries
 # Where `pvc://<claim>/path` URIs resolve (kftune.components.common.uris: $KFTUNE_PVC_ROOT).
 PVC_ROOT = "/mnt/pvc"
 # The Secret keys the download steps read, mapped to the environment variables they become.
@@ -399,12 +397,7 @@ def _add_downloads(arguments: Mapping[str, Any], download_retries: int) -> tuple
         # hit mean "the same bytes".
         download.set_caching_options(True)
         if download_retries:
-            download.set_retry(
-                num_retries=download_retries,
-                backoff_duration=DOWNLOAD_BACKOFF,
-                backoff_factor=DOWNLOAD_BACKOFF_FACTOR,
-                backoff_max_duration=DOWNLOAD_BACKOFF_MAX,
-            )
+            download.set_retry(**{**retry.DEFAULTS.kfp_retry(), "num_retries": download_retries})
         kubernetes.use_secret_as_env(
             download,
             secret_name=arguments["hf_token_secret"],

@@ -1,11 +1,14 @@
-"""Bounded retries with exponential backoff for transient network errors.
+"""kftune's one retry policy (`RetryPolicy`), and bounded retries with exponential backoff.
 
-Object stores and the Hub fail now and then for reasons that go away on their own (a reset
-connection, a 503, a slow response). Those are retried a bounded number of times; anything else
-(a missing object, wrong credentials) fails at once. The knobs come from the environment so a
-pipeline run can tune them without new component parameters:
+Object stores, the Hub and the Kubernetes API fail now and then for reasons that go away on their
+own (a reset connection, a 503, a slow response). Those are retried a bounded number of times;
+anything else (a missing object, wrong credentials) fails at once. Failed training is started
+again a bounded number of times too (local restarts, torchrun's elastic restarts), and KFP retries
+the download steps of a cluster run. `RetryPolicy` holds every one of those numbers; `policy()`
+reads the environment's knobs into it, so a pipeline run can tune them without new parameters:
 
-- `KFTUNE_RETRIES`: attempts in total, default 4.
+- `KFTUNE_RETRIES`: attempts in total of one call, default 4 (6 for the Kubernetes API calls
+  that follow a running job, unless it is set).
 - `KFTUNE_RETRY_DELAY_SECONDS`: the first backoff delay, doubled per attempt (capped at 30 s),
   default 1.0; 0 retries at once the first time, then waits 0.1 s, 0.2 s, ...
 - `KFTUNE_TIMEOUT_SECONDS`: connect/read timeout of one request, default 60.
@@ -14,6 +17,7 @@ pipeline run can tune them without new component parameters:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import os
 import socket
@@ -60,19 +64,80 @@ def _env_number(name: str, default: float, minimum: float) -> float:
     return value
 
 
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How often, and how patiently, kftune tries again: every retried thing's numbers."""
+
+    attempts: int = 4
+    """Tries in total of one transient-prone call (a download, a registry call)."""
+    first_delay: float = 1.0
+    """Seconds before the first retry; doubled per retry."""
+    max_delay: float = MAX_DELAY_SECONDS
+    """Longest wait between tries."""
+    timeout_seconds: float = 60.0
+    """Connect/read timeout of one request."""
+    api_attempts: int = 6
+    """Tries of one Kubernetes API call while a training job runs (a job outlives short API
+    outages, so more than `attempts`)."""
+    local_restarts: int = 2
+    """How often a failed local training job starts again (`backoff_limit` unset)."""
+    elastic_restarts: int = 3
+    """How often torchrun restarts an elastic job's workers (`elastic_policy.max_restarts`)."""
+    task_retries: int = 3
+    """KFP retries of a cluster run's download steps (transient storage or Hub errors)."""
+    task_backoff_seconds: int = 30
+    """KFP's first wait before a step's retry."""
+    task_backoff_factor: float = 2.0
+    """KFP's growth of that wait per retry."""
+    task_backoff_max_seconds: int = 600
+    """KFP's longest wait before a retry."""
+
+    def backoff(self, first: float | None = None) -> Backoff:
+        """The delays between tries: from `first` (default `first_delay`) up to `max_delay`."""
+        return Backoff(self.first_delay if first is None else first, self.max_delay)
+
+    def kfp_retry(self) -> dict[str, object]:
+        """Keyword arguments of a KFP task's `set_retry` for the download steps."""
+        return {"num_retries": self.task_retries,
+                "backoff_duration": f"{self.task_backoff_seconds}s",
+                "backoff_factor": self.task_backoff_factor,
+                "backoff_max_duration": f"{self.task_backoff_max_seconds}s"}
+
+
+DEFAULTS = RetryPolicy()
+"""The policy without environment knobs (what compiled pipelines and option defaults use)."""
+
+
+def policy() -> RetryPolicy:
+    """The policy with the environment's knobs (`KFTUNE_RETRIES`, ...), read now.
+
+    Raises:
+        ValueError: when a knob is not a number or is out of range.
+    """
+    retries = os.environ.get(RETRIES_ENV, "")
+    attempts = int(_env_number(RETRIES_ENV, DEFAULTS.attempts, 1))
+    return dataclasses.replace(
+        DEFAULTS,
+        attempts=attempts,
+        first_delay=_env_number(RETRY_DELAY_ENV, DEFAULTS.first_delay, 0),
+        timeout_seconds=_env_number(TIMEOUT_ENV, DEFAULTS.timeout_seconds, 0.01),
+        api_attempts=attempts if retries else DEFAULTS.api_attempts,
+    )
+
+
 def attempts() -> int:
     """Attempts in total for one transient-prone operation (`KFTUNE_RETRIES`, default 4)."""
-    return int(_env_number(RETRIES_ENV, 4, 1))
+    return policy().attempts
 
 
 def first_delay() -> float:
     """Seconds before the first retry (`KFTUNE_RETRY_DELAY_SECONDS`, default 1.0)."""
-    return _env_number(RETRY_DELAY_ENV, 1.0, 0)
+    return policy().first_delay
 
 
 def timeout_seconds() -> float:
     """Connect/read timeout of one request in seconds (`KFTUNE_TIMEOUT_SECONDS`, default 60)."""
-    return _env_number(TIMEOUT_ENV, 60.0, 0.01)
+    return policy().timeout_seconds
 
 
 def is_timeout(error: BaseException) -> bool:
@@ -218,8 +283,8 @@ def call_with_retries(
         operation: the call to make; it must be safe to repeat.
         what: a short description for the log ("download s3://bucket/key"); no secrets.
         retry_if: which errors to retry.
-        total_attempts: tries in all; default `KFTUNE_RETRIES` (4).
-        backoff: the delays between tries; default from `KFTUNE_RETRY_DELAY_SECONDS`.
+        total_attempts: tries in all; default the policy's (`KFTUNE_RETRIES`, 4).
+        backoff: the delays between tries; default the policy's (`KFTUNE_RETRY_DELAY_SECONDS`).
 
     Returns:
         What `operation` returned.
@@ -227,8 +292,9 @@ def call_with_retries(
     Raises:
         Exception: the last error, when it is not transient or the attempts are used up.
     """
-    total = total_attempts if total_attempts is not None else attempts()
-    delays = backoff if backoff is not None else Backoff(first_delay())
+    current = policy()
+    total = total_attempts if total_attempts is not None else current.attempts
+    delays = backoff if backoff is not None else current.backoff()
     for attempt in range(1, total + 1):
         try:
             return operation()

@@ -345,6 +345,21 @@ def test_persistent_server_errors_fail_clearly(fake, master_lines):
         backend.submit()
 
 
+@pytest.mark.parametrize("retries, posts", [(None, 6), ("2", 2)],
+                         ids=["the policy's 6 API attempts", "KFTUNE_RETRIES set"])
+def test_api_attempts_follow_the_retry_policy(fake, master_lines, monkeypatch, retries, posts):
+    if retries is None:
+        monkeypatch.delenv("KFTUNE_RETRIES", raising=False)
+    else:
+        monkeypatch.setenv("KFTUNE_RETRIES", retries)
+    fake.fail_next("POST", "/pytorchjobs$", status=500, times=10)
+    backend = make_backend(fake, make_manifest(), master_lines)
+
+    with pytest.raises(RuntimeError, match=rf"kept failing \(HTTP 500.*after {posts} attempts"):
+        backend.submit()
+    assert [method for method, _ in fake.requests].count("POST") == posts
+
+
 def test_dropped_watches_and_log_streams_reconnect_without_repeating_lines(fake, master_lines):
     fake.on_create = succeed_with_dropped_connections
     backend = make_backend(fake, make_manifest(), master_lines)

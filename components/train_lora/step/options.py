@@ -15,6 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any, Literal
 
+from ...common import retry
 from .backends.choice import Target
 from .spec import check_env_name
 
@@ -113,7 +114,7 @@ class ElasticPolicy:
     """Fewest pods the job runs with."""
     max_nodes: int
     """Most pods the job runs with."""
-    max_restarts: int = 3
+    max_restarts: int = retry.DEFAULTS.elastic_restarts
     """How often torchrun restarts the workers after a failure before the job fails."""
 
 

@@ -131,7 +131,8 @@ class KubernetesJobBackend(Backend):
         log_tail_lines: log lines of the failing pod quoted in a failure.
         poll_seconds: first wait between retries; doubles up to `max_backoff_seconds`.
         max_backoff_seconds: longest wait between retries.
-        api_attempts: tries of one API call before giving up on a retryable error.
+        api_attempts: tries of one API call before giving up on a retryable error; default the
+            retry policy's (`KFTUNE_RETRIES` when set, else 6).
         watch_seconds: longest a single watch request stays open before it is renewed.
         log_line: where the master's log lines go (default: this module's logger).
     """
@@ -144,8 +145,8 @@ class KubernetesJobBackend(Backend):
         *,
         log_tail_lines: int = 50,
         poll_seconds: float = 1.0,
-        max_backoff_seconds: float = 30.0,
-        api_attempts: int = 6,
+        max_backoff_seconds: float = retry.DEFAULTS.max_delay,
+        api_attempts: int | None = None,
         watch_seconds: int = 60,
         log_line: Callable[[str], None] | None = None,
     ) -> None:
@@ -159,7 +160,7 @@ class KubernetesJobBackend(Backend):
         self._log_tail_lines = log_tail_lines
         self._poll_seconds = poll_seconds
         self._max_backoff_seconds = max_backoff_seconds
-        self._api_attempts = api_attempts
+        self._api_attempts = api_attempts or retry.policy().api_attempts
         self._watch_seconds = watch_seconds
         self.kind = kind
         self._main_selector = ",".join(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ....common import retry
 from ....common.errors import InputError
 from ...config import trainer_command
 from ..tracking import tracking_env
@@ -33,9 +34,6 @@ if TYPE_CHECKING:
     from ..spec import TrainingSpec
 
 logger = logging.getLogger(__name__)
-
-# How often a failed local job starts again when `backoff_limit` is not set.
-LOCAL_RESTARTS = 2
 
 
 class NodeLogs:
@@ -152,14 +150,15 @@ class LocalTraining(TrainingBackend):
     Args:
         work_root: where submitted jobs stage their inputs (`<work_root>/<name>/inputs`).
         log_line: where the step's nodes' `[node-<rank>] ...` lines go (default: the log).
-        restarts: how often a failed job starts again when `backoff_limit` is not set.
+        restarts: how often a failed job starts again when `backoff_limit` is not set; default
+            the retry policy's.
     """
 
     target = Target.LOCAL
 
     def __init__(self, *, work_root: Path | None = None,
                  log_line: Callable[[str], None] | None = None,
-                 restarts: int = LOCAL_RESTARTS) -> None:
+                 restarts: int = retry.DEFAULTS.local_restarts) -> None:
         self.work_root = Path(work_root or "runs")
         self._log_line = log_line
         self._restarts = restarts
