@@ -215,8 +215,8 @@ def benchmark_problems(
         limit: Examples per task (>= 1).
         batch_size: Requests per forward pass (>= 1).
         task_source: A task YAML or a directory of them (path, `file://`, `pkg://`, `pvc://`);
-            a remote URI (s3, gs, https) is fetched by the step, so names found only there are
-            not checked here.
+            a remote URI (s3, gs, https), or any source of a run that runs elsewhere, is read
+            by the step, so task names are not checked here then.
         model_task: The fine-tuning task; the harness scores causal language models only.
         runs_here: The benchmark runs in this Python environment: the harness must be
             installed, and tasks whose data is on the Hub are refused when the Hub cannot be
@@ -238,10 +238,15 @@ def benchmark_problems(
         )
         return problems
     try:
-        remote = is_remote(task_source)
-        source = None if remote else local_source(task_source, parameter=f"{prefix}task_source")
+        # A source the step fetches, or one on the step's own disk (a run submitted to a
+        # cluster), cannot be read here: its task names are checked by the step.
+        elsewhere = is_remote(task_source) or bool(task_source and not runs_here)
+        source = None if elsewhere else local_source(task_source,
+                                                     parameter=f"{prefix}task_source")
     except InputError as error:
         return [*problems, *error.problems]
+    if elsewhere and not runs_here:
+        return problems
     try:
         manager = task_manager(include_directory(source))
     except ImportError:
@@ -249,7 +254,7 @@ def benchmark_problems(
             problems.append(f"`{prefix}tasks` needs lm-evaluation-harness, which is not "
                             "installed here; pip install 'kftune[benchmark]'")
         return problems
-    if not remote:
+    if not elsewhere:
         problems += _name_problems(manager, names, prefix, local=source is not None)
     if runs_here:
         problems += _hub_problems(manager, names, prefix)

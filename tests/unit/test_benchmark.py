@@ -173,6 +173,17 @@ def test_hub_task_is_refused_when_the_endpoint_does_not_answer(
     assert check(tasks="arc_easy") == []
 
 
+def test_a_source_on_the_steps_disk_is_checked_only_where_the_step_runs(
+    check: Check, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, offline: None
+) -> None:
+    monkeypatch.setenv("KFTUNE_PVC_ROOT", str(tmp_path))
+    # A run submitted to a cluster: the claim is mounted in the step's pod, not here.
+    assert check(tasks="my_task", task_source="pvc://claim/tasks", runs_here=False) == []
+    (problem,) = check(tasks="my_task", task_source="pvc://claim/tasks")
+    assert problem.startswith("`benchmark_task_source` 'pvc://claim/tasks': ")
+    assert "does not exist; is the claim mounted" in problem
+
+
 def test_every_problem_at_once(check: Check, offline: None) -> None:
     problems = check(tasks="hellaswg,arc_easy", limit=0, num_fewshot=-2, batch_size=0)
     assert [problem.split("`")[1] for problem in problems] == [
