@@ -215,3 +215,23 @@ def test_step_refuses_a_classifier_and_wrong_artifacts(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="`tuned_model` must be a kftune adapter or merged"):
         harness.run_benchmark(base_model_dir=str(tmp_path / "base"),
                               tuned_model_dir=str(tmp_path / "data"), tasks="arc_easy")
+
+
+def test_the_whole_run_check_includes_the_benchmark(task_dir: Path, offline: None) -> None:
+    from kftune.pipelines import parameters
+
+    defaults = {name: default for name, (_, default) in parameters.pipeline_parameters().items()}
+    arguments = {**defaults, "benchmark_tasks": f"{TASK_NAME},hellaswg",
+                 "benchmark_limit": 0, "benchmark_task_source": str(task_dir)}
+    problems = parameters.validate_arguments(arguments, on_this_host=True)
+    # The demo run is a classifier, which the harness cannot score.
+    assert [problem for problem in problems if "benchmark" in problem] == [
+        "`benchmark_limit` must be an integer >= 1, got 0; the examples per task, e.g. 100",
+        "`benchmark_tasks` needs a causal-lm run (the harness scores the text a language model "
+        "writes or ranks), got task 'sequence-classification', whose model is a classifier; "
+        "leave `benchmark_tasks` empty, or fine-tune with task causal-lm"]
+    problems = parameters.validate_arguments({**arguments, "task": "causal-lm"},
+                                             on_this_host=True)
+    assert [problem.split(":")[0] for problem in problems if "benchmark" in problem] == [
+        "`benchmark_limit` must be an integer >= 1, got 0; the examples per task, e.g. 100",
+        "`benchmark_tasks`"]
