@@ -4,8 +4,9 @@ download_dataset reads from the local S3 server, download_model too, train_lora 
 local backend (torchrun inside the step's container), evaluate scores base and adapter; then the
 optional steps: export_model merges the adapter, register_model registers adapter and merged
 model in the Model Registry double, deploy_model serves them through the Kubernetes API double
-(its KServe controller makes the service Ready). Each step's inputs are the previous steps'
-outputs, as the pipeline wires them.
+(its KServe controller makes the service Ready), and benchmark runs lm-evaluation-harness on the
+base model and the adapter with a local task fetched from S3. Each step's inputs are the previous
+steps' outputs, as the pipeline wires them.
 """
 
 import json
@@ -80,6 +81,29 @@ def test_the_pipeline_steps_run_in_the_runtime_image(launch_step, s3, tmp_path: 
     assert metrics["metadata"]["base_perplexity"] > 1
     assert metrics["metadata"]["tuned_perplexity"] > 1
     optional_steps(launch_step, run, env)
+    benchmark_step(launch_step, run, env, s3, bucket, tmp_path)
+
+
+def benchmark_step(launch_step, run: str, env: dict[str, str], s3, bucket: str,
+                   tmp_path: Path) -> None:
+    """benchmark on the base model and the adapter, with a local task fetched from S3."""
+    from kftune.components.benchmark.demo_task import TASK_NAME, write_sentiment_task
+
+    tasks = write_sentiment_task(tmp_path / "tasks", count=12)
+    for path in tasks.iterdir():
+        s3.put(bucket, f"tasks/{path.name}", path.read_bytes())
+    store: Path = launch_step.store
+    benchmarked = launch_step(
+        "benchmark", {"tasks": TASK_NAME, "limit": 6, "batch_size": 3,
+                      "task_source": f"s3://{bucket}/tasks"},
+        {"base_model": f"{run}/download-model/model", "tuned_model": f"{run}/train-lora/adapter"},
+        {"metrics": f"{run}/benchmark/metrics", "report": f"{run}/benchmark/report"},
+        env | {"HF_HUB_OFFLINE": "1"})
+    assert benchmarked.returncode == 0, benchmarked.log[-3000:]
+    (metrics,) = benchmarked.output["artifacts"]["metrics"]["artifacts"]
+    assert {f"base/{TASK_NAME}/acc", f"tuned/{TASK_NAME}/acc"} <= set(metrics["metadata"])
+    report = (store / "kftune/run-1/benchmark/report").read_text()
+    assert f"| {TASK_NAME} | acc |" in report
 
 
 def _ready_with_url(fake: FakeKubernetes, service: dict[str, Any]) -> None:
