@@ -14,6 +14,7 @@ PACKAGE_SOURCES := pyproject.toml setup.py __init__.py \
 .PHONY: install demo test test-unit test-local lint
 
 $(STAMP): pyproject.toml
+	@echo "kftune: installing into $(VENV): CPU torch, then kftune and its extras (a few minutes, once)"
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	# The CPU torch wheel first: a looser requirement would pull a multi-GB CUDA build.

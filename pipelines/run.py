@@ -23,6 +23,7 @@ from .. import __version__
 from .errors import CliError
 from .parameters import flags_from, parse_arguments, resolve_arguments, serving_config
 from .process_tree import RunStopped, stop_on_signal
+from .run_output import StepCounter, planned_steps
 
 logger = logging.getLogger("kftune")
 
@@ -202,7 +203,8 @@ _RANK_PREFIX = re.compile(r"^\[rank\d+\]: ?")
 # torch.distributed.elastic's glog-style lines ("E1202 04:04:07.629000 21761 torch/...").
 _TORCH_ELASTIC_LINE = re.compile(r"^[DIWEF]\d{4} \d\d:\d\d:\d\d\.\d+ \d+ ")
 _LAUNCHER_NOTES = ("Looking for component `", 'Loading KFP component "',
-                   "Wrote executor output file to", "Streamed logs:")
+                   "Wrote executor output file to", "Streamed logs:",
+                   "Skipping conditional task ", "Skipping task ")
 
 
 def _strip_ansi(text: str) -> str:
@@ -287,21 +289,28 @@ class _OutputTail:
     passed through (all are kept for the error).
     """
 
-    def __init__(self, stream: Any, keep: int = 2000, quiet: bool = False) -> None:
+    def __init__(self, stream: Any, keep: int = 2000, quiet: bool = False,
+                 counter: StepCounter | None = None) -> None:
         self.stream = stream
         self.lines: collections.deque[str] = collections.deque(maxlen=keep)
         self._partial = ""
         self._filter = QuietFilter() if quiet else None
+        self._counter = counter or StepCounter(None)
+        # kfp.local colours task names and states: plain text into a file or a pipe.
+        isatty = getattr(stream, "isatty", None)
+        self._plain = not (callable(isatty) and isatty())
 
     def write(self, text: str) -> int:
         self._partial += text
         *complete, self._partial = self._partial.split("\n")
         self.lines.extend(complete)
-        if self._filter is None:
-            return self.stream.write(text)
-        shown = [line for line in complete if self._filter.keep(line)]
-        if shown:
-            self.stream.write("\n".join(shown) + "\n")
+        if self._filter is None:  # everything, as it comes (a log record is one write)
+            out = self._counter.label(text)
+        else:
+            shown = [self._counter.label(line) for line in complete if self._filter.keep(line)]
+            out = "\n".join(shown) + "\n" if shown else ""
+        if out:
+            self.stream.write(_strip_ansi(out) if self._plain else out)
         return len(text)
 
     def flush(self) -> None:
@@ -533,6 +542,7 @@ def _run_in(
 ) -> dict[str, Any]:
     output_dir = run_dir.path
     debug = logger.isEnabledFor(logging.DEBUG)
+    from google.protobuf import json_format
     from kfp import local
 
     from .lora_finetune import make_pipeline
@@ -556,7 +566,8 @@ def _run_in(
         logger.info("deploy: kftune run shows what it would deploy; a KFP run deploys")
         overrides = {**overrides, "deploy": False}
     started = time.monotonic()
-    tail = _OutputTail(sys.stdout, quiet=not debug)
+    tail = _OutputTail(sys.stdout, quiet=not debug, counter=StepCounter(planned_steps(
+        json_format.MessageToDict(pipeline.pipeline_spec), overrides)))
     sys.stdout = tail
     try:
         with stop_on_signal(), _step_environment({} if debug else QUIET_STEP_ENV):

@@ -1,5 +1,6 @@
 """`kftune run`'s output directory (locked, unique, marked incomplete) and what it prints."""
 
+import io
 import subprocess
 import sys
 import threading
@@ -10,7 +11,14 @@ import pytest
 from kftune.pipelines import run as run_module
 from kftune.pipelines.cli import main
 from kftune.pipelines.errors import CliError
-from kftune.pipelines.run import QuietFilter, RunDirectory, new_run_dir, step_error
+from kftune.pipelines.run import (
+    QuietFilter,
+    RunDirectory,
+    _OutputTail,
+    new_run_dir,
+    step_error,
+)
+from kftune.pipelines.run_output import StepCounter, planned_steps
 
 S = "    "  # kfp.local's indent of a step's output
 
@@ -125,6 +133,11 @@ QUIET_CASES = [
         f"{EXECUTOR}[node-1] step 2/4 (50.0%) | loss 1.0",
     ], [f"{EXECUTOR}[node-0] step 1/4 (25.0%) | loss 1.1",
         f"{EXECUTOR}[node-1] step 2/4 (50.0%) | loss 1.0"]),
+    QuietCase("kfp.local's skipped condition groups are hidden", [
+        "04:05:10.100 - INFO - Skipping conditional task condition-4 (condition not met)",
+        "04:05:10.101 - INFO - Skipping task register-model: upstream task(s) skipped",
+        "04:05:10.102 - INFO - Pipeline 'lora-finetune' finished with status SUCCESS",
+    ], ["04:05:10.102 - INFO - Pipeline 'lora-finetune' finished with status SUCCESS"]),
     QuietCase("a worker's own traceback (torchrun's [rankN]: prefix) is hidden", [
         f"{EXECUTOR}[node-0] [rank0]: Traceback (most recent call last):",
         f'{EXECUTOR}[node-0] [rank0]:   File "trainer.py", line 884, in <module>',
@@ -224,3 +237,39 @@ def test_evaluation_logs_its_progress_and_its_end(monkeypatch, caplog):
     # A line once 5 s have passed since the last, and one at the end.
     assert [record.getMessage() for record in caplog.records] == [
         "base model: 64/96 rows (67%), 6 s", "base model: 96/96 rows (100%), 9 s"]
+
+
+class Stream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+@pytest.mark.parametrize("tty", [False, True], ids=["file or pipe", "terminal"])
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "debug"])
+def test_steps_are_numbered_and_colour_only_reaches_a_terminal(tty, quiet):
+    stream = Stream(tty)
+    tail = _OutputTail(stream, quiet=quiet, counter=StepCounter(4))
+    cyan, reset = "\x1b[96m", "\x1b[0m"
+    for name in ("download-dataset", "download-model"):
+        tail.write(f"04:01:21.905 - INFO - Executing task {cyan}'{name}'{reset}\n")
+
+    expected = [f"04:01:21.905 - INFO - [1/4] Executing task {cyan}'download-dataset'{reset}",
+                f"04:01:21.905 - INFO - [2/4] Executing task {cyan}'download-model'{reset}"]
+    if not tty:
+        expected = [line.replace(cyan, "").replace(reset, "") for line in expected]
+    assert stream.getvalue().splitlines() == expected
+
+
+@pytest.mark.parametrize("arguments,expected", [
+    ({}, 4), ({"merge": True}, 5), ({"register": True}, 5), ({"merge": True, "register": True}, 6),
+], ids=["defaults", "merge", "register", "merge and register"])
+def test_the_step_total_counts_the_steps_the_switches_turn_on(arguments, expected):
+    from google.protobuf import json_format
+    from kftune.pipelines.lora_finetune import make_pipeline
+
+    spec = json_format.MessageToDict(make_pipeline(download_retries=0).pipeline_spec)
+    assert planned_steps(spec, arguments) == expected

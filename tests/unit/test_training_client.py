@@ -455,3 +455,28 @@ def test_transformers_4s_fsdp_shape_is_read_back_too(
     from kftune.pipelines.training_client import _users_fsdp
 
     assert _users_fsdp(normalized) == meant
+
+
+def test_a_local_job_prints_the_trainers_progress_lines(capsys: Any) -> None:
+    from kftune.components.train_lora.step.backends.local_training import NodeLogs
+
+    logs = NodeLogs(num_nodes=2)
+    for line in [
+        "[node-0] 2026-12-07 04:30:01,100 [rank 0] INFO kftune trainer: task causal-lm, 2 "
+        "process(es) (gloo), device cpu, weights float32",
+        "[node-0] W1207 04:30:02.000 1234 torch/distributed/run.py:1] a torchrun warning",
+        "[node-0] 2026-12-07 04:30:05,200 [rank 0] INFO step 10/40 (25.0%) | epoch 0.50 | "
+        "loss 1.2000 | lr 2.000e-04 | grad_norm 0.500 | tokens/s 900 | elapsed 5s | eta 15s",
+        "[node-1] 2026-12-07 04:30:05,300 [rank 1] WARNING a rank's warning",
+        "[node-0] 2026-12-07 04:30:20,300 [rank 0] INFO done: 40 steps, final loss 0.9000, "
+        "900 tokens/s, 20s; adapter written",
+    ]:
+        logs.add(line)
+
+    assert capsys.readouterr().out.splitlines() == [
+        "kftune: kftune trainer: task causal-lm, 2 process(es) (gloo), device cpu, weights "
+        "float32",
+        "kftune: step 10/40 (25.0%) | epoch 0.50 | loss 1.2000 | lr 2.000e-04 | grad_norm 0.500 | "
+        "tokens/s 900 | elapsed 5s | eta 15s",
+        "kftune: done: 40 steps, final loss 0.9000, 900 tokens/s, 20s; adapter written",
+    ]

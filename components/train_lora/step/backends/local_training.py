@@ -35,6 +35,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+# How the trainer's global rank 0 starts its information lines (pod/trainer.py setup_logging).
+TRAINER_INFO = "[rank 0] INFO "
+
 
 class NodeLogs:
     """A local job's log, per node (`node-<rank>`, the local "pods"), as its lines come.
@@ -50,12 +53,19 @@ class NodeLogs:
         self._over = False
 
     def add(self, line: str) -> None:
-        """Takes one `[node-<rank>] text` line (and logs it, as the local backend would)."""
+        """Takes one `[node-<rank>] text` line (and logs it, as the local backend would).
+
+        The trainer's own lines (global rank 0's: its setup, a progress line every
+        `logging_steps`, the end) are also printed, as TrainingClient prints its other news.
+        """
         prefix, _, text = line.partition(" ")
         with self._changed:
             self._lines.setdefault(prefix.strip("[]"), []).append(text)
             self._changed.notify_all()
         logging.getLogger(LocalBackend.__module__).info("%s", line)
+        _, trainer_line, message = text.partition(TRAINER_INFO)
+        if trainer_line:
+            print(f"kftune: {message}", flush=True)
 
     def end(self) -> None:
         """The job is over: followers stop once they have read everything."""
