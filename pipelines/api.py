@@ -68,6 +68,10 @@ class RunSummary:
     would_deploy: dict[str, Any] | None = None
     """With `deploy`: what deploy_model would serve (kinds, model URI and name, adapters, the
     manifests), since `kftune run` has no cluster to deploy to."""
+    training_report: Path | None = None
+    """The train step's HTML page: loss and learning-rate curves, the run's settings."""
+    evaluation_report: Path | None = None
+    """The evaluate step's HTML page: base vs fine-tuned."""
 
     @classmethod
     def from_dict(cls, summary: dict[str, Any]) -> RunSummary:
@@ -75,7 +79,7 @@ class RunSummary:
         fields = {field.name for field in dataclasses.fields(cls)}
         values = {key: value for key, value in summary.items() if key in fields}
         for key in ("output_dir", "adapter_dir", "report", "merged_model_dir",
-                    "benchmark_report"):
+                    "benchmark_report", "training_report", "evaluation_report"):
             if values.get(key) is not None:
                 values[key] = Path(values[key])
         return cls(**values)

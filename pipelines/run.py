@@ -23,7 +23,7 @@ from .. import __version__
 from .errors import CliError
 from .parameters import flags_from, parse_arguments, resolve_arguments, serving_config
 from .process_tree import RunStopped, stop_on_signal
-from .run_output import StepCounter, planned_steps
+from .run_output import StepCounter, step_counter
 
 logger = logging.getLogger("kftune")
 
@@ -542,7 +542,6 @@ def _run_in(
 ) -> dict[str, Any]:
     output_dir = run_dir.path
     debug = logger.isEnabledFor(logging.DEBUG)
-    from google.protobuf import json_format
     from kfp import local
 
     from .lora_finetune import make_pipeline
@@ -566,8 +565,7 @@ def _run_in(
         logger.info("deploy: kftune run shows what it would deploy; a KFP run deploys")
         overrides = {**overrides, "deploy": False}
     started = time.monotonic()
-    tail = _OutputTail(sys.stdout, quiet=not debug, counter=StepCounter(planned_steps(
-        json_format.MessageToDict(pipeline.pipeline_spec), overrides)))
+    tail = _OutputTail(sys.stdout, quiet=not debug, counter=step_counter(pipeline, overrides))
     sys.stdout = tail
     try:
         with stop_on_signal(), _step_environment({} if debug else QUIET_STEP_ENV):

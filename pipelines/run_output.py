@@ -8,13 +8,16 @@ execute: those of the compiled pipeline whose `dsl.If` conditions hold for the r
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from typing import Any
 
 _EXECUTING = re.compile(r"Executing task ")
-# The conditions kftune's pipelines use: a boolean parameter compared with true, or its negation.
-_SWITCH = re.compile(r"^inputs\.parameter_values\['pipelinechannel--(\w+)'\] == (true|false)$")
+# The conditions kftune's pipelines use (KFP's CEL for `dsl.If`): a parameter compared with a
+# literal (true, false, a number, a quoted string), or the negation of such a comparison.
+_SWITCH = re.compile(r"^inputs\.parameter_values\['pipelinechannel--(\w+)'\] (==|!=) "
+                     r"(true|false|-?\d+(?:\.\d+)?|'[^']*')$")
 
 
 def _holds(condition: str, values: Mapping[str, Any]) -> bool | None:
@@ -23,7 +26,9 @@ def _holds(condition: str, values: Mapping[str, Any]) -> bool | None:
     match = _SWITCH.match(condition[2:-1] if negated else condition)
     if match is None or match.group(1) not in values:
         return None
-    holds = bool(values[match.group(1)]) == (match.group(2) == "true")
+    name, operator, literal = match.groups()
+    expected = literal[1:-1] if literal.startswith("'") else json.loads(literal)
+    holds = (values[name] == expected) == (operator == "==")
     return not holds if negated else holds
 
 
@@ -72,3 +77,13 @@ class StepCounter:
         self.started += 1
         count = f"{self.started}/{self.total}" if self.total else str(self.started)
         return _EXECUTING.sub(f"[{count}] Executing task ", line, count=1)
+
+
+def step_counter(pipeline: Any, arguments: Mapping[str, Any]) -> StepCounter:
+    """The counter for a run of `pipeline` (a compiled `@dsl.pipeline`) with `arguments`."""
+    spec = getattr(pipeline, "pipeline_spec", None)
+    if spec is None:
+        return StepCounter(None)
+    from google.protobuf import json_format
+
+    return StepCounter(planned_steps(json_format.MessageToDict(spec), arguments))

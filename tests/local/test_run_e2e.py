@@ -111,3 +111,18 @@ def test_kftune_run_causal_lm_on_a_tiny_model(tmp_path: Path) -> None:
     assert summary["improved"] is True
     report = Path(summary["report"]).read_text()
     assert "**Prompt**" in report and "**Fine-tuned**" in report
+    # What a person reads: numbered steps, no kfp.local internals, no colour codes in a pipe.
+    out = completed.stdout
+    started = [line.split(" - INFO - ")[-1] for line in out.splitlines()
+               if "Executing task" in line]
+    # The two downloads run in either order.
+    assert [line.split("]")[0] for line in started] == ["[1/4", "[2/4", "[3/4", "[4/4"], started
+    assert sorted(line.split("'")[1] for line in started) == [
+        "download-dataset", "download-model", "evaluate", "train-lora"]
+    assert "Skipping conditional task" not in out and "\x1b[" not in out
+    assert f"curves     : {summary['training_report']}" in out
+    # The train step's HTML: one loss point per logged step (logging_steps 10 of 30: 1, 10, ...).
+    page = Path(summary["training_report"]).read_text()
+    loss = re.search(r'data-name="train loss" points="([^"]*)"', page).group(1).split()
+    assert len(loss) == 4
+    assert "<svg" in Path(summary["evaluation_report"]).read_text()

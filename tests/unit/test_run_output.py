@@ -266,7 +266,8 @@ def test_steps_are_numbered_and_colour_only_reaches_a_terminal(tty, quiet):
 
 @pytest.mark.parametrize("arguments,expected", [
     ({}, 4), ({"merge": True}, 5), ({"register": True}, 5), ({"merge": True, "register": True}, 6),
-], ids=["defaults", "merge", "register", "merge and register"])
+    ({"benchmark_tasks": "hellaswag"}, 5),
+], ids=["defaults", "merge", "register", "merge and register", "a benchmark"])
 def test_the_step_total_counts_the_steps_the_switches_turn_on(arguments, expected):
     from google.protobuf import json_format
     from kftune.pipelines.lora_finetune import make_pipeline
