@@ -13,6 +13,7 @@ a token is required; `fail_next` makes the next requests answer a given status (
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import threading
@@ -30,6 +31,20 @@ from openapi_schema_validator import OAS30Validator
 
 SPEC_PATH = Path(__file__).parent / "model_registry" / "model-registry.yaml"
 PREFIX = "/api/model_registry/v1alpha3"
+
+
+@functools.cache
+def _spec() -> tuple[dict[str, Any], dict[tuple[str, str], Any]]:
+    """The OpenAPI document's components and request-body schemas, parsed once per process."""
+    spec = yaml.load(SPEC_PATH.read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    bodies = {}
+    for path, item in spec["paths"].items():
+        for method, operation in item.items():
+            body = (operation.get("requestBody") or {}).get("content", {}).get(
+                "application/json", {}).get("schema") if isinstance(operation, dict) else None
+            if body:
+                bodies[(method.upper(), path)] = body
+    return _discriminated(spec["components"]), bodies
 
 
 def _discriminated(components: dict[str, Any]) -> dict[str, Any]:
@@ -71,15 +86,7 @@ class ModelRegistryServer:
     """The server; `address` is `http://127.0.0.1:<port>`."""
 
     def __init__(self) -> None:
-        spec = yaml.safe_load(SPEC_PATH.read_text())
-        self.components = _discriminated(spec["components"])
-        self.bodies = {}
-        for path, item in spec["paths"].items():
-            for method, operation in item.items():
-                body = (operation.get("requestBody") or {}).get("content", {}).get(
-                    "application/json", {}).get("schema") if isinstance(operation, dict) else None
-                if body:
-                    self.bodies[(method.upper(), path)] = body
+        self.components, self.bodies = _spec()
         self.state = RegistryState()
         self._lock = threading.Lock()
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
@@ -225,7 +232,8 @@ class ModelRegistryServer:
     @contextmanager
     def running(self) -> Iterator[ModelRegistryServer]:
         """Serves in a thread until the block ends."""
-        thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+        # A short poll interval: shutdown() waits up to one interval (0.5 s by default).
+        thread = threading.Thread(target=self._server.serve_forever, args=(0.05,), daemon=True)
         thread.start()
         try:
             yield self
