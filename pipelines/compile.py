@@ -102,8 +102,13 @@ def _integer_defaults(text: str) -> str:
     return _INT_HEADER_DEFAULT.sub(r"\1\2\3", "\n".join(lines))
 
 
-def compile_all(image_registry: str = "") -> dict[str, bytes]:
-    """Relative output path -> compiled YAML bytes (deterministic); steps in `image_registry`."""
+def compile_all(image_registry: str = "", *, only: tuple[str, ...] = ()) -> dict[str, bytes]:
+    """Relative output path -> compiled YAML bytes (deterministic); steps in `image_registry`.
+
+    Args:
+        image_registry: the registry the steps' images are pulled from ("" for the default).
+        only: compile just these relative paths (e.g. `(PIPELINE_FILE,)`); all when empty.
+    """
     from kfp import compiler
 
     from ..components.common.images import with_registry
@@ -111,6 +116,8 @@ def compile_all(image_registry: str = "") -> dict[str, bytes]:
     compiled: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="kftune-compile-") as scratch:
         for relative, target in compile_targets().items():
+            if only and relative not in only:
+                continue
             path = Path(scratch) / relative.replace("/", "_")
             compiler.Compiler().compile(target, str(path))
             text = _integer_defaults(_stable_header(path.read_text()))

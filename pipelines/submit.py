@@ -55,7 +55,7 @@ def pipeline_package(
 
             compiler.Compiler().compile(make_pipeline(pvc_claims=list(pvc)), str(path))
         else:
-            path.write_bytes(compile_all()[PIPELINE_FILE])
+            path.write_bytes(compile_all(only=(PIPELINE_FILE,))[PIPELINE_FILE])
         if runtime_image:
             from ..components.common.images import RUNTIME_IMAGE
 

@@ -11,7 +11,7 @@ from kftune.pipelines import lora_finetune
 
 @pytest.fixture(scope="module")
 def compiled() -> tuple[dict[str, Any], dict[str, Any]]:
-    compiled_yaml = compiling.compile_all()[compiling.PIPELINE_FILE]
+    compiled_yaml = compiling.compile_all(only=(compiling.PIPELINE_FILE,))[compiling.PIPELINE_FILE]
     pipeline_spec, platform_spec = yaml.safe_load_all(compiled_yaml)
     return pipeline_spec, platform_spec
 

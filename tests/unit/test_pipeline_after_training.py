@@ -9,7 +9,8 @@ from kftune.pipelines import compile as compiling
 
 @pytest.fixture(scope="module")
 def pipeline_spec() -> dict[str, Any]:
-    return next(yaml.safe_load_all(compiling.compile_all()[compiling.PIPELINE_FILE]))
+    pipeline = compiling.compile_all(only=(compiling.PIPELINE_FILE,))[compiling.PIPELINE_FILE]
+    return next(yaml.safe_load_all(pipeline))
 
 
 def _dags(spec: dict[str, Any]) -> list[dict[str, Any]]:
