@@ -1,5 +1,7 @@
 """Test tiers: plain pytest = unit; `-m local` = kfp.local/torchrun on CPU; `-m gpu` = CUDA only."""
 
+import gc
+
 import pytest
 
 # Local S3/HTTP/Hub/KFP API servers as fixtures for every test module.
@@ -25,3 +27,11 @@ def pytest_collection_modifyitems(config, items):
         needed = marker.kwargs.get("count", 1)
         if gpus < needed:
             item.add_marker(pytest.mark.skip(reason=f"needs {needed} CUDA GPU(s), found {gpus}"))
+
+
+def pytest_collection_finish(session):
+    """Keeps what collection imported (torch, transformers, kfp: millions of objects that live
+    until the end) out of the collector's full passes, which the code under test also starts
+    (export_model's logit check, the trainer's heap freeze). Garbage made later is still freed."""
+    gc.collect()
+    gc.freeze()
