@@ -480,13 +480,13 @@ def test_watches_that_end_at_once_are_renewed_with_backoff_not_in_a_tight_loop(
     fake.on_create = run_forever
     fake.end_watches_at_once = True
     backend = make_backend(fake, make_manifest(), master_lines, poll_seconds=poll_seconds,
-                           max_backoff_seconds=0.2)
+                           max_backoff_seconds=0.1)
     backend.submit()
 
     with pytest.raises(TimeoutError):
-        backend.wait(timeout_seconds=2)
+        backend.wait(timeout_seconds=1)
 
-    # Backoff 0.05 (or 0, 0.1), 0.2, 0.2, ... over 2 s allows about 12 watches; without it,
+    # Backoff 0.05 (or 0), 0.1, 0.1, ... over 1 s allows about 11 watches; without it,
     # thousands.
     watches = [path for _, path in fake.requests if "watch=" in path]
     assert 3 <= len(watches) <= 15, len(watches)
