@@ -47,11 +47,15 @@ demo: install
 # The unit tier, then the local tier (kfp.local end to end, torchrun on CPU); not gpu, not images.
 test: test-unit test-local
 
+# pytest-xdist: one worker per core (at most 4), whole files to a worker, in the order collected;
+# the local tier with -v (each test named as it ends); both list their slowest tests at the end.
+XDIST := -n auto --maxprocesses 4 --dist loadfile --no-loadscope-reorder
+
 test-unit: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest $(XDIST) --durations=10
 
 test-local: install
-	$(BIN)/python -m pytest -m "local and not gpu and not images" -q
+	$(BIN)/python -m pytest -m "local and not gpu and not images" $(XDIST) -v --durations=20
 
 # ruff, then pyright (about a minute): no unresolved import of kftune's own modules.
 lint: $(STAMP)
