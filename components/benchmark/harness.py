@@ -146,7 +146,7 @@ def _fetch_task_source(task_source: str, workdir: str | None) -> str:
     if not task_source:
         return ""
     target = Path(workdir or tempfile.mkdtemp(prefix="kftune-benchmark-")) / "task-source"
-    return str(download_directory(task_source, target, parameter="task_source"))
+    return str(download_directory(task_source, target, parameter="task_source").resolve())
 
 
 def _fmt(value: float | None) -> str:

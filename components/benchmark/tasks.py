@@ -74,9 +74,10 @@ def include_directory(source: Path | None) -> str | None:
     """
     if source is None:
         return None
-    if source.is_dir():
-        return str(source)
+    # Absolute: the step runs the harness from another working directory (see harness.py).
     resolved = source.resolve()
+    if resolved.is_dir():
+        return str(resolved)
     key = hashlib.sha256(str(resolved).encode()).hexdigest()[:16]
     staging = Path(tempfile.gettempdir()) / f"kftune-benchmark-task-{key}"
     staging.mkdir(exist_ok=True)

@@ -66,9 +66,10 @@ def test_adapter_numbers_are_the_harness_own(models: dict[str, Path], tmp_path: 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     task_dir = write_sentiment_task(tmp_path / "tasks", count=30)
     sink = Sink()
+    monkeypatch.chdir(tmp_path)  # a relative task source
     result = harness.run_benchmark(
         base_model_dir=str(models["base"]), tuned_model_dir=str(models["adapter"]),
-        tasks=TASK_NAME, task_source=str(task_dir), metrics=sink,
+        tasks=TASK_NAME, task_source="tasks", metrics=sink,
         report_path=str(tmp_path / "report.md"), **SETTINGS)
     monkeypatch.chdir(task_dir)  # where the task's relative data file is
     base = _harness_scores({"pretrained": str(models["base"])}, task_dir)
