@@ -12,6 +12,7 @@ The harness is imported inside the functions that need it, so importing this mod
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import hashlib
@@ -83,7 +84,8 @@ def include_directory(source: Path | None) -> str | None:
     staging.mkdir(exist_ok=True)
     link = staging / resolved.name
     if not link.is_symlink():
-        link.symlink_to(resolved)
+        with contextlib.suppress(FileExistsError):  # another process made it first
+            link.symlink_to(resolved)
     return str(staging)
 
 
