@@ -100,11 +100,13 @@ Args:
     dataset_subset: Hub dataset configuration name, if any.
     dataset_encoding: Text encoding of csv/json/text data files, e.g. `latin-1` or `cp1252`.
     split: Rows to take, in `datasets` slicing syntax (`train`, `train[:3000]`).
-    column_mapping: Source column per role (text, label, prompt, completion, messages).
+    column_mapping: Source column per role (text, label, prompt, completion, messages,
+        chosen, rejected).
     eval_fraction: Fraction of the selected rows held out for evaluation.
     eval_split: A separate split for evaluation instead (e.g. `test[:500]`).
     seed: Seed of the held-out row selection.
-    task: `sequence-classification` or `causal-lm`.
+    task: `sequence-classification`, `causal-lm` or `preference` (prompt/chosen/rejected
+        pairs, DPO).
     training_parameters: `transformers.TrainingArguments` fields and kftune extras.
     lora_config: `peft.LoraConfig` fields.
     num_workers: Training pods (PyTorchJob Master 1 + Worker n-1, or TrainJob nodes), or

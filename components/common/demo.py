@@ -9,6 +9,10 @@
 - `write_dataset_artifact(directory, rows, ...)`: a Dataset artifact (data.parquet + manifest.json)
   from rows, for tests and demos.
 - `sentiment_rows(...)`: demo corpus rows as {text, label} with label names.
+- `preference_rows(...)`: demo corpus rows as preference pairs {prompt, chosen, rejected}: the
+  prompt asks for a tweet's sentiment, chosen is the right label word, rejected a wrong one.
+- `write_preference_demo(directory)` (also `python -m kftune.components.common.demo DIR`): the
+  tiny Llama (`model/`) and the pairs (`pairs.jsonl`) that `kftune run --task preference` takes.
 """
 
 from __future__ import annotations
@@ -232,3 +236,45 @@ def demo_classifier_model(directory: str | os.PathLike, uri: str = DEMO_MODEL_UR
         "trust_remote_code": False,
     })
     return target
+
+
+PREFERENCE_PROMPT = "Tweet: {text}\nSentiment:"
+PREFERENCE_DEMO_PAIRS = 1200
+# Short tweets only: pairs of at most about 100 tokens keep the CPU demo quick.
+PREFERENCE_TEXT_CHARACTERS = 100
+
+
+def preference_rows(count: int, *, seed: int = 0, offset: int = 0) -> list[dict[str, Any]]:
+    """`count` preference pairs of confident demo tweets: the right sentiment word over a wrong one.
+
+    Positive and negative tweets only, balanced: the wrong word is the other one, so a model
+    that only learned which word is frequent scores 1/2; it must read the tweet.
+    """
+    rows = sentiment_rows(4 * (count + offset), seed=seed, min_confidence=0.9)
+    polar = [row for row in rows if SENTIMENT_LABELS[row["label"]] != "neutral"
+             and len(row["text"]) <= PREFERENCE_TEXT_CHARACTERS]
+    pairs = []
+    for row in polar[offset : offset + count]:
+        label = SENTIMENT_LABELS[row["label"]]
+        wrong = "negative" if label == "positive" else "positive"
+        pairs.append({"prompt": PREFERENCE_PROMPT.format(text=row["text"]),
+                      "chosen": f" {label}", "rejected": f" {wrong}"})
+    return pairs
+
+
+def write_preference_demo(directory: str | os.PathLike, count: int = PREFERENCE_DEMO_PAIRS) -> Path:
+    """Writes `model/` (the tiny Llama Model artifact) and `pairs.jsonl` under `directory`."""
+    root = Path(directory)
+    root.mkdir(parents=True, exist_ok=True)
+    tiny_causal_lm(root / "model")
+    lines = [json.dumps(row) for row in preference_rows(count)]
+    (root / "pairs.jsonl").write_text("\n".join(lines) + "\n")
+    return root
+
+
+if __name__ == "__main__":
+    import sys
+
+    written = write_preference_demo(sys.argv[1] if len(sys.argv) > 1 else "preference-demo")
+    print(f"wrote {written / 'model'} and {written / 'pairs.jsonl'}; then:\n  kftune run --task "
+          f"preference --model-uri {written / 'model'} --dataset-uri {written / 'pairs.jsonl'}")

@@ -7,6 +7,10 @@ here, below both of them:
 - causal-lm, column `messages`: rendered with the tokenizer's chat template; loss on the assistant
   turns only.
 - sequence-classification, columns `text` + `label`.
+- preference, columns `prompt` + `chosen` + `rejected` (text, or chat messages rendered with the
+  tokenizer's chat template): one example per pair, its chosen then its rejected sequence (each
+  prompt + completion, loss on the completion tokens only); `Example.split` is where the rejected
+  sequence starts.
 
 Causal-lm labels are stored ALIGNED with the inputs: `labels[t]` is the token to predict after
 position t (-100 where nothing is learned), so packed examples never predict across a boundary.
@@ -21,6 +25,10 @@ from typing import Any
 from .errors import Problems
 from .tasks import IGNORE_INDEX
 
+PREFERENCE_COLUMNS = ("prompt", "chosen", "rejected")
+# Row numbers shown per problem with the preference rows.
+_SHOWN_ROWS = 5
+
 
 @dataclasses.dataclass(frozen=True)
 class Example:
@@ -32,10 +40,14 @@ class Example:
     """Token ids."""
     labels: tuple[int, ...] | int
     """causal-lm: aligned next-token targets (-100 = no loss); classification: the class."""
+    split: int | None = None
+    """preference: the position where the rejected sequence starts (the chosen one is before)."""
 
     @property
     def target_count(self) -> int:
-        """Targets this example contributes to the loss."""
+        """Targets this example contributes to the loss (a preference pair is one target)."""
+        if self.split is not None:
+            return 1
         if isinstance(self.labels, int):
             return 0 if self.labels == IGNORE_INDEX else 1
         return sum(1 for label in self.labels if label != IGNORE_INDEX)
@@ -44,6 +56,15 @@ class Example:
 def check_columns(task: str, columns: Sequence[str], num_labels: int | None) -> list[str]:
     """Returns the problems with a dataset's columns for `task`."""
     present = set(columns)
+    if task == "preference":
+        missing = [name for name in PREFERENCE_COLUMNS if name not in present]
+        if not missing:
+            return []
+        return [
+            f"`train_data` must have columns prompt, chosen and rejected for task preference, got "
+            f"columns {sorted(present)} (missing {missing}); map them with download_dataset's "
+            "column_mapping, e.g. {'chosen': '<column>'}"
+        ]
     if task == "sequence-classification":
         missing = [name for name in ("text", "label") if name not in present]
         problems = []
@@ -125,6 +146,8 @@ def tokenize_rows(
         problems = Problems()
         problems.add("`train_data` must hold at least one row, got 0 rows")
         problems.raise_if_any()
+    if task == "preference":
+        return tokenize_preference_rows(rows, tokenizer, max_seq_length)
     columns = set(rows[0])
     eos_id = tokenizer.eos_token_id
     examples: list[Example] = []
@@ -161,4 +184,114 @@ def tokenize_rows(
     for index, ids in enumerate(encoded):
         ids = _with_eos(list(ids), eos_id)[:max_seq_length]
         examples.append(Example(index, tuple(ids), aligned_labels(ids, [True] * len(ids))))
+    return examples
+
+
+# -- preference pairs ------------------------------------------------------------------------------
+
+
+def _is_chat(value: Any) -> bool:
+    return isinstance(value, list | tuple) and all(isinstance(item, Mapping) for item in value)
+
+
+def _is_blank(value: Any) -> bool:
+    if _is_chat(value):
+        return not any(str(message.get("content") or "").strip() for message in value)
+    return value is None or not str(value).strip()
+
+
+def _rows_shown(indices: Sequence[int]) -> str:
+    shown = ", ".join(str(index) for index in indices[:_SHOWN_ROWS])
+    return shown + (f" and {len(indices) - _SHOWN_ROWS} more" if len(indices) > _SHOWN_ROWS else "")
+
+
+def preference_row_problems(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """Pairs that teach nothing: an empty prompt, chosen or rejected, or chosen == rejected.
+
+    One line per kind of problem, naming the column, the rows (0-based) and the fix; needs no
+    tokenizer, so the train step checks it before anything starts.
+    """
+    problems = []
+    for column in PREFERENCE_COLUMNS:
+        blank = [index for index, row in enumerate(rows) if _is_blank(row.get(column))]
+        if blank:
+            problems.append(
+                f"`train_data` column {column!r} is empty in {len(blank)} row(s) (rows "
+                f"{_rows_shown(blank)}); fill those rows or drop them from the dataset")
+    same = [index for index, row in enumerate(rows)
+            if not _is_blank(row.get("chosen")) and row.get("chosen") == row.get("rejected")]
+    if same:
+        problems.append(
+            f"`train_data` columns 'chosen' and 'rejected' are identical in {len(same)} row(s) "
+            f"(rows {_rows_shown(same)}); a pair must prefer one completion over a different "
+            "one: fix those rows or drop them")
+    return problems
+
+
+def _render_pair_side(tokenizer: Any, prompt: Any, completion: Any) -> tuple[list[int], list[int]]:
+    """(prompt ids, completion ids) of one side of a pair; the completion ends with EOS."""
+    if _is_chat(prompt) or _is_chat(completion):
+        context = list(prompt) if _is_chat(prompt) else [{"role": "user", "content": str(prompt)}]
+        answer = list(completion) if _is_chat(completion) else [
+            {"role": "assistant", "content": str(completion)}]
+        prompt_ids = list(tokenizer.apply_chat_template(
+            context, tokenize=True, return_dict=True, add_generation_prompt=True)["input_ids"])
+        full = list(tokenizer.apply_chat_template(
+            context + answer, tokenize=True, return_dict=True)["input_ids"])
+        return prompt_ids, full[len(prompt_ids):]
+    prompt_ids = list(tokenizer(str(prompt))["input_ids"])
+    completion_ids = list(tokenizer(str(completion), add_special_tokens=False)["input_ids"])
+    return prompt_ids, _with_eos(completion_ids, tokenizer.eos_token_id)
+
+
+def _chat_problems(rows: Sequence[Mapping[str, Any]], tokenizer: Any) -> list[str]:
+    if tokenizer.chat_template or not any(
+            _is_chat(row.get(column)) for row in rows[:1] for column in PREFERENCE_COLUMNS):
+        return []
+    return ["`train_data` holds chat messages but the model's tokenizer has no chat_template; "
+            "use a chat model or map the data to plain-text prompt/chosen/rejected"]
+
+
+def tokenize_preference_rows(
+    rows: Sequence[Mapping[str, Any]], tokenizer: Any, max_seq_length: int
+) -> list[Example]:
+    """One example per pair: prompt + chosen, then prompt + rejected, completion-only labels.
+
+    A completion is cut so that prompt + completion fits `max_seq_length`.
+
+    Raises:
+        InputError: for missing columns, empty or identical completions, or a prompt that leaves
+            no room for a completion in `max_seq_length` tokens (one line each, all at once).
+    """
+    problems = Problems()
+    problems.extend(check_columns("preference", list(rows[0]), None))
+    problems.raise_if_any()
+    problems.extend(preference_row_problems(rows))
+    problems.extend(_chat_problems(rows, tokenizer))
+    problems.raise_if_any()
+    examples, too_long, longest = [], [], 0
+    for index, row in enumerate(rows):
+        ids: list[int] = []
+        labels: list[int] = []
+        for column in ("chosen", "rejected"):
+            prompt_ids, completion_ids = _render_pair_side(tokenizer, row["prompt"], row[column])
+            if len(prompt_ids) >= max_seq_length:
+                too_long.append(index)
+                longest = max(longest, len(prompt_ids))
+                break
+            sequence = (prompt_ids + completion_ids)[:max_seq_length]
+            mask = ([False] * len(prompt_ids) + [True] * len(completion_ids))[:max_seq_length]
+            ids += sequence
+            labels += aligned_labels(sequence, mask)
+            if column == "chosen":
+                split = len(ids)
+        else:
+            examples.append(Example(index, tuple(ids), tuple(labels), split))
+    if too_long:
+        problems.add(
+            f"`train_data` column 'prompt' has {len(too_long)} prompt(s) of at least "
+            f"`training_parameters.max_seq_length` = {max_seq_length} tokens (rows "
+            f"{_rows_shown(too_long)}; the longest has {longest}), leaving no room for the "
+            f"completion; raise max_seq_length above {longest} or shorten those prompts")
+    problems.raise_if_any()
     return examples

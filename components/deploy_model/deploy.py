@@ -36,6 +36,7 @@ from typing import Any
 from ..common import secrets, uris
 from ..common.artifacts import read_adapter_config, read_manifest
 from ..common.errors import Problems
+from ..common.tasks import model_task
 
 KINDS = ("auto", "llm-inference-service", "inference-service")
 GROUP = "serving.kserve.io"
@@ -209,7 +210,7 @@ class ServingPlan:
     """What is served: the model, its adapters, and the names clients call them by."""
 
     task: str
-    """`causal-lm` or `sequence-classification`, as trained."""
+    """`causal-lm`, `sequence-classification` or `preference`, as trained."""
     model_uri: str
     """The base model (LoRA) or the merged model, as the storage initializer fetches it."""
     model_name: str
@@ -230,12 +231,14 @@ class ServingPlan:
 
 def serving_kinds(task: str) -> tuple[str, ...]:
     """The kinds that serve a model trained for `task`, preferred first."""
+    task = model_task(task)
     return tuple(RESOURCES) if task == "causal-lm" else ("inference-service",)
 
 
 def task_problems(task: str, kind: str, *, merged: bool) -> list[str]:
     """Why `kind` cannot serve a `task` model (merged or as base + adapter), if it cannot."""
     problems = []
+    task = model_task(task)
     if task != "causal-lm" and not merged:
         problems.append(f"a {task} adapter is served only merged (vLLM serves LoRA adapters of "
                         "generative models only): run with `merge` true")
@@ -270,7 +273,7 @@ def serving_plan(adapter_dir: str, adapter_uri: str, config: DeployConfig, *,
             "merged_from"):
         problems.add("`merged_model` must be export_model's output (its manifest has no "
                      "merged_from)")
-    task = manifest.get("task") or "causal-lm"
+    task = model_task(manifest.get("task") or "causal-lm")
     kinds = serving_kinds(task)
     problems.extend(task_problems(task, config.kind, merged=merged_dir is not None))
 

@@ -34,7 +34,7 @@ def download_dataset(
         revision: Hub revision (branch, tag or commit) for `hf://`; empty for the default branch.
         subset: Hub dataset configuration (subset) name, if the dataset has several.
         column_mapping: Which source column plays which role, e.g. `{"text": "tweet", "label":
-            "sentiment"}`. Roles: text, label, prompt, completion, messages.
+            "sentiment"}`. Roles: text, label, prompt, completion, messages, chosen, rejected.
         eval_fraction: Fraction of the selected rows held out for evaluation (seeded shuffle).
             Ignored when `eval_split` is set; 0 holds out nothing.
         eval_split: A separate split expression for the held-out rows, e.g. `test[:500]`.

@@ -31,8 +31,10 @@ from ..common.errors import InputError, Problems
 
 logger = logging.getLogger(__name__)
 
-ROLES = ("text", "label", "prompt", "completion", "messages")
-_STRING_ROLES = ("text", "prompt", "completion")
+ROLES = ("text", "label", "prompt", "completion", "messages", "chosen", "rejected")
+_STRING_ROLES = ("text", "prompt", "completion", "chosen", "rejected")
+# Roles that may hold chat messages instead of text (preference pairs in conversational form).
+_CHAT_ROLES = ("prompt", "chosen", "rejected")
 _BUILDERS = {
     ".jsonl": "json",
     ".ndjson": "json",
@@ -62,7 +64,8 @@ class DatasetSource:
     """Dataset configuration (subset) name, when the source has several."""
     column_mapping: Mapping[str, str] = field(default_factory=dict)
     """Role -> source column, e.g. {"text": "tweet", "label": "sentiment"}. Roles: text, label,
-    prompt, completion, messages. Unmapped roles whose canonical column exists are kept."""
+    prompt, completion, messages, chosen, rejected. Unmapped roles whose canonical column exists
+    are kept."""
     eval_fraction: float = 0.1
     """Fraction of the selected rows held out (seeded shuffle); ignored with `eval_split`."""
     eval_split: str = ""
@@ -697,7 +700,7 @@ def _normalize(rows: _Rows, columns: dict[str, str]) -> Any:
             if problem:
                 problems.add(problem)
                 continue
-        if role in _STRING_ROLES:
+        if role in _STRING_ROLES and not (role in _CHAT_ROLES and _is_messages(values.type)):
             if values.type != pa.string():
                 try:
                     values = values.cast(pa.string())

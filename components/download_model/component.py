@@ -21,7 +21,8 @@ def download_model(
             `file://...` or a plain path, `pvc://claim/path`, or `pkg://module/path`.
         model: Output. The model directory (config, safetensors, tokenizer) and `manifest.json`.
         revision: Hub revision (branch, tag or commit) for `hf://`; empty for the default branch.
-        task: What the model will be fine-tuned for: `causal-lm` or `sequence-classification`.
+        task: What the model will be fine-tuned for: `causal-lm`, `sequence-classification` or
+            `preference` (a causal LM).
         trust_remote_code: Allow the model's own Python code from the Hub. Off by default: only
             turn it on for repositories you trust.
     """

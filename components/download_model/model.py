@@ -80,7 +80,7 @@ class ModelSource:
     revision: str = ""
     """Hub revision (branch, tag or commit) for hf://; empty for the default branch."""
     task: str = "causal-lm"
-    """The fine-tuning task: causal-lm or sequence-classification."""
+    """The fine-tuning task: causal-lm, sequence-classification or preference."""
     trust_remote_code: bool = False
     """Allow the model's own Python code. Off by default: only for repositories you trust."""
 

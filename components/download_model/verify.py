@@ -14,6 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..common.tasks import model_task
+
 # Model types transformers maps to *ForCausalLM that are encoder models at heart (BERT-likes have
 # a decoder variant only when `is_decoder` is set); a causal-lm fine-tune of those is a mistake.
 _CAUSAL_HEADS = "MODEL_FOR_CAUSAL_LM_MAPPING_NAMES"
@@ -28,6 +30,8 @@ _AUTO_CLASS = {
 def task_problems(config: Any, task: str, *, uri: str, trust_remote_code: bool) -> list[str]:
     """Whether `task` fits the architecture of `config` (a transformers PretrainedConfig)."""
     from transformers.models.auto import modeling_auto
+
+    task = model_task(task)  # a preference adapter is a causal-LM adapter
 
     model_type = getattr(config, "model_type", "") or ""
     architectures = getattr(config, "architectures", None) or []

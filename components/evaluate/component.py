@@ -39,7 +39,7 @@ def evaluate(
         report: Output. A Markdown report: the table and, for causal LM, sample generations.
         html_report: Output. The same comparison as an HTML page: base and fine-tuned side by
             side as bars per metric, the table, and the samples.
-        task: `causal-lm` or `sequence-classification`.
+        task: `causal-lm`, `sequence-classification` or `preference`.
         batch_size: Examples per forward pass.
         max_examples: Evaluate at most this many held-out rows (a seeded random sample).
     """

@@ -10,6 +10,10 @@ and reports the metrics side by side:
   (PEFT `modules_to_save`).
 - causal-lm: mean loss and perplexity over completion tokens only where rows have a prompt (all
   tokens for plain text), plus a few prompt -> base / tuned generations for the report.
+- preference: on held-out prompt/chosen/rejected pairs, the preference accuracy (how often the
+  model gives the chosen completion the higher log-probability), and the implicit-reward
+  accuracy and mean reward margin (`beta` x the log ratio to the reference policy, the base model:
+  both 0 for the base itself), plus a few generations.
 
 The base model is loaded once; the base numbers come from the same PEFT model with its adapter
 disabled, so a large model is never held in memory twice. This module never imports kfp: the metric
@@ -55,7 +59,7 @@ class EvalConfig:
     """How to evaluate."""
 
     task: str
-    """`causal-lm` or `sequence-classification`."""
+    """`causal-lm`, `sequence-classification` or `preference`."""
     batch_size: int = 32
     """Examples per forward pass."""
     max_examples: int = 1000
@@ -456,8 +460,13 @@ def render_report(result: dict[str, Any]) -> str:
             "checkpoint has none): its row is the before-fine-tuning baseline.",
         ]
     else:
-        lines += ["", f"Scored tokens: {result['tokens']} (completion tokens only where rows have "
-                  "a prompt)."]
+        if result["task"] == "preference":
+            lines += ["", "Preference accuracy: how often the model gives the chosen completion "
+                      "the higher log-probability. Rewards are `beta` x the log ratio to the base "
+                      f"model (beta {result['beta']}), so the base model's are 0."]
+        else:
+            lines += ["", f"Scored tokens: {result['tokens']} (completion tokens only where rows "
+                      "have a prompt)."]
         if result.get("samples"):
             lines += ["", "## Samples (greedy)", ""]
             for number, sample in enumerate(result["samples"], start=1):
@@ -521,7 +530,7 @@ def run_evaluation(
         metrics: Receives `base_<metric>` and `tuned_<metric>` scalars.
         classification_metrics: Receives the fine-tuned model's confusion matrix (classification).
         report_path: Where to write the Markdown report.
-        task: `causal-lm` or `sequence-classification`.
+        task: `causal-lm`, `sequence-classification` or `preference`.
         batch_size: Examples per forward pass.
         max_examples: Evaluate at most this many held-out rows (a seeded random sample).
         html_report_path: Where to write the HTML report (base vs fine-tuned as bars).
@@ -569,6 +578,9 @@ def run_evaluation(
     if task == "sequence-classification":
         result.update(_compare_classifiers(model, tokenizer, rows, config, num_labels))
         result["label_names"] = label_names
+    elif task == "preference":
+        result.update(_compare_preferences(model, tokenizer, rows, config,
+                                           _beta_from(adapter_manifest)))
     else:
         result.update(_compare_language_models(model, tokenizer, rows, config))
     _publish(result, metrics, classification_metrics, report_path, html_report_path)
@@ -724,7 +736,7 @@ def _publish(
                         f"{side}_precision_{key}", float(result[side]["precision"][index])
                     )
                     metrics.log_metric(f"{side}_recall_{key}", float(result[side]["recall"][index]))
-        else:
+        elif "tokens" in result:
             metrics.log_metric("eval_tokens", float(result["tokens"]))
         metrics.log_metric("eval_examples", float(result["examples"]))
     if classification_metrics is not None and result["task"] == "sequence-classification":
@@ -739,3 +751,91 @@ def _publish(
         path = Path(html_report_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(evaluation_report(result))
+
+
+# --------------------------------------------------------------------------- preference
+
+
+def _beta_from(adapter_manifest: dict[str, Any]) -> float:
+    """The `beta` the adapter was trained with (the implicit rewards' scale); TRL's 0.1 else."""
+    training = adapter_manifest.get("training") or {}
+    beta = training.get("beta") if isinstance(training, dict) else None
+    return float(beta) if isinstance(beta, int | float) and beta > 0 else 0.1
+
+
+def _pair_log_probs(model: Any, examples: list[Any], pad_id: int, config: EvalConfig,
+                    what: str) -> list[float]:
+    """Summed completion log-probabilities of every sequence (chosen, rejected interleaved)."""
+    import torch
+
+    device = next(model.parameters()).device
+    sequences: list[tuple[list[int], list[int]]] = []
+    for example in examples:
+        for part in (slice(None, example.split), slice(example.split, None)):
+            sequences.append((list(example.input_ids[part]), list(example.labels[part])))
+    log_probs: list[float] = []
+    progress = Progress(what, len(examples))
+    with torch.inference_mode():
+        for start in range(0, len(sequences), 2 * config.batch_size):
+            batch = sequences[start : start + 2 * config.batch_size]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+            attention = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (ids, row_labels) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                labels[row, : len(ids)] = torch.tensor(row_labels)
+                attention[row, : len(ids)] = 1
+            logits = model(input_ids=input_ids.to(device),
+                           attention_mask=attention.to(device)).logits.float()
+            labels = labels.to(device)
+            token = -torch.nn.functional.cross_entropy(
+                logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+            log_probs.extend(float(value) for value in token.sum(dim=1))
+            progress.advance(len(batch) // 2)
+    return log_probs
+
+
+def preference_metrics(policy: Sequence[float], reference: Sequence[float],
+                       beta: float) -> dict[str, float]:
+    """Preference accuracy, implicit-reward accuracy and mean margin of interleaved log-probs."""
+    pairs = len(policy) // 2
+    if not pairs:
+        return {"preference_accuracy": 0.0, "reward_accuracy": 0.0, "reward_margin": 0.0}
+    preferred = sum(policy[2 * i] > policy[2 * i + 1] for i in range(pairs))
+    margins = [beta * ((policy[2 * i] - reference[2 * i])
+                       - (policy[2 * i + 1] - reference[2 * i + 1])) for i in range(pairs)]
+    return {"preference_accuracy": preferred / pairs,
+            "reward_accuracy": sum(margin > 0 for margin in margins) / pairs,
+            "reward_margin": sum(margins) / pairs}
+
+
+def _compare_preferences(model: Any, tokenizer: Any, rows: list[dict[str, Any]],
+                         config: EvalConfig, beta: float) -> dict[str, Any]:
+    """Base (the reference policy) and fine-tuned scores of the held-out pairs, and samples."""
+    try:
+        examples = tokenize_rows("preference", rows, tokenizer, config.max_length)
+    except InputError as error:  # the trainer's wording names its own input
+        raise InputError(
+            [problem.replace("`train_data`", "`eval_data`") for problem in error.problems]
+        ) from None
+    with model.disable_adapter():
+        base = _pair_log_probs(model, examples, tokenizer.pad_token_id, config, "base model")
+    tuned = _pair_log_probs(model, examples, tokenizer.pad_token_id, config, "fine-tuned model")
+    samples = []
+    for row in rows[:GENERATION_SAMPLES]:
+        prompt = row["prompt"] if isinstance(row["prompt"], str) else _render_messages(
+            tokenizer, list(row["prompt"]))[0]
+        with model.disable_adapter():
+            base_text = _generate(model, tokenizer, prompt)
+        samples.append(
+            {"prompt": prompt, "base": base_text, "tuned": _generate(model, tokenizer, prompt)})
+    return {
+        "base": preference_metrics(base, base, beta),
+        "tuned": preference_metrics(tuned, base, beta),
+        "headline": ["preference_accuracy", "reward_accuracy", "reward_margin"],
+        "primary": "preference_accuracy",
+        "higher_is_better": True,
+        "beta": beta,
+        "samples": samples,
+    }

@@ -31,7 +31,7 @@ def export_model(
         merged_model: Output. config.json, sharded safetensors with their index, the tokenizer,
             generation_config.json (causal LM) and manifest.json (base, adapter, training data,
             metrics, the logits check, the merge's peak memory).
-        task: `causal-lm` or `sequence-classification` (as trained).
+        task: `causal-lm`, `sequence-classification` or `preference` (as trained).
         dtype: Dtype of the merged weights: `bfloat16`, `float16` or `float32`.
         max_shard_size: Largest safetensors shard, e.g. `5GB` or `500MB`.
         check_inputs: Fixed texts the logits check runs (0 to 4; 0 skips the check).

@@ -32,7 +32,7 @@ from ..common.artifacts import (
     write_manifest,
 )
 from ..common.errors import InputError, Problems
-from ..common.tasks import check_task
+from ..common.tasks import check_task, model_task
 from . import merge
 
 LOG = logging.getLogger(__name__)
@@ -309,6 +309,7 @@ def export_model(base_model_dir: str, adapter_dir: str, output_dir: str, *, task
     config = config or ExportConfig()
     base_dir, adapter_path = Path(base_model_dir), Path(adapter_dir)
     base_manifest, adapter_manifest = _inputs(base_dir, adapter_path, task)
+    task = model_task(task)  # a preference adapter is a causal-LM adapter
     label_names = adapter_manifest.get("label_names")
     model_config = task_config(base_dir, task, label_names, config.dtype)
     shapes, required, prefix, architecture = meta_model(model_config, task)

@@ -37,7 +37,7 @@ def train_lora(
         report: Output. An HTML page: loss, learning-rate, gradient-norm and tokens/s curves
             (one point per logged step; the adapter keeps them as history.jsonl) and the run's
             settings.
-        task: `causal-lm` or `sequence-classification`.
+        task: `causal-lm`, `sequence-classification` or `preference`.
         training_parameters: e.g. `{"learning_rate": 2e-4, "num_train_epochs": 1,
             "per_device_train_batch_size": 8}`. (TRAINING_PARAMETERS_HELP)
         lora_config: `peft.LoraConfig` fields, e.g. `{"r": 8, "lora_alpha": 8,

@@ -19,7 +19,7 @@ CLI, the Python API, the train_lora component) before anything starts; after tha
 trusted. `CONFIG.json`, the file `trainer.py --config` reads, is written by `TrainConfig.to_file`
 and read by `TrainConfig.from_file` only::
 
-    {"task": "causal-lm" | "sequence-classification",
+    {"task": "causal-lm" | "sequence-classification" | "preference",
      "model_dir": <Model artifact dir>, "data_dir": <Dataset artifact dir>, "output_dir": <dir>,
      "training_parameters": {<TrainingSettings keys>}, "lora_config": {<peft.LoraConfig fields>},
      "merge": false}
@@ -229,6 +229,9 @@ SCHEDULERS = (
     "warmup_stable_decay",
 )
 OPTIMIZERS = ("adamw_torch", "adamw_torch_fused", "sgd")
+PREFERENCE_LOSSES = ("sigmoid", "robust", "ipo")
+# Settings of the preference task only.
+PREFERENCE_KEYS = ("beta", "loss_type", "label_smoothing")
 
 
 # -- the settings kftune honours -----------------------------------------------------------------
@@ -314,11 +317,14 @@ class TrainingSettings:
     ddp_timeout: int = setting(1800, _int_at_least(1), "Collective timeout in seconds.")
     use_cpu: bool = setting(False, _boolean, "Train on CPU even when a GPU is present.")
     max_seq_length: int = setting(
-        1024, _int_at_least(1), "Examples are truncated to this many tokens.", kftune=True)
+        1024, _int_at_least(1),
+        "Examples are truncated to this many tokens (preference: prompt + chosen, and prompt + "
+        "rejected, each).", kftune=True)
     packing: bool = setting(
         True, _boolean,
-        "causal-lm: the examples of a micro-batch are concatenated into one row without padding; "
-        "attention never crosses example boundaries. false pads to the longest example.",
+        "causal-lm and preference: the examples (a pair's chosen and rejected completions) of a "
+        "micro-batch are concatenated into one row without padding; attention never crosses "
+        "their boundaries. false pads to the longest one.",
         kftune=True)
     global_batch_size: int | None = setting(
         None, _optional(_int_at_least(1)),
@@ -329,8 +335,9 @@ class TrainingSettings:
         kftune=True)
     max_tokens_per_micro_batch: int | None = setting(
         None, _optional(_int_at_least(1)),
-        "causal-lm with packing: fill each micro-batch with examples up to this many tokens "
-        "instead of `per_device_train_batch_size` examples (steady memory and step times); "
+        "causal-lm and preference with packing: fill each micro-batch with examples up to this "
+        "many tokens instead of `per_device_train_batch_size` examples (steady memory and step "
+        "times); "
         ">= `max_seq_length`, not with `global_batch_size`.", kftune=True)
     pad_to_multiple_of: int | None = setting(
         None, _optional(_int_at_least(1)),
@@ -352,6 +359,21 @@ class TrainingSettings:
         "`BitsAndBytesConfig` fields to load the base in 4-bit (QLoRA), e.g. {\"load_in_4bit\": "
         "true, \"bnb_4bit_quant_type\": \"nf4\", \"bnb_4bit_compute_dtype\": \"bfloat16\", "
         "\"bnb_4bit_use_double_quant\": true}; needs CUDA and bitsandbytes; not with fsdp.",
+        kftune=True)
+
+    beta: float = setting(
+        0.1, _positive_number,
+        "preference: how far the tuned model may move from the reference (the base with the "
+        "adapter off); higher keeps it closer (TRL `DPOConfig.beta`).", kftune=True)
+    loss_type: str = setting(
+        "sigmoid", _one_of(*PREFERENCE_LOSSES),
+        "preference: sigmoid (DPO), robust (DPO with `label_smoothing` as the flipped-label "
+        "rate) or ipo (IPO, on completion-length-averaged log ratios), as TRL computes them "
+        "(`DPOConfig.loss_type`).", kftune=True)
+    label_smoothing: float = setting(
+        0.0, _number_in(0, 0.5, high_open=True),
+        "preference: the probability that a pair's labels are flipped; with sigmoid, "
+        "conservative DPO; with robust, robust DPO (TRL `DPOConfig.label_smoothing`).",
         kftune=True)
 
     @classmethod
@@ -529,7 +551,8 @@ def _init_lora_weights(name: str, value: Any) -> str | None:
     )
 
 
-LORA_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS"}
+LORA_TASK_TYPES = {"causal-lm": "CAUSAL_LM", "sequence-classification": "SEQ_CLS",
+                   "preference": "CAUSAL_LM"}
 
 HONOURED_LORA_FIELDS: dict[str, Check] = {
     "r": _int_at_least(1),
@@ -655,8 +678,29 @@ def _cross_field_problems(training_parameters: Mapping[str, Any], task: str | No
             "(global_batch_size derives the accumulation steps from the world size)"
         )
     problems.extend(_token_budget_problems(training_parameters, task))
+    problems.extend(_preference_problems(training_parameters, task))
     problems.extend(parallelism.cross_problems(training_parameters))
     return problems
+
+
+def _preference_problems(training_parameters: Mapping[str, Any], task: str | None) -> list[str]:
+    """The preference keys belong to task preference; label smoothing needs a loss that uses it."""
+    if task is None:
+        return []
+    if task != "preference":
+        return [
+            f"`training_parameters.{key}` applies to task preference only, got it "
+            f"({shown(training_parameters[key])}) with task {task!r}; remove it"
+            for key in PREFERENCE_KEYS if key in training_parameters
+        ]
+    loss = training_parameters.get("loss_type", TrainingSettings.loss_type)
+    if training_parameters.get("label_smoothing") and loss == "ipo":
+        return [
+            "`training_parameters.label_smoothing` does not apply to loss_type 'ipo', got "
+            f"{training_parameters['label_smoothing']!r}; remove it or use loss_type sigmoid "
+            "or robust"
+        ]
+    return []
 
 
 def _token_budget_problems(training_parameters: Mapping[str, Any], task: str | None) -> list[str]:
@@ -665,9 +709,10 @@ def _token_budget_problems(training_parameters: Mapping[str, Any], task: str | N
         return []
     name = "`training_parameters.max_tokens_per_micro_batch`"
     problems = []
-    if task is not None and task != "causal-lm":
+    if task is not None and task not in ("causal-lm", "preference"):
         problems.append(
-            f"{name} applies to task causal-lm only, got it ({budget}) with task {task!r}; "
+            f"{name} applies to tasks causal-lm and preference only, got it ({budget}) with "
+            f"task {task!r}; "
             "remove it and set per_device_train_batch_size"
         )
     if training_parameters.get("packing") is False:
@@ -798,7 +843,7 @@ class TrainConfig:
     """
 
     task: Task
-    """`causal-lm` or `sequence-classification`."""
+    """`causal-lm`, `sequence-classification` or `preference`."""
     model_dir: str
     """The base model: a Model artifact directory (Hugging Face layout + manifest.json)."""
     data_dir: str

@@ -314,7 +314,8 @@ BAD = [
     Bad("token budget for classification",
         {"task": "sequence-classification",
          "training_parameters": {"max_tokens_per_micro_batch": 8192}},
-        ["`training_parameters.max_tokens_per_micro_batch` applies to task causal-lm only"]),
+        ["`training_parameters.max_tokens_per_micro_batch` applies to tasks causal-lm and "
+         "preference only"]),
     Bad("invalid lora value", {"lora_config": {"r": 0}},
         ["`lora_config.r` must be an integer >= 1, got 0"]),
     Bad("image with spaces", {"image": "my trainer:latest"},

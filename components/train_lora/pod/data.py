@@ -326,3 +326,44 @@ def collate_classification(
         ),
         "labels": torch.tensor([e.labels for e in examples]),
     }
+
+
+def _pair_sequences(examples: Sequence[Example]) -> list[tuple[tuple[int, ...], tuple[int, ...]]]:
+    """(input ids, labels) of every sequence: each pair's chosen, then its rejected."""
+    sequences = []
+    for example in examples:
+        split = example.split or 0
+        labels = tuple(example.labels) if not isinstance(example.labels, int) else ()
+        sequences.append((example.input_ids[:split], labels[:split]))
+        sequences.append((example.input_ids[split:], labels[split:]))
+    return sequences
+
+
+def collate_preference(
+    examples: Sequence[Example], pad_id: int, packing: bool, pad_to_multiple_of: int | None = None
+) -> dict[str, Any]:
+    """Tensors for one preference micro-batch: the causal-lm layout of its 2 x pairs sequences.
+
+    Sequence 2i is pair i's chosen one, 2i + 1 its rejected one. Besides the causal-lm tensors
+    (`collate_causal_lm`, packed or padded), `sequence_ids` [B, T] gives each position's sequence
+    (padding: sequence 0, with no targets), `completion_tokens` [2 x pairs] the targets per
+    sequence (IPO averages over them) and `num_sequences` their count.
+    """
+    import torch
+
+    sequences = [Example(index, ids, labels) for index, (ids, labels)
+                 in enumerate(_pair_sequences(examples))]
+    batch = collate_causal_lm(sequences, pad_id, packing, pad_to_multiple_of)
+    width = batch["input_ids"].shape[1]
+    if packing or not sequences:
+        owner = [index for index, sequence in enumerate(sequences)
+                 for _ in sequence.input_ids]
+        owner += [0] * (width - len(owner))
+        sequence_ids = torch.tensor([owner])
+    else:
+        sequence_ids = torch.arange(len(sequences)).unsqueeze(1).expand(-1, width).contiguous()
+    batch["sequence_ids"] = sequence_ids
+    batch["completion_tokens"] = torch.tensor(
+        [sequence.target_count for sequence in sequences], dtype=torch.float32)
+    batch["num_sequences"] = len(sequences)
+    return batch

@@ -13,6 +13,9 @@ The trainer never calls the model directly; it calls:
   `position_ids` restart at 0 at every example; they may carry `cu_seq_lens` (int32 [n + 1], the
   example boundaries in the flattened row) and `max_length` (int, the longest example), which
   data.py computes on the CPU so that the GPU path needs no host synchronization.
+- `sequence_log_probs(model, batch) -> log_probs [S]`: for a preference micro-batch (a causal-lm
+  batch whose positions belong to `batch["num_sequences"]` sequences, `sequence_ids`), the summed
+  log-probability of each sequence's target tokens; the same head (chunked on GPU).
 - `classification_loss(model, batch, label_smoothing) -> (loss_sum, example_count)`: the same
   for sequence classification; `batch` holds `input_ids`, `attention_mask`, `labels` [B].
 
@@ -122,7 +125,7 @@ def _varlen_attention(module: torch.nn.Module, query: torch.Tensor, key: torch.T
 def attention_implementation(device: torch.device, task: str = "causal-lm") -> str:
     """The `attn_implementation` to load the base model with on `device` for `task`."""
     global _VARLEN_CALL
-    if device.type == "cuda" and task == "causal-lm" and _varlen() is not None:
+    if device.type == "cuda" and task in ("causal-lm", "preference") and _varlen() is not None:
         from transformers import AttentionInterface
 
         _VARLEN_CALL = _varlen()
@@ -309,6 +312,82 @@ def causal_lm_loss(model: torch.nn.Module, batch: dict[str, Any]) -> tuple[
         hidden = model(**inputs, use_cache=False).logits  # the final hidden states
     loss_sum = chunked_linear_cross_entropy(hidden, head.weight, labels)
     return loss_sum, (labels != IGNORE_INDEX).sum()
+
+
+def _token_cross_entropy_chunk(logits: torch.Tensor, labels: torch.Tensor) -> tuple[
+    torch.Tensor, torch.Tensor
+]:
+    """Per-token cross-entropy of one chunk (0 where no target) and its gradient (fp32 math)."""
+    dtype = logits.dtype
+    logits = logits.float()
+    valid = labels != IGNORE_INDEX
+    safe = labels.clamp_min(0).unsqueeze(1)
+    log_norm = torch.logsumexp(logits, dim=-1, keepdim=True)
+    losses = (log_norm.squeeze(1) - logits.gather(1, safe).squeeze(1)) * valid
+    grad = torch.exp(logits - log_norm)
+    grad = grad.scatter_add(1, safe, torch.full_like(log_norm, -1.0))
+    return losses, (grad * valid.unsqueeze(1)).to(dtype)
+
+
+class _ChunkedLinearTokenCrossEntropy(torch.autograd.Function):
+    """cross_entropy(hidden @ weight.T, labels) per token, chunk by chunk, for a frozen `weight`.
+
+    A token's loss depends on its own hidden state only, so the gradient of each token's loss
+    w.r.t. its hidden state is formed in the forward pass and scaled by the incoming gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, labels: torch.Tensor,
+                chunk: int) -> torch.Tensor:
+        needs_grad = ctx.needs_input_grad[0]
+        grad_hidden = torch.empty_like(hidden) if needs_grad else None
+        losses = torch.empty(hidden.shape[0], device=hidden.device, dtype=torch.float32)
+        for start in range(0, hidden.shape[0], chunk):
+            logits = hidden[start:start + chunk] @ weight.t()
+            part, grad_logits = _token_cross_entropy_chunk(logits, labels[start:start + chunk])
+            losses[start:start + chunk] = part
+            if grad_hidden is not None:
+                torch.mm(grad_logits, weight, out=grad_hidden[start:start + chunk])
+        ctx.save_for_backward(grad_hidden)
+        return losses
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+        (grad_hidden,) = ctx.saved_tensors
+        if grad_hidden is None:
+            return None, None, None, None
+        return grad_hidden * grad_output.to(grad_hidden.dtype).unsqueeze(1), None, None, None
+
+
+def sequence_log_probs(model: torch.nn.Module, batch: dict[str, Any]) -> torch.Tensor:
+    """The summed log-probability of each sequence's target tokens, [num_sequences] fp32."""
+    labels = batch["labels"].reshape(-1)
+    inputs: dict[str, Any] = {"input_ids": batch["input_ids"],
+                              "position_ids": batch["position_ids"]}
+    if "attention_mask" in batch:
+        inputs["attention_mask"] = batch["attention_mask"]
+    base = _unwrap(model)
+    head = _frozen_linear_head(base) if labels.is_cuda else None
+    if head is None:
+        with _autocast(model):
+            logits = model(**inputs, use_cache=False).logits
+        token_losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), labels,
+                                       ignore_index=IGNORE_INDEX, reduction="none")
+    else:
+        if "attention_mask" not in batch and base.config._attn_implementation == VARLEN_ATTENTION:
+            cu_seq_lens, max_length = _packed_boundaries(batch)
+            inputs.update(cu_seq_lens_q=cu_seq_lens, cu_seq_lens_k=cu_seq_lens,
+                          max_length_q=max_length, max_length_k=max_length)
+        with _autocast(model), _head_bypassed(base, head):
+            hidden = model(**inputs, use_cache=False).logits  # the final hidden states
+        hidden = hidden.reshape(-1, hidden.shape[-1])
+        weight = head.weight.to(hidden.dtype)
+        chunk = max(256, _CHUNK_ELEMENTS // weight.shape[0])
+        token_losses = _ChunkedLinearTokenCrossEntropy.apply(hidden, weight, labels, chunk)
+    sums = torch.zeros(batch["num_sequences"], device=labels.device, dtype=torch.float32)
+    if batch["num_sequences"] == 0:
+        return sums + 0.0 * token_losses.sum()  # keeps the graph: DDP still syncs gradients
+    return sums.index_add(0, batch["sequence_ids"].reshape(-1), -token_losses)
 
 
 def classification_loss(

@@ -48,9 +48,10 @@ from ...common import tokenization
 from ...common.artifacts import atomic_directory, read_manifest, write_manifest
 from ...common.errors import InputError, Problems, writing
 from ...common.report import write_history
+from ...common.tasks import model_task
 from .. import fit
 from ..config import TrainConfig, TrainingSettings, build_lora_config, lora_config_problem
-from . import checkpoint, data, kernels, loading, sharding
+from . import checkpoint, data, kernels, loading, preference, sharding
 from . import progress as progress_lib
 
 LOG = logging.getLogger("kftune.trainer")
@@ -505,6 +506,7 @@ def save_final(cfg: TrainConfig, model: Any, tokenizer: Any, model_manifest: dic
         "use_rslora": peft_config.use_rslora, "use_dora": peft_config.use_dora,
         "task_type": str(peft_config.task_type),
     }
+    classifier = model_task(cfg.task) == "sequence-classification"
     with atomic_directory(Path(cfg.output_dir) / "final") as staging, writing(
             staging, what="the adapter", fix=checkpoint.DISK_FULL_FIX):
         model.save_pretrained(staging, **({"state_dict": adapter} if adapter else {}))
@@ -522,8 +524,8 @@ def save_final(cfg: TrainConfig, model: Any, tokenizer: Any, model_manifest: dic
             "train_data": {"source": data_manifest.get("source"),
                            "fingerprint": data_manifest.get("fingerprint"),
                            "row_ranges": data_manifest.get("row_ranges")},
-            "num_labels": data_manifest.get("num_labels") if cfg.task != "causal-lm" else None,
-            "label_names": data_manifest.get("label_names") if cfg.task != "causal-lm" else None,
+            "num_labels": data_manifest.get("num_labels") if classifier else None,
+            "label_names": data_manifest.get("label_names") if classifier else None,
         })
         if cfg.merge:
             merged = model.merge_and_unload()
@@ -582,6 +584,8 @@ class Job:
     trainable: int
     deal_lengths: list[int] | None
     """Example lengths to deal micro-batches by tokens (packed causal-lm), else None."""
+    preference: preference.PreferenceLoss | None = None
+    """The DPO-family loss of task preference, else None."""
 
     def steps(self, position: data.DataPosition) -> Iterator[tuple[list[int], data.DataPosition]]:
         """The job-wide examples of each optimizer step from `position` on."""
@@ -691,7 +695,8 @@ def _load_from_meta(cfg: TrainConfig, settings: TrainingSettings, runtime: Runti
     """
     from transformers import AutoModelForCausalLM
 
-    why = ("the task's head is new, not in the checkpoint" if cfg.task != "causal-lm"
+    why = ("the task's head is new, not in the checkpoint"
+           if model_task(cfg.task) != "causal-lm"
            else "the checkpoint is 4-bit" if _prequantized(cfg.model_dir) else None)
     if why is None:
         base = loading.empty_base(AutoModelForCausalLM, cfg.model_dir, runtime.dtype,
@@ -785,6 +790,8 @@ def setup(cfg: TrainConfig, runtime: Runtime, auto_tokenizer: Any) -> tuple[Job,
     tokenizer = auto_tokenizer.from_pretrained(cfg.model_dir)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (
         tokenizer.eos_token_id or 0)
+    # Before the model loads: bad rows fail fast.
+    examples = tokenization.tokenize_rows(cfg.task, rows, tokenizer, settings.max_seq_length)
     sharded = choose_sharding(cfg, runtime, model_manifest)
     model = _build_model(cfg, settings, runtime, model_manifest, label_names, pad_id, sharded)
     trainable = sum(param.numel() for param in model.parameters() if param.requires_grad)
@@ -792,7 +799,6 @@ def setup(cfg: TrainConfig, runtime: Runtime, auto_tokenizer: Any) -> tuple[Job,
     LOG.info("LoRA: %s trainable parameters of %s (%.3f%%)", f"{trainable:,}", f"{total:,}",
              100 * trainable / total)
 
-    examples = tokenization.tokenize_rows(cfg.task, rows, tokenizer, settings.max_seq_length)
     order = data.GlobalOrder(len(examples), settings.order_seed, settings.shuffle)
     budget, global_batch, accumulation, total_steps = _plan_steps(settings, runtime, examples,
                                                                    order)
@@ -809,10 +815,12 @@ def setup(cfg: TrainConfig, runtime: Runtime, auto_tokenizer: Any) -> tuple[Job,
     # Packed causal-lm micro-batches are dealt out by tokens, not example count, so that every
     # rank's micro-batch takes about as long (a step waits for the slowest rank).
     deal_lengths = ([len(example.input_ids) for example in examples]
-                    if cfg.task == "causal-lm" and settings.packing else None)
+                    if model_task(cfg.task) == "causal-lm" and settings.packing else None)
+    loss = (preference.PreferenceLoss(settings.beta, settings.loss_type, settings.label_smoothing)
+            if cfg.task == "preference" else None)
     job = Job(cfg, settings, runtime, model, wrapped, root, tokenizer, pad_id, examples, order,
               budget, global_batch, accumulation, total_steps, optimizer, scheduler, identity,
-              model_manifest, data_manifest, trainable, deal_lengths)
+              model_manifest, data_manifest, trainable, deal_lengths, loss)
     return job, resumed
 
 
@@ -827,6 +835,8 @@ class StepResult:
     grad_norm: torch.Tensor | None
     loss_sum: torch.Tensor
     """This rank's summed loss over the step (not synchronized)."""
+    pair_sums: torch.Tensor | None = None
+    """preference: this rank's sums of `preference.METRIC_NAMES` over the step's pairs."""
 
 
 def train_step(job: Job, step_examples: list[int], hooks: DebugHooks, step: int,
@@ -839,13 +849,18 @@ def train_step(job: Job, step_examples: list[int], hooks: DebugHooks, step: int,
     step_targets = max(1, sum(job.examples[index].target_count for index in step_examples))
     step_tokens = sum(len(job.examples[index].input_ids) for index in step_examples)
     loss_total = torch.zeros((), device=runtime.device)
+    pair_sums = torch.zeros(len(preference.METRIC_NAMES), device=runtime.device)
     for micro, indices in enumerate(micro_batches):
         hooks.saw(epoch, step, indices)
         batch = _to_device(_collate(job.cfg.task, [job.examples[index] for index in indices],
                                     job.pad_id, settings), runtime)
         last = micro == len(micro_batches) - 1
         with nullcontext() if last else sharding.no_gradient_sync(job.wrapped, job.root):
-            if job.cfg.task == "causal-lm":
+            if job.preference is not None:
+                loss_sum, sums = preference.micro_batch_loss(job.wrapped, job.model, batch,
+                                                             job.preference)
+                pair_sums += sums
+            elif job.cfg.task == "causal-lm":
                 loss_sum, _ = kernels.causal_lm_loss(job.wrapped, batch)
             else:
                 loss_sum, _ = kernels.classification_loss(
@@ -859,7 +874,8 @@ def train_step(job: Job, step_examples: list[int], hooks: DebugHooks, step: int,
     job.optimizer.step()
     job.scheduler.step()
     job.optimizer.zero_grad(set_to_none=True)
-    return StepResult(step_targets, step_tokens, grad_norm, loss_total)
+    return StepResult(step_targets, step_tokens, grad_norm, loss_total,
+                      pair_sums if job.preference is not None else None)
 
 
 class Progress:
@@ -875,6 +891,7 @@ class Progress:
         self.history = resumed.history
         self.log_every = _every(job.settings.logging_steps, job.total_steps)
         self.window_loss = torch.zeros((), device=job.runtime.device)
+        self.window_pairs = torch.zeros(len(preference.METRIC_NAMES), device=job.runtime.device)
         self.window_targets = self.window_tokens = 0
         self.stalls = HostStalls()
         self.stall_mark = self.window_stall_mark = self.stalls.snapshot()
@@ -885,6 +902,8 @@ class Progress:
     def end_step(self, step: int, position: data.DataPosition, result: StepResult) -> None:
         """Accounts for step `step`; logs the progress line on logging steps (collective)."""
         self.window_loss += result.loss_sum
+        if result.pair_sums is not None:
+            self.window_pairs += result.pair_sums
         self.window_targets += result.targets
         self.window_tokens += result.tokens
         self.run_tokens += result.tokens
@@ -904,6 +923,7 @@ class Progress:
         job = self.job
         dist.all_reduce(self.window_loss)
         loss = self.window_loss.item() / self.window_targets
+        pair_metrics = self._pair_metrics()
         stall_note, self.window_stall_mark = _stall_note(self.stalls, self.window_stall_mark,
                                                          job.runtime)
         now = time.monotonic()
@@ -916,21 +936,34 @@ class Progress:
             "grad_norm": sharding.full(grad_norm).item() if grad_norm is not None else None,
             "tokens_per_second": self.window_tokens / max(now - self.window_started, 1e-9),
             "elapsed_seconds": round(now - self.started, 3),
+            **pair_metrics,
         }
         self.history.append(record)
         for reporter in self.reporters:
             reporter.step(record, progress_lib.Position(step, job.total_steps, eta))
         LOG.info(
             "step %d/%d (%.1f%%) | epoch %.2f | loss %.4f | lr %.3e | grad_norm %s | "
-            "tokens/s %.0f | elapsed %s | eta %s%s",
+            "tokens/s %.0f | elapsed %s | eta %s%s%s",
             step, job.total_steps, 100 * step / job.total_steps, record["epoch"], loss,
             record["learning_rate"],
             f"{record['grad_norm']:.3f}" if grad_norm is not None else "-",
             record["tokens_per_second"], _format_seconds(now - self.started),
-            _format_seconds(eta), stall_note)
+            _format_seconds(eta), stall_note,
+            "".join(f" | {name} {value:.4f}" for name, value in pair_metrics.items()))
         self.window_loss.zero_()
+        self.window_pairs.zero_()
         self.window_targets = self.window_tokens = 0
         self.window_started = time.monotonic()
+
+    def _pair_metrics(self) -> dict[str, float]:
+        """preference: the window's mean rewards, accuracy and margin over all ranks' pairs."""
+        if self.job.preference is None:
+            return {}
+        dist.all_reduce(self.window_pairs)
+        pairs = max(self.window_targets, 1)  # a preference pair is one target
+        return {name: value / pairs
+                for name, value in zip(preference.METRIC_NAMES, self.window_pairs.tolist(),
+                                       strict=True)}
 
     def _record_time(self, step: int, tokens: int) -> None:
         gc_seconds, compilations = self.stalls.snapshot()
@@ -1041,6 +1074,9 @@ def _collate(task: str, examples: Sequence[data.Example], pad_id: int,
     if task == "causal-lm":
         return data.collate_causal_lm(examples, pad_id, settings.packing,
                                       settings.pad_to_multiple_of)
+    if task == "preference":
+        return data.collate_preference(examples, pad_id, settings.packing,
+                                       settings.pad_to_multiple_of)
     return data.collate_classification(examples, pad_id, settings.pad_to_multiple_of)
 
 

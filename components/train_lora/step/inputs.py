@@ -163,6 +163,24 @@ def class_problems(data_dir: str | os.PathLike) -> list[str]:
     ]
 
 
+def pair_problems(data_dir: str | os.PathLike) -> list[str]:
+    """A preference Dataset needs prompt/chosen/rejected columns and pairs that teach something."""
+    import pyarrow.parquet as pq
+
+    from ...common import tokenization
+
+    path = Path(data_dir) / "data.parquet"
+    try:
+        names = pq.read_schema(path).names
+        problems = tokenization.check_columns("preference", names, None)
+        if problems:
+            return problems
+        rows = pq.read_table(path, columns=list(tokenization.PREFERENCE_COLUMNS)).to_pylist()
+    except (OSError, ValueError) as error:
+        return [f"`train_data` could not be read ({path}: {error})"]
+    return tokenization.preference_row_problems(rows)
+
+
 def usable_cpus() -> int:
     """CPU cores this process may run on (its affinity mask, as a container limits it)."""
     try:

@@ -111,7 +111,7 @@ def derive_job_name(output_uri: str, task: str) -> str:
     created, and two runs never share one.
     """
     digest = hashlib.sha256(output_uri.encode()).hexdigest()[:12]
-    prefix = "kftune-" + ("clm" if task == "causal-lm" else "cls")
+    prefix = "kftune-" + {"causal-lm": "clm", "preference": "dpo"}.get(task, "cls")
     return f"{prefix}-{digest}"
 
 

@@ -213,6 +213,8 @@ def _input_problems(
         problems += fitted
         if parameters.task == "sequence-classification":
             problems += inputs.class_problems(files.data_dir)
+        if parameters.task == "preference":
+            problems += inputs.pair_problems(files.data_dir)
         problems += fit.fit_problems(
             files.model_dir, training_parameters, parameters.lora_config, *nodes,
             parameters.resources_per_worker, parameters.kubernetes_options)

@@ -76,7 +76,8 @@ class TrainParameters:
     The values are checked by `launch.plan`, which turns them into a `TrainingSpec`.
     """
 
-    task: str = _parameter("causal-lm", "`causal-lm` or `sequence-classification`.",
+    task: str = _parameter("causal-lm",
+                           "`causal-lm`, `sequence-classification` or `preference` (DPO).",
                            steps=(TRAIN_STEP, "download_model", "evaluate"))
     training_parameters: dict = _parameter(
         {}, "`transformers.TrainingArguments` fields and kftune extras.")
@@ -265,7 +266,7 @@ class TrainingSpec:
     """
 
     task: str
-    """`causal-lm` or `sequence-classification`."""
+    """`causal-lm`, `sequence-classification` or `preference`."""
     training_parameters: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """`transformers.TrainingArguments` fields (plus kftune's documented extras)."""
     lora_config: Mapping[str, Any] = dataclasses.field(default_factory=dict)
