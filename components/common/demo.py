@@ -242,6 +242,16 @@ PREFERENCE_PROMPT = "Tweet: {text}\nSentiment:"
 PREFERENCE_DEMO_PAIRS = 1200
 # Short tweets only: pairs of at most about 100 tokens keep the CPU demo quick.
 PREFERENCE_TEXT_CHARACTERS = 100
+# The demo's settings for `kftune run --task preference` on the tiny Llama. On CPU, padded
+# micro-batches run faster than packed ones (the SDPA path builds a mask over the packed row);
+# on GPU packing is the fast path.
+PREFERENCE_DEMO_TRAINING: dict[str, Any] = {
+    "max_steps": 40, "per_device_train_batch_size": 16, "learning_rate": 2e-3,
+    "max_seq_length": 128, "packing": False, "logging_steps": 5, "save_strategy": "no",
+}
+PREFERENCE_DEMO_LORA: dict[str, Any] = {
+    "r": 8, "lora_alpha": 16, "lora_dropout": 0.0, "target_modules": "all-linear",
+}
 
 
 def preference_rows(count: int, *, seed: int = 0, offset: int = 0) -> list[dict[str, Any]]:
@@ -277,4 +287,7 @@ if __name__ == "__main__":
 
     written = write_preference_demo(sys.argv[1] if len(sys.argv) > 1 else "preference-demo")
     print(f"wrote {written / 'model'} and {written / 'pairs.jsonl'}; then:\n  kftune run --task "
-          f"preference --model-uri {written / 'model'} --dataset-uri {written / 'pairs.jsonl'}")
+          f"preference --model-uri {written / 'model'} --dataset-uri {written / 'pairs.jsonl'} "
+          f"--column-mapping '{{}}' --eval-fraction 0.1 --lora-config "
+          f"'{json.dumps(PREFERENCE_DEMO_LORA)}' --training-parameters "
+          f"'{json.dumps(PREFERENCE_DEMO_TRAINING)}'")

@@ -35,17 +35,36 @@ def torchrun(config: Path, tmp_path: Path, **env: str) -> subprocess.CompletedPr
                                    KFTUNE_DEBUG_SEEN_DIR=str(tmp_path / "seen"), **env))
 
 
-def test_two_processes_train_every_pair_once_per_epoch_and_resume(tmp_path: Path) -> None:
-    model = demo.tiny_causal_lm(tmp_path / "model")
-    data = demo.write_dataset_artifact(tmp_path / "data", demo.preference_rows(PAIRS))
+def write_config(tmp_path: Path, inputs: tuple[Path, Path], **parameters: object) -> Path:
     config = tmp_path / "config.json"
     config.write_text(json.dumps({
-        "task": "preference", "model_dir": str(model), "data_dir": str(data),
-        "output_dir": str(tmp_path / "out"), "training_parameters": PARAMETERS,
+        "task": "preference", "model_dir": str(inputs[0]), "data_dir": str(inputs[1]),
+        "output_dir": str(tmp_path / "out"), "training_parameters": {**PARAMETERS, **parameters},
         "lora_config": LORA}))
-    # Rank 1 is SIGKILLed after step 3 (checkpoint at 2): torchrun restarts both processes.
-    result = torchrun(config, tmp_path, KFTUNE_DEBUG_KILL_AT_STEP="3", KFTUNE_DEBUG_KILL_RANK="1")
+    return config
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("preference")
+    return (demo.tiny_causal_lm(root / "model"),
+            demo.write_dataset_artifact(root / "data", demo.preference_rows(PAIRS)))
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tmp_path_factory: pytest.TempPathFactory,
+            inputs: tuple[Path, Path]) -> tuple[Path, subprocess.CompletedProcess]:
+    """DDP, 2 processes; rank 1 is SIGKILLed after step 3 (checkpoint at 2), torchrun restarts."""
+    tmp_path = tmp_path_factory.mktemp("ddp")
+    result = torchrun(write_config(tmp_path, inputs), tmp_path, KFTUNE_DEBUG_KILL_AT_STEP="3",
+                      KFTUNE_DEBUG_KILL_RANK="1")
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return tmp_path, result
+
+
+def test_two_processes_train_every_pair_once_per_epoch_and_resume(
+        ddp_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    tmp_path, result = ddp_run
     assert "task preference, 2 process(es) (gloo)" in result.stdout
     assert "micro-batches of up to 512 tokens x 2 processes" in result.stdout
     assert "resumed from checkpoint step 2" in result.stdout
@@ -68,8 +87,21 @@ def test_two_processes_train_every_pair_once_per_epoch_and_resume(tmp_path: Path
     assert manifest["training"]["beta"] == 0.1
 
 
+def test_sharded_preference_training_matches_ddp(
+        tmp_path: Path, inputs: tuple[Path, Path],
+        ddp_run: tuple[Path, subprocess.CompletedProcess]) -> None:
+    result = torchrun(write_config(tmp_path, inputs, fsdp="full_shard auto_wrap"), tmp_path)
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    assert "parallelism: FSDP2 sharding" in result.stdout
+    losses = json.loads((tmp_path / "out" / "final" / "metrics.json").read_text())["train_loss"]
+    expected = json.loads((ddp_run[0] / "out" / "final" / "metrics.json").read_text())[
+        "train_loss"]
+    assert [loss for _, loss in losses] == pytest.approx([loss for _, loss in expected],
+                                                         rel=1e-3)
+
+
 def test_kftune_run_preference_improves_held_out_preference_accuracy(tmp_path: Path) -> None:
-    root = demo.write_preference_demo(tmp_path / "demo", count=400)
+    root = demo.write_preference_demo(tmp_path / "demo", count=600)
     output_dir = tmp_path / "run"
     completed = subprocess.run(
         [sys.executable, "-m", "kftune.pipelines.cli", "run", "--output-dir", str(output_dir),
@@ -77,7 +109,7 @@ def test_kftune_run_preference_improves_held_out_preference_accuracy(tmp_path: P
          "--dataset-uri", str(root / "pairs.jsonl"), "--column-mapping", "{}",
          "--eval-fraction", "0.2",
          "--lora-config", json.dumps(demo.PREFERENCE_DEMO_LORA),
-         "--training-parameters", json.dumps({**demo.PREFERENCE_DEMO_TRAINING, "max_steps": 20})],
+         "--training-parameters", json.dumps({**demo.PREFERENCE_DEMO_TRAINING, "max_steps": 30})],
         capture_output=True, text=True, timeout=1200,
         env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]

@@ -86,7 +86,7 @@ def test_defaults_are_valid() -> None:
 BAD_RUN_CASES = [
     Case("workers", ["--num-workers", "0"], expected_error="`num_workers` must be >= 1, got 0"),
     Case("task", ["--param", "task=translation"],
-         expected_error="`task` must be one of causal-lm, sequence-classification; got "
+         expected_error="`task` must be one of causal-lm, sequence-classification, preference; got "
                         "'translation'"),
     Case("backend", ["--backend", "slurm"],
          expected_error="`backend` must be one of auto, kubernetes, trainjob, local, got 'slurm'"),

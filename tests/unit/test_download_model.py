@@ -88,7 +88,7 @@ BAD_SOURCES = [
     Case(
         "bad task",
         {"uri": "m", "task": "translation"},
-        ["`task` must be one of causal-lm, sequence-classification; got 'translation'"],
+        ["`task` must be one of causal-lm, sequence-classification, preference; got 'translation'"],
     ),
     Case("revision off hub", {"uri": "s3://bkt/m", "revision": "main"}, ["hf:// URIs only"]),
     Case("two revisions", {"uri": "hf://o/m@a", "revision": "b"}, ["'b' contradicts the @a"]),

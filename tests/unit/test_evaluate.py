@@ -286,7 +286,7 @@ BAD_INPUT_CASES = [
     Case("max_examples", {"max_examples": -3},
          expected_error="`max_examples` must be >= 1, got -3"),
     Case("task", {"task": "translation"},
-         expected_error="`task` must be one of causal-lm, sequence-classification; got "
+         expected_error="`task` must be one of causal-lm, sequence-classification, preference; got "
                         "'translation'"),
 ]
 

@@ -324,7 +324,7 @@ BAD = [
         ["got 'ghcr.io/Team/Trainer:1'"]),
     Bad("timeout 0", {"timeout_minutes": 0}, ["`timeout_minutes` must be > 0, got 0"]),
     Bad("task", {"task": "translation"},
-        ["`task` must be one of causal-lm, sequence-classification; got 'translation'"]),
+        ["`task` must be one of causal-lm, sequence-classification, preference; got 'translation'"]),
     Bad("unknown option", {"kubernetes_options": {"namspace": "x"}},
         ["`kubernetes_options` has an unknown key 'namspace'"]),
     Bad("namespace", {"kubernetes_options": {"namespace": "Team_A"}},

@@ -236,3 +236,46 @@ def test_preference_settings_are_valid() -> None:
     assert validate_training_parameters(
         {"beta": 0.5, "loss_type": "robust", "label_smoothing": 0.1,
          "max_tokens_per_micro_batch": 4096}, "preference") == []
+
+
+def test_the_train_step_refuses_bad_pairs_before_anything_starts(tmp_path: Path) -> None:
+    from kftune.components.train_lora.step import inputs
+
+    data = demo.write_dataset_artifact(tmp_path / "data", [GOOD, {**GOOD, "chosen": ""},
+                                                           {**GOOD, "rejected": " neutral"}])
+    problems = inputs.pair_problems(data)
+    assert len(problems) == 2
+    assert "column 'chosen' is empty in 1 row(s) (rows 1)" in problems[0]
+    assert "identical in 1 row(s) (rows 2)" in problems[1]
+    missing = demo.write_dataset_artifact(tmp_path / "missing", [{"prompt": "p", "chosen": "c"}])
+    (problem,) = inputs.pair_problems(missing)
+    assert "missing ['rejected']" in problem
+
+
+def test_pairs_collate_into_sequences_with_their_own_positions() -> None:
+    from kftune.components.train_lora.pod import data
+
+    pairs = [Example(0, (1, 2, 3, 4, 5), (-100, 3, -100, -100, 5), split=3),
+             Example(1, (6, 7, 8, 9), (7, -100, 9, -100), split=2)]
+    packed = data.collate_preference(pairs, 0, packing=True, pad_to_multiple_of=4)
+    assert packed["input_ids"].tolist() == [[1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 0, 0]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 0, 1, 0, 1, 0, 1, 0, 1, 2]]
+    assert packed["sequence_ids"].tolist() == [[0, 0, 0, 1, 1, 2, 2, 3, 3, 0, 0, 0]]
+    assert packed["cu_seq_lens"].tolist() == [0, 3, 5, 7, 9, 12]
+    assert packed["completion_tokens"].tolist() == [1, 1, 1, 1] and packed["num_sequences"] == 4
+    padded = data.collate_preference(pairs, 0, packing=False)
+    assert padded["input_ids"].tolist() == [[1, 2, 3], [4, 5, 0], [6, 7, 0], [8, 9, 0]]
+    assert padded["sequence_ids"][:, 0].tolist() == [0, 1, 2, 3]
+
+
+@pytest.mark.parametrize(("policy", "reference", "expected"), [
+    ([-1.0, -2.0, -3.0, -1.0], [-1.0, -2.0, -3.0, -1.0],
+     {"preference_accuracy": 0.5, "reward_accuracy": 0.0, "reward_margin": 0.0}),
+    ([-1.0, -3.0, -2.0, -2.5], [-2.0, -2.0, -2.0, -2.0],
+     {"preference_accuracy": 1.0, "reward_accuracy": 1.0, "reward_margin": 0.125}),
+], ids=["the reference itself", "tuned"])
+def test_preference_metrics(policy: list[float], reference: list[float],
+                            expected: dict[str, float]) -> None:
+    from kftune.components.evaluate.evaluation import preference_metrics
+
+    assert preference_metrics(policy, reference, beta=0.1) == pytest.approx(expected)

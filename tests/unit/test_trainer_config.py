@@ -145,12 +145,14 @@ def test_validate_training_parameters(case: Case) -> None:
     assert_problems(validate_training_parameters(case.value), case)
 
 
-def test_token_budget_is_for_causal_lm_only() -> None:
+def test_token_budget_is_for_causal_lm_and_preference_only() -> None:
     parameters = {"max_tokens_per_micro_batch": 4096}
     assert validate_training_parameters(parameters, "causal-lm") == []
+    assert validate_training_parameters(parameters, "preference") == []
     (problem,) = validate_training_parameters(parameters, "sequence-classification")
-    assert problem.startswith("`training_parameters.max_tokens_per_micro_batch` applies to task "
-                              "causal-lm only, got it (4096) with task 'sequence-classification'")
+    assert problem.startswith("`training_parameters.max_tokens_per_micro_batch` applies to tasks "
+                              "causal-lm and preference only, got it (4096) with task "
+                              "'sequence-classification'")
 
 
 LORA_CASES = [
@@ -212,7 +214,7 @@ def test_the_step_check_reports_every_problem() -> None:
              resources_per_worker={}, backend="local", image="", timeout_minutes=10,
              kubernetes_options={})
     message = str(caught.value)
-    assert "`task` must be one of causal-lm, sequence-classification; got 'translation'" in message
+    assert "`task` must be one of causal-lm, sequence-classification, preference; got 'translation'" in message
     assert "did you mean `learning_rate`" in message
     assert "`lora_config.r` must be an integer >= 1, got -1" in message
 
@@ -245,7 +247,7 @@ def test_config_file_of_the_wrong_shape(tmp_path) -> None:
     with pytest.raises(InputError) as caught:
         TrainConfig.from_file(path)
     assert caught.value.problems == [
-        "`task` must be one of causal-lm, sequence-classification; got 'translation'",
+        "`task` must be one of causal-lm, sequence-classification, preference; got 'translation'",
         "`model_dir` must be a non-empty path, got ''",
         "`lora_config` must be an object (dict), got []",
         "`merge` must be true or false, got 'yes'",
