@@ -575,14 +575,8 @@ def run_evaluation(
         bool(model_manifest.get("trust_remote_code", False)),
     )
     result: dict[str, Any] = {"task": task, "examples": len(rows)}
-    if task == "sequence-classification":
-        result.update(_compare_classifiers(model, tokenizer, rows, config, num_labels))
-        result["label_names"] = label_names
-    elif task == "preference":
-        result.update(_compare_preferences(model, tokenizer, rows, config,
-                                           _beta_from(adapter_manifest)))
-    else:
-        result.update(_compare_language_models(model, tokenizer, rows, config))
+    result.update(_compare(task, model, tokenizer, rows, config, (num_labels, label_names),
+                           adapter_manifest))
     _publish(result, metrics, classification_metrics, report_path, html_report_path)
     log_to_training_run(adapter_path, {f"eval_{side}_{name}": float(result[side][name])
                                        for side in ("base", "tuned")
@@ -590,6 +584,18 @@ def run_evaluation(
     base_value, tuned_value = result["base"][result["primary"]], result["tuned"][result["primary"]]
     logger.info("%s: base %.4f -> fine-tuned %.4f", result["primary"], base_value, tuned_value)
     return result
+
+
+def _compare(task: str, model: Any, tokenizer: Any, rows: list[dict[str, Any]],
+             config: EvalConfig, labels: tuple[Any, Any],
+             adapter_manifest: dict[str, Any]) -> dict[str, Any]:
+    """The task's comparison of the base and the fine-tuned model on `rows`."""
+    if task == "sequence-classification":
+        return {**_compare_classifiers(model, tokenizer, rows, config, labels[0]),
+                "label_names": labels[1]}
+    if task == "preference":
+        return _compare_preferences(model, tokenizer, rows, config, _beta_from(adapter_manifest))
+    return _compare_language_models(model, tokenizer, rows, config)
 
 
 def _check_inputs(
