@@ -209,6 +209,43 @@ def write_dataset(directory: Path, rows: int, seed: int = 0) -> dict[str, Any]:
     return {"rows": rows, **token_stats(lengths)}
 
 
+def write_pairs(directory: Path, texts: list[str]) -> dict[str, Any]:
+    """A preference Dataset artifact from the synthetic texts (see `pair_rows`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    rows = pair_rows(texts)
+    directory.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows), directory / "data.parquet")
+    manifest = {
+        "format_version": 1, "kind": "dataset", "part": "train",
+        "source": {"uri": "synthetic://pairs", "revision": None, "resolved_revision": None,
+                   "subset": None, "split": "train"},
+        "rows": len(rows), "columns": ["prompt", "chosen", "rejected"], "column_mapping": {},
+        "label_names": None, "num_labels": None,
+        "fingerprint": hashlib.sha256(f"pairs:{len(rows)}".encode()).hexdigest()[:16],
+        "row_ranges": [[0, len(rows)]], "selection": {},
+    }
+    (directory / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    lengths = np.array([2 * len(row["prompt"].split()) + len(row["chosen"].split())
+                        + len(row["rejected"].split()) + 2 for row in rows])
+    return {"pairs": len(rows), "mean_pair_tokens": float(lengths.mean())}
+
+
+def pair_rows(texts: list[str]) -> list[dict[str, str]]:
+    """Preference pairs: a text's first half is the prompt, its second half the chosen
+    completion, the second half of the next text the rejected one (same length law)."""
+    rows = []
+    for text, other in zip(texts, texts[1:], strict=False):
+        words, others = text.split(), other.split()
+        cut, other_cut = len(words) // 2, len(others) // 2
+        chosen, rejected = " ".join(words[cut:]), " ".join(others[other_cut:])
+        if cut and chosen and rejected and chosen != rejected:
+            rows.append({"prompt": " ".join(words[:cut]), "chosen": " " + chosen,
+                         "rejected": " " + rejected})
+    return rows
+
+
 def read_texts(directory: Path) -> list[str]:
     import pyarrow.parquet as pq
 

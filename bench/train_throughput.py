@@ -9,6 +9,13 @@ a table closes the output. See BENCHMARKS.md for the commands used and what they
 
     python bench/train_throughput.py --runs env,reference,fastpath --shapes 1b,8b --lora r8qv,r16all
     python bench/train_throughput.py --runs kftune --gpus 1,2,4 --topologies 1node,2nodes
+    python bench/train_throughput.py --runs kftune-dpo,trl-dpo,kftune,trl-sft --shapes 8b \
+        --lora r16all
+
+The preference rows (`kftune-dpo` vs `trl-dpo`: TRL's DPOTrainer + PEFT, bf16 weights, its
+default padded batches, since TRL 1.16 disables DPO's padding_free) train on the same synthetic
+pairs (synth.pair_rows); `trl-sft` is TRL's SFTTrainer + PEFT with packing (bfd, padding-free) and
+Liger kernels when liger_kernel is importable, on the same texts as `kftune`.
 
 Subcommands starting with `_` are the per-run workers the driver starts.
 """
@@ -29,7 +36,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import synth  # noqa: E402
 
-REF_MICRO_BATCH = {"1b": 8, "8b": 4}
+REF_MICRO_BATCH = {"1b": 8, "8b": 4, "tiny": 4}
+# Pairs per TRL DPOTrainer micro-batch (2 padded sequences each) and texts per packed SFT row.
+TRL_DPO_MICRO_BATCH = {"1b": 4, "8b": 2, "tiny": 4}
+TRL_SFT_MICRO_BATCH = {"1b": 8, "8b": 4, "tiny": 4}
 # BitsAndBytesConfig of both QLoRA runs (kftune gets it as `training_parameters.quantization`).
 QLORA = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": "bfloat16",
          "bnb_4bit_use_double_quant": True}
@@ -337,6 +347,122 @@ def cmd_reference(args):
     emit(result, args.out)
 
 
+# ------------------------------------------------------------------------------- TRL peers
+
+
+def _trl_timing(args, trainer_ref: list, times: list, tokens: list, losses: list):
+    """A TrainerCallback: step end times, tokens per step (TRL's own count), logged losses."""
+    import torch
+    from transformers import TrainerCallback
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+
+    class Timing(TrainerCallback):
+        def on_train_begin(self, *a, **k):
+            sync()
+            self.start, self.seen = time.perf_counter(), 0
+
+        def on_step_end(self, *a, **k):
+            sync()
+            times.append(time.perf_counter() - self.start)
+            total = trainer_ref[0]._total_train_tokens
+            tokens.append(total - self.seen)
+            self.seen = total
+
+        def on_log(self, _args, _state, _control, logs=None, **k):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+
+    return Timing()
+
+
+def _trl_result(args, kind: str, micro_batch: int, times, tokens, losses, extra: dict) -> None:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    result = {
+        "kind": kind, "tag": args.tag, "shape": args.shape, "lora": args.lora, "gpus": 1,
+        "topology": "1node", "micro_batch": micro_batch, "warmup": args.warmup,
+        **steady(times, tokens[: len(times)], args.warmup),
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+        "loss": losses, **extra, **gpu_info(),
+    }
+    result["tokens_per_s_per_gpu"] = result["tokens_per_s"]
+    emit(result, args.out)
+
+
+def _trl_common(args, name: str, micro_batch: int) -> dict:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {"output_dir": str(args.scratch / name), "per_device_train_batch_size": micro_batch,
+            "max_steps": args.warmup + args.steps, "learning_rate": args.lr,
+            "lr_scheduler_type": "constant", "bf16": cuda, "use_cpu": not cuda,
+            "logging_steps": 1, "save_strategy": "no", "report_to": "none", "seed": 42,
+            "disable_tqdm": True, "dataloader_num_workers": 0}
+
+
+def cmd_trl_dpo(args):
+    """TRL's DPOTrainer + PEFT LoRA (reference = the base with the adapter off), bf16 weights."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import DPOConfig, DPOTrainer
+
+    micro_batch = args.micro_batch or TRL_DPO_MICRO_BATCH[args.shape]
+    rows = synth.pair_rows(synth.read_texts(args.data))
+    tokenizer = synth.build_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    model = _model_for(args.shape, torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+                       args.model_dir)
+    config = DPOConfig(**_trl_common(args, f"trl-dpo-{args.shape}", micro_batch),
+                       max_length=synth.MAX_LEN, beta=0.1, loss_type=["sigmoid"])
+    trainer_ref, times, tokens, losses = [], [], [], []
+    trainer = DPOTrainer(
+        model=model, args=config, train_dataset=Dataset.from_list(rows),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **synth.LORA_CONFIGS[args.lora]),
+        callbacks=[_trl_timing(args, trainer_ref, times, tokens, losses)])
+    trainer_ref.append(trainer)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    _trl_result(args, "trl-dpo", micro_batch, times, tokens, losses, {"loss_type": "sigmoid"})
+
+
+def cmd_trl_sft(args):
+    """TRL's SFTTrainer + PEFT LoRA with packing (bfd, padding-free), Liger when installed."""
+    import importlib.util
+
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig
+    from trl import SFTConfig, SFTTrainer
+
+    micro_batch = args.micro_batch or TRL_SFT_MICRO_BATCH[args.shape]
+    liger = importlib.util.find_spec("liger_kernel") is not None and torch.cuda.is_available()
+    tokenizer = synth.build_tokenizer()
+    tokenizer.pad_token = tokenizer.eos_token
+    attn = "sdpa"
+    model = _model_for(args.shape, torch.bfloat16 if torch.cuda.is_available() else torch.float32,
+                       args.model_dir, attn=attn)
+    config = SFTConfig(**_trl_common(args, f"trl-sft-{args.shape}", micro_batch),
+                       max_length=synth.MAX_LEN, packing=True, use_liger_kernel=liger)
+    trainer_ref, times, tokens, losses = [], [], [], []
+    trainer = SFTTrainer(
+        model=model, args=config,
+        train_dataset=Dataset.from_dict({"text": synth.read_texts(args.data)}),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(task_type="CAUSAL_LM", **synth.LORA_CONFIGS[args.lora]),
+        callbacks=[_trl_timing(args, trainer_ref, times, tokens, losses)])
+    trainer_ref.append(trainer)
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
+    trainer.train()
+    _trl_result(args, "trl-sft", micro_batch, times, tokens, losses,
+                {"liger": liger, "packing": "bfd", "attn": attn})
+
+
 # ------------------------------------------------------------------------------------- fastpath
 def _token_lists(data: Path, limit: int) -> list[list[int]]:
     texts = synth.read_texts(data)[:limit]
@@ -522,11 +648,11 @@ def kftune_batching(args, shape: str) -> dict:
     return {"max_tokens_per_micro_batch": KFTUNE_TOKENS[shape]}
 
 
-def kftune_config(args, shape, lora, output_dir: Path) -> dict:
+def kftune_config(args, shape, lora, output_dir: Path, task: str = "causal-lm") -> dict:
     return {
-        "task": "causal-lm",
+        "task": task,
         "model_dir": str(args.work / f"model-{shape}"),
-        "data_dir": str(args.work / "data"),
+        "data_dir": str(args.work / ("pairs" if task == "preference" else "data")),
         "output_dir": str(output_dir),
         "training_parameters": {
             "max_steps": args.warmup + args.steps,
@@ -567,9 +693,10 @@ class Job:
         self.procs, self.devices, self.started, self.log = [], [], 0.0, None
 
 
-def kftune_job(args, shape, lora, gpus, topology) -> Job:
+def kftune_job(args, shape, lora, gpus, topology, task: str = "causal-lm") -> Job:
     compile_flag = os.environ.get("KFTUNE_COMPILE", "1")
-    name = f"kftune-{shape}-{lora}-{gpus}g-{topology}" + ("-eager" if compile_flag == "0" else "")
+    kind = "kftune-dpo" if task == "preference" else "kftune"
+    name = f"{kind}-{shape}-{lora}-{gpus}g-{topology}" + ("-eager" if compile_flag == "0" else "")
     name += f"-{args.tag}" if args.tag else ""
     output_dir = args.scratch / name
     config_path = args.scratch / f"{name}.json"
@@ -577,7 +704,8 @@ def kftune_job(args, shape, lora, gpus, topology) -> Job:
 
     def argvs_for(devices, port):
         subprocess.run(["rm", "-rf", str(output_dir)], check=False)
-        config_path.write_text(json.dumps(kftune_config(args, shape, lora, output_dir), indent=2))
+        config_path.write_text(json.dumps(kftune_config(args, shape, lora, output_dir, task),
+                                          indent=2))
         run = [sys.executable, "-m", "torch.distributed.run"]
         if topology == "1node":
             return [
@@ -620,7 +748,7 @@ def kftune_job(args, shape, lora, gpus, topology) -> Job:
 
     def finish(codes, wall):
         base = {
-            "kind": "kftune",
+            "kind": kind,
             "shape": shape,
             "lora": lora,
             "gpus": gpus,
@@ -763,6 +891,22 @@ def run_jobs(args, jobs: list[Job], total_gpus: int) -> None:
 
 
 # ------------------------------------------------------------------------------------------ driver
+PEER_OF = {"kftune-dpo": "trl-dpo", "kftune": "trl-sft"}
+
+
+def loss_columns(rows: list[dict], count: int = 20) -> None:
+    """The first `count` losses of each DPO and SFT row, side by side."""
+    named = [(f"{r['kind']} {r.get('shape')}", r["loss"]) for r in rows
+             if r.get("kind") in ("kftune-dpo", "trl-dpo", "kftune", "trl-sft") and r.get("loss")]
+    if not named:
+        return
+    header = " | ".join(name for name, _ in named)
+    print(f"\n| step | {header} |\n|" + "---|" * (len(named) + 1))
+    for step in range(count):
+        cells = [f"{losses[step]:.4f}" if step < len(losses) else "" for _, losses in named]
+        print(f"| {step + 1} | " + " | ".join(cells) + " |")
+
+
 def table(out: Path | None) -> None:
     if not out or not (out / "results.jsonl").is_file():
         return
@@ -775,6 +919,12 @@ def table(out: Path | None) -> None:
         (r["shape"], r["lora"], r.get("tag") or ""): r
         for r in rows
         if r.get("kind") == "reference" and "tokens_per_s" in r
+    }
+    peers = {
+        (kind, r["shape"], r["lora"]): r
+        for kind, peer in PEER_OF.items()
+        for r in rows
+        if r.get("kind") == peer and "tokens_per_s" in r
     }
     single = {
         (r["shape"], r["lora"]): r
@@ -799,7 +949,8 @@ def table(out: Path | None) -> None:
     )
     print("\n| " + " | ".join(header) + " |\n|" + "---|" * len(header))
     for r in rows:
-        if r.get("kind") not in ("reference", "fastpath", "kftune"):
+        if r.get("kind") not in ("reference", "fastpath", "kftune", "kftune-dpo", "trl-dpo",
+                                 "trl-sft"):
             continue
         tps = r.get("tokens_per_s_per_gpu")
         key = (r.get("shape"), r.get("lora"))
@@ -807,6 +958,9 @@ def table(out: Path | None) -> None:
         ratio = (
             f"{tps / base['tokens_per_s']:.2f}" if tps and base and r["kind"] != "reference" else ""
         )
+        peer = peers.get((r["kind"], r.get("shape"), r.get("lora")))
+        if tps and peer:  # kftune-dpo vs trl-dpo, kftune vs trl-sft
+            ratio += f" ({tps / peer['tokens_per_s']:.2f} x {PEER_OF[r['kind']]})"
         one = single.get((r.get("shape"), r.get("lora")))
         scaling = (
             f"{tps / one['tokens_per_s_per_gpu']:.3f}"
@@ -834,6 +988,7 @@ def table(out: Path | None) -> None:
             scaling,
         )
         print("| " + " | ".join(str(c) for c in cells) + " |")
+    loss_columns(rows)
 
 
 def main(argv=None):
@@ -844,12 +999,14 @@ def main(argv=None):
         "command",
         nargs="?",
         default="run",
-        choices=["run", "_env", "_reference", "_fastpath", "_losscmp", "table"],
+        choices=["run", "_env", "_reference", "_fastpath", "_losscmp", "_trl_dpo", "_trl_sft",
+                 "table"],
     )
     parser.add_argument(
         "--runs",
         default="env,reference,kftune",
-        help="comma list of: env, reference, fastpath, fastpath-eager, losscmp, kftune",
+        help="comma list of: env, reference, fastpath, fastpath-eager, losscmp, kftune, "
+        "kftune-dpo, trl-dpo, trl-sft",
     )
     parser.add_argument("--shapes", default="1b,8b")
     parser.add_argument("--lora", default="r8qv,r16all")
@@ -910,6 +1067,8 @@ def main(argv=None):
             "_reference": cmd_reference,
             "_fastpath": cmd_fastpath,
             "_losscmp": cmd_losscmp,
+            "_trl_dpo": cmd_trl_dpo,
+            "_trl_sft": cmd_trl_sft,
         }[args.command](args)
 
     import torch
@@ -921,13 +1080,23 @@ def main(argv=None):
     log("dataset:", synth.write_dataset(args.work / "data", args.rows), "GPUs:", total_gpus)
     if "env" in runs:
         run_jobs(args, [worker_job(args, "_env", "env")], total_gpus)
-    if "kftune" in runs or "reference-qlora" in runs:
+    if "kftune-dpo" in runs or "trl-dpo" in runs:
+        log("pairs:", synth.write_pairs(args.work / "pairs", synth.read_texts(args.work / "data")))
+    if {"kftune", "reference-qlora", "kftune-dpo", "trl-dpo", "trl-sft"} & set(runs):
         run_jobs(args, [write_model_job(args, shape) for shape in shapes], total_gpus)
     single: list[Job] = []
     pairs = [(shape, lora) for shape in reversed(shapes) for lora in reversed(loras)]
     if "kftune" in runs and 1 in gpu_counts:  # longest first, so that side-by-side runs pack well
         single += [kftune_job(args, shape, lora, 1, "1node") for shape, lora in pairs]
+    if "kftune-dpo" in runs and 1 in gpu_counts:
+        single += [kftune_job(args, shape, lora, 1, "1node", "preference")
+                   for shape, lora in pairs]
     for shape, lora in pairs:
+        for peer in ("trl-dpo", "trl-sft"):
+            if peer in runs:
+                single.append(worker_job(
+                    args, "_" + peer.replace("-", "_"), f"{peer}-{shape}-{lora}", shape=shape,
+                    lora=lora, **{"model-dir": args.work / f"model-{shape}"}))
         if "reference" in runs:
             single.append(
                 worker_job(args, "_reference", f"reference-{shape}-{lora}", shape=shape, lora=lora)

@@ -63,6 +63,8 @@ def summarize(
         primary, higher_is_better = "accuracy", True
     elif "perplexity" in tuned:
         primary, higher_is_better = "perplexity", False
+    elif "preference_accuracy" in tuned:
+        primary, higher_is_better = "preference_accuracy", True
     else:
         primary, higher_is_better = next(iter(tuned), ""), True
     improved = None

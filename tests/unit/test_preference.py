@@ -279,3 +279,13 @@ def test_preference_metrics(policy: list[float], reference: list[float],
     from kftune.components.evaluate.evaluation import preference_metrics
 
     assert preference_metrics(policy, reference, beta=0.1) == pytest.approx(expected)
+
+
+def test_the_run_summary_judges_a_preference_run_by_preference_accuracy(tmp_path: Path) -> None:
+    from kftune.pipelines.run import summarize
+
+    metrics = {"base_reward_accuracy": 0.0, "tuned_reward_accuracy": 0.6,
+               "base_preference_accuracy": 0.5, "tuned_preference_accuracy": 0.45}
+    summary = summarize(metrics, tmp_path, None, 1.0)
+    assert summary["primary_metric"] == "preference_accuracy"
+    assert summary["improved"] is False
