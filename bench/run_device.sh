@@ -98,6 +98,13 @@ case $phase in
       KFTUNE_COMPILE=0 $B --runs kftune --shapes 8b --lora r16all --steps 20 --tag qlora --kftune-extra \"\$Q\"
     fi
     ;;
+  dpo)  # issue 24: 8B r16all on 1 GPU: kftune DPO vs TRL DPOTrainer + PEFT (bf16, default padded
+        # batches) on the same pairs, and kftune SFT vs TRL SFTTrainer (packing bfd, padding-free,
+        # Liger if carried). Needs trl, peft, datasets (+ their wheels) in .whl (about 10 min)
+    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site:\$PYTHONPATH
+    $B --runs kftune-dpo,trl-dpo,kftune,trl-sft --shapes 8b --lora r16all --steps 17 --warmup 3
+    ;;
   gputests)
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     PYTHONPATH=/tmp/site:\$PYTHONPATH python3 -m pytest -v -s -m gpu tests/gpu/test_trainer_gpu.py -p no:cacheprovider
