@@ -217,7 +217,8 @@ def _model_for(shape: str, dtype, model_dir: str | None, attn: str | None = None
     extra = {"attn_implementation": attn} if attn else {}
     if model_dir:
         return AutoModelForCausalLM.from_pretrained(
-            model_dir, dtype=dtype, device_map="cuda", **extra
+            model_dir, dtype=dtype, device_map="cuda" if torch.cuda.is_available() else "cpu",
+            **extra
         )
     torch.manual_seed(0)
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
@@ -1096,7 +1097,7 @@ def main(argv=None):
             if peer in runs:
                 single.append(worker_job(
                     args, "_" + peer.replace("-", "_"), f"{peer}-{shape}-{lora}", shape=shape,
-                    lora=lora, **{"model-dir": args.work / f"model-{shape}"}))
+                    lora=lora, **{"model-dir": str(args.work / f"model-{shape}")}))
         if "reference" in runs:
             single.append(
                 worker_job(args, "_reference", f"reference-{shape}-{lora}", shape=shape, lora=lora)

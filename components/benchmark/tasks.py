@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from ..common import tasks as kftune_tasks
 from ..common import uris
 from ..common.errors import InputError
 
@@ -233,7 +234,7 @@ def benchmark_problems(
     if not names:
         return []
     problems = _numeric_problems(num_fewshot, limit, batch_size, prefix)
-    if model_task != CAUSAL_LM:
+    if kftune_tasks.model_task(model_task) != CAUSAL_LM:  # a preference adapter is causal
         problems.append(
             f"`{prefix}tasks` needs a causal-lm run (the harness scores the text a language "
             f"model writes or ranks), got task {model_task!r}, whose model is a classifier; "
