@@ -23,6 +23,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+# What to do when a step's output disk is full (downloads, staging).
+OUTPUT_DISK_FIX = ("free space on that disk or give the step more room (a larger volume, emptyDir "
+                   "or claim)")
 # A filesystem with less free space than this after a write failed is taken to be full.
 FULL_DISK_BYTES = 16 * 2**20
 _FULL_DISK_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})

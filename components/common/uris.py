@@ -37,7 +37,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from . import retry
-from .errors import DiskFullError, InputError, is_disk_full
+from .errors import OUTPUT_DISK_FIX, DiskFullError, InputError, is_disk_full
 
 logger = logging.getLogger(__name__)
 
@@ -616,8 +616,8 @@ def describe_failure(
     if is_disk_full(error):
         # Not the source's fault, and no retry helps: the local disk it is copied to is full.
         return DiskFullError(
-            f"No space left on device while copying `{parameter}` {shown!r} to local disk; free "
-            "space there or give it more room (a larger volume or emptyDir)"
+            f"No space left on device while copying `{parameter}` {shown!r} to local disk; "
+            f"{OUTPUT_DISK_FIX}"
         )
     return RuntimeError(
         f"`{parameter}` {shown!r}: transfer failed{where}: {type(error).__name__}: "

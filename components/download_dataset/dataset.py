@@ -27,7 +27,14 @@ from typing import Any
 
 from ..common import secrets, uris
 from ..common.artifacts import DATA_FILE, atomic_directory, check_files_parse, write_manifest
-from ..common.errors import InputError, Problems
+from ..common.errors import (
+    OUTPUT_DISK_FIX,
+    DiskFullError,
+    InputError,
+    Problems,
+    is_disk_full,
+    writing,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -199,7 +206,8 @@ def download_dataset_to(
     train_dir, eval_dir = Path(train_dir), Path(eval_dir)
     work_parent = train_dir.parent
     work_parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix=".kftune-download-", dir=work_parent) as work:
+    with tempfile.TemporaryDirectory(prefix=".kftune-download-", dir=work_parent) as work, writing(
+            work_parent, what=f"the rows of {source.location.display!r}", fix=OUTPUT_DISK_FIX):
         work = Path(work)
         splits, resolved, decoding = _open_source(source, work)
         train_rows = _select(splits, source.split, "split")
@@ -235,17 +243,9 @@ def download_dataset_to(
                 ("eval", eval_part, eval_table, eval_stage),
             ):
                 manifests.append(_write_part(
-                    stage,
-                    table,
-                    part=part,
-                    rows=rows,
-                    source=source,
-                    resolved=resolved,
-                    columns=columns,
-                    label_names=label_names,
-                    num_labels=num_labels,
-                    selection=selection,
-                    decoding=decoding,
+                    stage, table, part=part, rows=rows, source=source, resolved=resolved,
+                    columns=columns, label_names=label_names, num_labels=num_labels,
+                    selection=selection, decoding=decoding,
                 ))
         logger.info(
             "Wrote %d training rows to %s and %d held-out rows to %s",
@@ -486,7 +486,15 @@ def _as_utf8(
 
 
 def _unreadable(shown: str, what: str, error: BaseException,
-                fix: str = "check the file") -> InputError:
+                fix: str = "check the file") -> BaseException:
+    """The error to raise for a source that did not load: an InputError naming it and `fix`.
+
+    A full disk (the datasets cache filling while it loads) is not the source's fault: that is a
+    `DiskFullError`.
+    """
+    if is_disk_full(error):
+        return DiskFullError(f"No space left on device while loading {shown!r} as {what} (into "
+                             f"the step's datasets cache); {OUTPUT_DISK_FIX}")
     cause = error
     while cause.__cause__ is not None and type(cause).__name__ == "DatasetGenerationError":
         cause = cause.__cause__

@@ -30,7 +30,7 @@ from ..common.artifacts import (
     directory_size,
     write_manifest,
 )
-from ..common.errors import InputError, Problems
+from ..common.errors import OUTPUT_DISK_FIX, InputError, Problems, writing
 from ..common.tasks import check_task
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,8 @@ def download_model_to(
     model_dir = Path(model_dir)
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     resolved = None
-    with tempfile.TemporaryDirectory(prefix=".kftune-download-", dir=model_dir.parent) as work:
+    with tempfile.TemporaryDirectory(prefix=".kftune-download-", dir=model_dir.parent) as work, \
+            writing(model_dir.parent, what=f"the model {location.display!r}", fix=OUTPUT_DISK_FIX):
         if location.scheme == "hf":
             root, resolved = _hub_model(source)
         else:

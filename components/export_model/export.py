@@ -31,7 +31,7 @@ from ..common.artifacts import (
     read_manifest,
     write_manifest,
 )
-from ..common.errors import InputError, Problems
+from ..common.errors import InputError, Problems, writing
 from ..common.tasks import check_task, model_task
 from . import merge
 
@@ -313,7 +313,9 @@ def export_model(base_model_dir: str, adapter_dir: str, output_dir: str, *, task
     label_names = adapter_manifest.get("label_names")
     model_config = task_config(base_dir, task, label_names, config.dtype)
     shapes, required, prefix, architecture = meta_model(model_config, task)
-    with atomic_directory(output_dir) as staging:
+    with atomic_directory(output_dir) as staging, writing(
+            staging, what="the merged model", fix="give the step's volume room for a copy of the "
+            "base model in `dtype` (or export in a smaller dtype)"):
         done = merge.merge_weights(
             base_dir, adapter_path, staging, expected=shapes, required=required, prefix=prefix,
             dtype=getattr(torch, config.dtype), max_shard_bytes=merge.parse_size(

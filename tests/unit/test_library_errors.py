@@ -414,7 +414,7 @@ def test_staging_onto_a_full_disk_says_disk_full_and_is_permanent(
                                     wait_for_other_node=False)
         assert str(caught.value).startswith(
             f"[Errno 28] No space left on device while copying `model` 's3://{bucket}/model' to "
-            "local disk; free space there")
+            "local disk; free space on that disk")
         assert not retry.is_transient(caught.value)
         assert list((small / "in").iterdir()) == []  # the partial staging is removed
         # The pod's failure record says it is for good: a restarted container would fail again.
@@ -427,6 +427,40 @@ def test_staging_onto_a_full_disk_says_disk_full_and_is_permanent(
         written = failures.FailureRecord.from_message(record.read_text())
         assert written is not None and written.bad_input
         assert "No space left on device" in written.cause
+
+
+def _download_rows(tmp_path: Path, out: Path) -> None:
+    from kftune.components.download_dataset.dataset import DatasetSource, download_dataset_to
+
+    csv = tmp_path / "rows.csv"
+    csv.write_text("text,label\n" + "".join(f"row number {index} {'x' * 40},a\n"
+                                            for index in range(8000)))
+    download_dataset_to(DatasetSource(uri=str(csv)), out / "train", out / "eval")
+
+
+def _download_model(tmp_path: Path, out: Path) -> None:
+    from kftune.components.download_model.model import ModelSource, download_model_to
+
+    source = _adapter(tmp_path / "my-model", config="{}")
+    (source / "adapter_model.safetensors").rename(source / "model.safetensors")
+    (source / "config.json").write_text('{"model_type": "llama"}')
+    (source / "tokenizer.json").write_text(json.dumps({"padding": "x" * 400_000}))
+    download_model_to(ModelSource(uri=str(source)), out / "model", check_loads=False)
+
+
+@pytest.mark.parametrize(("step", "expected"), [
+    (_download_rows, "loading '{tmp}/rows.csv' as a csv file (into the step's datasets cache)"),
+    (_download_model, "writing the model '{tmp}/my-model' to {tmp}/small ("),
+], ids=["dataset", "model"])
+def test_a_download_onto_a_full_disk_says_disk_full(
+        tmp_path: Path, step: Callable[[Path, Path], None], expected: str) -> None:
+    expected = expected.format(tmp=tmp_path)
+    with small_filesystem(tmp_path / "small") as small:
+        with pytest.raises(DiskFullError) as caught:
+            step(tmp_path, small)
+        assert f"No space left on device while {expected}" in str(caught.value)
+        assert str(caught.value).endswith(errors.OUTPUT_DISK_FIX)
+        assert not retry.is_transient(caught.value)
 
 
 @pytest.mark.parametrize(("error", "full"), [
