@@ -38,8 +38,8 @@ def log_to_training_run(adapter_dir: str | Path, figures: Mapping[str, float]) -
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     try:
-        from mlflow.entities import Metric
-        from mlflow.tracking import MlflowClient
+        from mlflow.entities import Metric  # pyright: ignore[reportMissingImports]
+        from mlflow.tracking import MlflowClient  # pyright: ignore[reportMissingImports]
     except ImportError:
         logger.warning("MLFLOW_TRACKING_URI is set but mlflow is not installed (pip install "
                        "'kftune[tracking]'): the results are not added to MLflow run %s", run_id)

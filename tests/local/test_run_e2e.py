@@ -31,6 +31,10 @@ def test_kftune_run_demo_improves_on_held_out_data(tmp_path: Path) -> None:
     assert (Path(summary["adapter_dir"]) / "adapter_config.json").is_file()
     assert Path(summary["report"]).is_file()
     assert "fine-tuned" in completed.stdout and "train time" in completed.stdout
+    # The train step's HTML report: one loss point per logged step (1, 10, 20, ..., 60).
+    page = Path(summary["training_report"]).read_text()
+    loss = re.search(r'data-name="train loss" points="([^"]*)"', page).group(1).split()
+    assert len(loss) == 7
 
 
 def test_kftune_run_failing_step_is_one_line_naming_step_and_cause(tmp_path: Path) -> None:

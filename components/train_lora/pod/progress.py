@@ -204,7 +204,8 @@ class MlflowReporter:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         try:
-            import mlflow  # the `tracking` extra: not every trainer image has it
+            # The `tracking` extra: not every trainer image has it.
+            import mlflow  # pyright: ignore[reportMissingImports]
         except ImportError:
             LOG.warning("%s is set but mlflow is not installed in this image (pip install "
                         "'kftune[tracking]'); training goes on without tracking", TRACKING_URI_ENV)
@@ -240,7 +241,7 @@ class MlflowReporter:
                             type(error).__name__, (str(error).splitlines() or [""])[0][:300])
 
     def _start(self, client: Any, params: Mapping[str, Any]) -> None:
-        from mlflow.entities import Param
+        from mlflow.entities import Param  # pyright: ignore[reportMissingImports]
 
         name = os.environ.get("MLFLOW_EXPERIMENT_NAME") or "kftune"
         experiment = client.get_experiment_by_name(name)
@@ -255,13 +256,13 @@ class MlflowReporter:
             for key, value in sorted(values.items()) if value is not None])
 
     def _log(self, client: Any, figures: Mapping[str, float], step: int, stamp: int) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # pyright: ignore[reportMissingImports]
 
         client.log_batch(self.run_id, metrics=[Metric(name, value, stamp, step)
                                                for name, value in figures.items()])
 
     def _end(self, client: Any, metrics: Mapping[str, Any] | None) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric  # pyright: ignore[reportMissingImports]
 
         if metrics is not None:
             stamp, step = int(time.time() * 1000), int(metrics.get("steps") or 0)
