@@ -170,7 +170,8 @@ RUN_NAME_ENV = "KFTUNE_RUN_NAME"
 ADAPTER_URI_ENV = "KFTUNE_ADAPTER_URI"
 # The per-step figures logged to MLflow (the record's other keys are the step and the time).
 TRACKED_METRICS = ("loss", "eval_loss", "learning_rate", "grad_norm", "tokens_per_second",
-                   "epoch")
+                   "epoch", "rewards/chosen", "rewards/rejected", "rewards/accuracies",
+                   "rewards/margins")  # the last four: task preference (TRL's names)
 # The final figures logged to MLflow as `final_<name>`.
 FINAL_METRICS = ("final_loss", "tokens_per_second", "tokens_per_second_per_process",
                  "runtime_seconds", "steps", "epochs", "peak_memory_gib")
