@@ -400,7 +400,10 @@ def _trl_common(args, name: str, micro_batch: int) -> dict:
             "max_steps": args.warmup + args.steps, "learning_rate": args.lr,
             "lr_scheduler_type": "constant", "bf16": cuda, "use_cpu": not cuda,
             "logging_steps": 1, "save_strategy": "no", "report_to": "none", "seed": 42,
-            "disable_tqdm": True, "dataloader_num_workers": 0}
+            "disable_tqdm": True, "dataloader_num_workers": 0,
+            # TRL turns activation checkpointing on by default; memory is not short for these
+            # shapes on the GPU, and recomputation would only slow the peer down.
+            "gradient_checkpointing": False}
 
 
 def cmd_trl_dpo(args):
