@@ -102,6 +102,8 @@ SUPPORTED = [
           "target_modules": ["o_proj", "gate_proj", "embed_tokens"],
           "rank_pattern": {"gate_proj": 2}, "alpha_pattern": {"layers.1.self_attn.o_proj": 3}},
          ExportConfig(dtype="float32")),
+    Case("llama-preference-adapter", _llama, "preference",
+         {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}),
     Case("gpt2-conv1d-fan-in-fan-out", _gpt2, "causal-lm",
          {"r": 2, "lora_alpha": 4, "target_modules": ["c_attn", "c_proj"], "fan_in_fan_out": True},
          ExportConfig(dtype="float16")),
@@ -127,7 +129,7 @@ def test_merge_matches_base_plus_adapter(tmp_path: Path, tokenizer_dir: Path, ca
     assert manifest["merged_from"]["training_metrics"] == {"final_loss": 1.5}
     assert manifest["merged_from"]["train_data"] == {"fingerprint": "abc"}
     assert (out / "tokenizer.json").is_file()
-    assert (out / "generation_config.json").is_file() == (case.task == "causal-lm")
+    assert (out / "generation_config.json").is_file() == (case.task != "sequence-classification")
     if case.task == "sequence-classification":
         assert manifest["merged_from"]["adapter"]["replaced_tensors"] == [
             "classifier.bias", "classifier.weight"]

@@ -289,3 +289,10 @@ def test_the_run_summary_judges_a_preference_run_by_preference_accuracy(tmp_path
     summary = summarize(metrics, tmp_path, None, 1.0)
     assert summary["primary_metric"] == "preference_accuracy"
     assert summary["improved"] is False
+
+
+def test_a_preference_adapter_is_served_as_the_causal_lm_adapter_it_is() -> None:
+    from kftune.components.deploy_model import deploy
+
+    assert deploy.serving_kinds("preference") == deploy.serving_kinds("causal-lm")
+    assert deploy.task_problems("preference", "auto", merged=False) == []
