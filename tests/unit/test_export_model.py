@@ -102,14 +102,14 @@ SUPPORTED = [
           "target_modules": ["o_proj", "gate_proj", "embed_tokens"],
           "rank_pattern": {"gate_proj": 2}, "alpha_pattern": {"layers.1.self_attn.o_proj": 3}},
          ExportConfig(dtype="float32")),
-    Case("llama-preference-adapter", _llama, "preference",
-         {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}),
     Case("gpt2-conv1d-fan-in-fan-out", _gpt2, "causal-lm",
          {"r": 2, "lora_alpha": 4, "target_modules": ["c_attn", "c_proj"], "fan_in_fan_out": True},
          ExportConfig(dtype="float16")),
     Case("bert-backbone-classifier-head-lora-bias", _bert_backbone, "sequence-classification",
          {"r": 2, "lora_alpha": 4, "target_modules": ["query", "value", "dense"], "lora_bias": True,
           "modules_to_save": ["classifier"], "task_type": "SEQ_CLS"}),
+    Case("llama-preference-adapter", _llama, "preference",
+         {"r": 4, "lora_alpha": 8, "target_modules": ["q_proj", "v_proj"]}),
 ]
 
 
