@@ -791,7 +791,8 @@ def kftune_job(args, shape, lora, gpus, topology, task: str = "causal-lm") -> Jo
             result["tokens_per_s"] = metrics.get("tokens_per_second", 0.0)
             result["note"] = "no step_times: whole-run tokens/s including warm-up"
         result["tokens_per_s_per_gpu"] = result["tokens_per_s"] / gpus
-        result["mfu"] = synth.mfu(result["tokens_per_s_per_gpu"], flops["flops_per_token"])
+        if task != "preference":  # DESIGN.md's formula has no term for the reference pass
+            result["mfu"] = synth.mfu(result["tokens_per_s_per_gpu"], flops["flops_per_token"])
         emit(result, args.out)
 
     return Job(name, gpus, argvs_for, finish)
