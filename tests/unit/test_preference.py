@@ -296,3 +296,24 @@ def test_a_preference_adapter_is_served_as_the_causal_lm_adapter_it_is() -> None
 
     assert deploy.serving_kinds("preference") == deploy.serving_kinds("causal-lm")
     assert deploy.task_problems("preference", "auto", merged=False) == []
+
+
+def test_the_chunked_per_token_head_equals_plain_cross_entropy_with_its_gradient() -> None:
+    """The GPU head (`_ChunkedLinearTokenCrossEntropy`) is plain torch: checked here on CPU."""
+    import torch
+    from kftune.components.train_lora.pod import kernels
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(50, 16, dtype=torch.float64)
+    labels = torch.randint(0, 50, (37,))
+    labels[::5] = -100
+    scale = torch.randn(37, dtype=torch.float64)
+    chunked = kernels._ChunkedLinearTokenCrossEntropy.apply(hidden, weight, labels, 8)
+    (chunked.double() * scale).sum().backward()
+    grad = hidden.grad.clone()
+    hidden.grad = None
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.t(), labels, reduction="none")
+    (plain * scale).sum().backward()
+    assert torch.allclose(chunked.double(), plain, atol=1e-6)
+    assert torch.allclose(grad, hidden.grad, atol=1e-6)
