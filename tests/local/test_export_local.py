@@ -2,9 +2,6 @@
 checked; what deploy_model would serve shown without a cluster."""
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,16 +9,10 @@ import pytest
 pytestmark = pytest.mark.local
 
 
-def test_kftune_run_with_merge_exports_the_demo_model(tmp_path: Path) -> None:
-    output_dir = tmp_path / "run"
-    completed = subprocess.run(
-        [sys.executable, "-m", "kftune.pipelines.cli", "run", "--output-dir", str(output_dir),
-         "--merge", "true", "--deploy", "true", "--serving-name", "sentiment",
-         "--param", "training_parameters.max_steps=10",
-         "--eval-max-examples", "64"],
-        capture_output=True, text=True, timeout=1200,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-    )
+def test_kftune_run_with_merge_exports_the_demo_model(kftune_demo_run) -> None:
+    # The demo run that test_run_e2e checks, with --merge true --deploy true --serving-name
+    # sentiment (tests/local/conftest.py): one run for both.
+    completed, output_dir = kftune_demo_run
     assert completed.returncode == 0, (completed.stdout + completed.stderr)[-6000:]
     summary = json.loads((output_dir / "summary.json").read_text())
     merged = Path(summary["merged_model_dir"])

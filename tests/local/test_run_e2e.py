@@ -1,7 +1,6 @@
 """`kftune run` end to end on CPU with the demo defaults: fine-tuned must beat the base model."""
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -12,15 +11,8 @@ import pytest
 pytestmark = pytest.mark.local
 
 
-def test_kftune_run_demo_improves_on_held_out_data(tmp_path: Path) -> None:
-    output_dir = tmp_path / "run"
-    completed = subprocess.run(
-        [sys.executable, "-m", "kftune.pipelines.cli", "run", "--output-dir", str(output_dir)],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"},
-    )
+def test_kftune_run_demo_improves_on_held_out_data(kftune_demo_run) -> None:
+    completed, output_dir = kftune_demo_run  # the demo defaults (merged too: tests/local/conftest)
     tail = (completed.stdout + completed.stderr)[-6000:]
     assert completed.returncode == 0, tail
     summary = json.loads((output_dir / "summary.json").read_text())
