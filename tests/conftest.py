@@ -1,6 +1,8 @@
 """Test tiers: plain pytest = unit; `-m local` = kfp.local/torchrun on CPU; `-m gpu` = CUDA only."""
 
 import gc
+import os
+import sys
 
 import pytest
 
@@ -35,3 +37,7 @@ def pytest_collection_finish(session):
     (export_model's logit check, the trainer's heap freeze). Garbage made later is still freed."""
     gc.collect()
     gc.freeze()
+    if os.environ.get("PYTEST_XDIST_WORKER") and "torch" in sys.modules:
+        # One thread per worker: the workers share the cores (pytest-xdist starts one per core),
+        # and more threads than cores make torch's OpenMP threads spin and wait on each other.
+        sys.modules["torch"].set_num_threads(1)
