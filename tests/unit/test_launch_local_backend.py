@@ -186,6 +186,23 @@ def test_the_error_torchrun_recorded_is_the_first_line():
         "training failed on node 0 of 1: the trainer: ValueError: the real reason")
 
 
+def test_a_nodes_failure_record_is_the_cause():
+    """A node run by pod/node.py writes its record as a pod writes its termination message."""
+    code = ("import os, sys\n"
+            "from kftune.components.train_lora.failures import FailureRecord, "
+            "write_failure_record\n"
+            "write_failure_record(FailureRecord('trainer rank 1 (pid 7) was killed by SIGKILL',"
+            " 0, killed=True))\n"
+            "print('ValueError: a misleading line in the log')\n"
+            "sys.exit(1)\n")
+    backend = LocalBackend(python(code), num_workers=1, log_line=lambda line: None)
+    backend.submit()
+    with pytest.raises(RuntimeError) as caught:
+        backend.wait(timeout_seconds=60)
+    assert str(caught.value).splitlines()[0] == (
+        "training failed on node 0 of 1: trainer rank 1 (pid 7) was killed by SIGKILL")
+
+
 @dataclass
 class FailureCase:
     name: str

@@ -248,7 +248,9 @@ def run_trainer(config_path: Path) -> int:
     worker's.
     """
     command = trainer_command(config_path)
-    error_file = config_path.with_name("trainer-error.json")
+    # A local node gets its own error file from the local backend (the nodes share a config).
+    error_file = Path(os.environ.get("TORCHELASTIC_ERROR_FILE")
+                      or config_path.with_name("trainer-error.json"))
     error_file.unlink(missing_ok=True)
     sys.stdout.flush()
     process = subprocess.Popen(command, env={**os.environ,

@@ -15,7 +15,10 @@ which outlives the attempts); bad input (the trainer's exit status 2) is never r
 that ends the job names the failing node and the trainer's own message: each node's torchrun gets
 a `TORCHELASTIC_ERROR_FILE`, into which torchrun copies its failed worker's recorded exception
 (the trainer's `main` is wrapped in torch.distributed.elastic's `@record`); a worker killed by a
-signal is named with its rank, pid and signal from torchrun's failure report.
+signal is named with its rank, pid and signal from torchrun's failure report. A node run by
+`pod/node.py` (the train step's) reads all that itself and leaves the cause as a record in the
+file `KFTUNE_TERMINATION_MESSAGE_PATH` names, the same record a pod writes to its termination
+message; the backend takes the record when there is one, and reads the output otherwise.
 """
 
 from __future__ import annotations
@@ -34,7 +37,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ...failures import Report, lost_peer, node_failure, read_error_file
+from ...failures import (
+    TERMINATION_MESSAGE_ENV,
+    Report,
+    lost_peer,
+    node_failure,
+    read_error_file,
+    read_failure_record,
+)
 from .base import Backend
 
 logger = logging.getLogger(__name__)
@@ -138,6 +148,9 @@ class LocalBackend(Backend):
         self._error_dir = tempfile.mkdtemp(prefix="kftune-node-errors-")
         return self._start()
 
+    def _record_file(self, node_rank: int) -> Path:
+        return Path(self._error_dir) / f"node-{node_rank}.termination-log"
+
     def _error_file(self, node_rank: int) -> Path:
         return Path(self._error_dir) / f"node-{node_rank}.json"
 
@@ -147,6 +160,7 @@ class LocalBackend(Backend):
         self._processes, self._readers, self._tails, self._reports = [], [], [], []
         for node_rank in range(self.num_workers):
             self._error_file(node_rank).unlink(missing_ok=True)
+            self._record_file(node_rank).unlink(missing_ok=True)  # a restart's fresh start
             env = {
                 **_inherited_env(),
                 **self.env,
@@ -158,6 +172,9 @@ class LocalBackend(Backend):
                 ),
                 # torchrun copies its failed worker's recorded exception here.
                 "TORCHELASTIC_ERROR_FILE": str(self._error_file(node_rank)),
+                # Where a node run by pod/node.py writes why it failed (a pod's termination
+                # message).
+                TERMINATION_MESSAGE_ENV: str(self._record_file(node_rank)),
                 # Which attempt this is (torchrun's own TORCHELASTIC_RESTART_COUNT restarts at 0
                 # in every new torchrun).
                 "KFTUNE_LOCAL_RESTART_COUNT": str(self.restarts),
@@ -258,9 +275,13 @@ class LocalBackend(Backend):
             if code in (None, 0):
                 continue
             self._readers[rank].join(timeout=2)  # its whole output, torchrun's report included
-            cause, bad_input, killed = node_failure(
-                code, read_error_file(self._error_file(rank)), list(self._tails[rank]),
-                self._reports[rank])
+            record = read_failure_record(self._record_file(rank))
+            if record is not None:  # the node's own record (pod/node.py)
+                cause, bad_input, killed = record.cause, record.bad_input, record.killed
+            else:  # another command: torchrun's report in its output
+                cause, bad_input, killed = node_failure(
+                    code, read_error_file(self._error_file(rank)), list(self._tails[rank]),
+                    self._reports[rank])
             failures.append(((lost_peer(cause), not (bad_input or killed)), rank, cause,
                              not bad_input))
         return failures

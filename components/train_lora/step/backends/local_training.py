@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Any
 
 from ....common import retry
 from ....common.errors import InputError
-from ...config import trainer_command
 from ..tracking import tracking_env
 from .base import NodeSelection, StepFiles, TrainingBackend, publish_adapter, run_to_the_end
 from .choice import Target
@@ -34,6 +33,9 @@ if TYPE_CHECKING:
     from ..spec import TrainingSpec
 
 logger = logging.getLogger(__name__)
+
+# A local node: torchrun with the trainer, its failure written as a record (pod/node.py).
+NODE_MODULE = "kftune.components.train_lora.pod.node"
 
 # How the trainer's global rank 0 starts its information lines (pod/trainer.py setup_logging).
 TRAINER_INFO = "[rank 0] INFO "
@@ -189,7 +191,8 @@ class LocalTraining(TrainingBackend):
             ).to_file(work / "config.json")
             restarts = plan.options.run_policy.backoff_limit
             job = LocalBackend(
-                trainer_command(config_path),
+                # torchrun under pod/node.py, which records why a node failed, as a pod does.
+                [sys.executable, "-m", NODE_MODULE, str(config_path)],
                 num_workers=spec.num_workers,
                 num_procs_per_worker=local_procs(spec),
                 env={**spec.env, **tracking_env(spec.env, str(adapter_path.resolve()))},
