@@ -102,8 +102,9 @@ BAD_RUN_CASES = [
          expected_error="per_device_train_batch_size"),
     Case("token_budget_for_classification",
          ["--param", "training_parameters.max_tokens_per_micro_batch=4096"],
-         expected_error="`training_parameters.max_tokens_per_micro_batch` applies to task "
-                        "causal-lm only, got it (4096) with task 'sequence-classification'"),
+         expected_error="`training_parameters.max_tokens_per_micro_batch` applies to tasks "
+                        "causal-lm and preference only, got it (4096) with task "
+                        "'sequence-classification'"),
     Case("procs", ["--num-procs-per-worker", "many"],
          expected_error="`num_procs_per_worker` must be a positive whole number or 'auto', "
                         "got 'many'"),
