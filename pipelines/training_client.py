@@ -184,6 +184,19 @@ class Translated:
     """Whether `training_parameters` or `lora_config` had problems (already reported)."""
 
 
+TRAINING_ARGUMENTS = "trainer_parameters.training_parameters"
+LORA_CONFIG = "trainer_parameters.lora_config"
+
+
+def _reference_names(problem: str) -> str:
+    """A train step problem under the reference's parameter names (`trainer_parameters....`)."""
+    for own, reference in (("training_parameters", TRAINING_ARGUMENTS),
+                           ("lora_config", LORA_CONFIG)):
+        if problem.startswith(f"`{own}.") or problem.startswith(f"`{own}`"):
+            return f"`{reference}" + problem[len(own) + 1:]
+    return problem
+
+
 def task_for(transformer_type: Any) -> tuple[str, list[str]]:
     """The kftune task of `transformer_type` (a transformers Auto class or its name)."""
     name = getattr(transformer_type, "__name__", transformer_type)
@@ -230,28 +243,25 @@ def _untouched_like(arguments: Any) -> Any:
 
 
 def training_parameters_from(arguments: Any, task: str | None) -> tuple[dict[str, Any], list[str]]:
-    """The fields of a `transformers.TrainingArguments` changed from their defaults, checked.
+    """The fields of a `transformers.TrainingArguments` changed from their defaults.
 
     The default is built with the same `output_dir`, so that fields derived from it compare equal.
-    Only those fields are passed; kftune's own defaults apply to the others.
+    Only those fields are passed; kftune's own defaults apply to the others. Their values are
+    checked once, by the train step's own check (`launch.plan`); `task` is that check's.
     """
     import transformers
 
-    from ..components.train_lora.config import validate_training_parameters
-
-    parameter = "trainer_parameters.training_parameters"
+    del task  # the train step's check reads it with the values
     if not isinstance(arguments, transformers.TrainingArguments):
         return {}, [
-            f"`{parameter}` must be a transformers.TrainingArguments, got "
+            f"`{TRAINING_ARGUMENTS}` must be a transformers.TrainingArguments, got "
             f"{type(arguments).__name__}"
         ]
     default = _untouched_like(arguments)
     given, untouched = arguments.to_dict(), default.to_dict()
     changed = _users_fsdp({key: _plain(value) for key, value in given.items()
                            if key not in untouched or untouched[key] != value})
-    problems = validate_training_parameters(changed, task)
-    prefix = f"`{parameter}."
-    return changed, [problem.replace("`training_parameters.", prefix) for problem in problems]
+    return changed, []
 
 
 # What transformers fills into `fsdp_config` when `fsdp` is set (4.x and 5.x): not the user's words.
@@ -289,22 +299,21 @@ def _users_fsdp(changed: dict[str, Any]) -> dict[str, Any]:
 
 
 def lora_config_from(config: Any) -> tuple[dict[str, Any], list[str]]:
-    """The fields of a `peft.LoraConfig` changed from their defaults (plus `CORE_LORA_FIELDS`)."""
+    """The fields of a `peft.LoraConfig` changed from their defaults (plus `CORE_LORA_FIELDS`).
+
+    Checked once, with the other settings, by the train step's own check (`launch.plan`).
+    """
     from peft import LoraConfig
 
-    from ..components.train_lora.config import validate_lora_config
-
-    parameter = "trainer_parameters.lora_config"
     if not isinstance(config, LoraConfig):
-        return {}, [f"`{parameter}` must be a peft.LoraConfig, got {type(config).__name__}"]
+        return {}, [f"`{LORA_CONFIG}` must be a peft.LoraConfig, got {type(config).__name__}"]
     default = LoraConfig()
     fields = {}
     for field in dataclasses.fields(config):
         value = getattr(config, field.name)
         if field.name in CORE_LORA_FIELDS or value != getattr(default, field.name):
             fields[field.name] = _plain(value)
-    problems = validate_lora_config(fields)
-    return fields, [problem.replace("`lora_config.", f"`{parameter}.") for problem in problems]
+    return fields, []
 
 
 def _env_from(value: Any, parameter: str) -> tuple[dict[str, str], dict[str, str], list[str]]:
@@ -723,13 +732,16 @@ class TrainingClient:
         """The launch step's own checks of every setting, reported with `problems` at once."""
         from ..components.train_lora.step import launch
 
-        return launch.plan(parameters.replace(
-            task=translated.task or "causal-lm",  # an unknown transformer_type is in `problems`
-            # Checked already (and reported under their reference names) when refused.
-            training_parameters={} if translated.settings_refused
-            else translated.training_parameters,
-            lora_config={} if translated.settings_refused else translated.lora_config,
-        ), target=self.backend.target, extra_problems=tuple(problems))
+        try:
+            return launch.plan(parameters.replace(
+                task=translated.task or "causal-lm",  # an unknown transformer_type is in problems
+                # Not of the expected class: reported already, under their reference names.
+                training_parameters={} if translated.settings_refused
+                else translated.training_parameters,
+                lora_config={} if translated.settings_refused else translated.lora_config,
+            ), target=self.backend.target, extra_problems=tuple(problems))
+        except InputError as error:
+            raise InputError([_reference_names(problem) for problem in error.problems]) from None
 
     def _default_output(self, name: str, namespace: str, dataset: Any) -> str:
         if not self.backend.target.on_cluster:

@@ -174,15 +174,26 @@ def fit_problems(model_dir: str, training_parameters: Any, lora_config: Any,
                  options: Any) -> list[str]:
     """One problem (with the numbers and the options that would fit) if the job cannot fit.
 
-    Values the other checks reject (wrong types, bad settings) are left to them: no problem here.
+    Values the other checks reject (wrong types, bad settings) are left to them, which run once
+    (`launch.plan`): this one does not check them again, and finds no problem where a value it
+    reads cannot be estimated. `procs_per_worker` is an int, "auto", or the component's string.
     """
-    from .config import validate_lora_config, validate_training_parameters
+    from .step.spec import parse_num_procs
 
     if not (isinstance(training_parameters, Mapping) and isinstance(lora_config, Mapping)
             and isinstance(resources, Mapping) and isinstance(num_workers, int)):
         return []
-    if validate_training_parameters(training_parameters) or validate_lora_config(lora_config):
-        return []
+    procs_per_worker = parse_num_procs(procs_per_worker)
+    try:
+        return _fit_problems(model_dir, training_parameters, lora_config, num_workers,
+                             procs_per_worker, resources, options)
+    except (TypeError, ValueError, KeyError, AttributeError, ArithmeticError):
+        return []  # a value the settings check reports
+
+
+def _fit_problems(model_dir: str, training_parameters: Mapping[str, Any],
+                  lora_config: Mapping[str, Any], num_workers: int, procs_per_worker: Any,
+                  resources: Mapping[str, Any], options: Any) -> list[str]:
     node_selector = (options or {}).get("node_selector") if isinstance(options, Mapping) else {}
     if not isinstance(node_selector, Mapping):
         node_selector = {}

@@ -352,3 +352,57 @@ def test_secrets_are_found_anywhere_and_never_shown(value: str, what: str) -> No
     assert problems[0].startswith("`kubernetes_options.env.EXTRA` holds")
     assert value not in problems[0]
     assert value not in secrets.scrub([f"got {value}"], found)[0]
+
+
+@pytest.fixture
+def lora_checks(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, Any]]:
+    """Every `validate_lora_config` call (PEFT's LoraConfig built to check the settings)."""
+    from kftune.components.train_lora import config
+    from kftune.components.train_lora.step import spec
+
+    calls: list[dict[str, Any]] = []
+    original = config.validate_lora_config
+
+    def counted(lora_config: Any, task: Any = None) -> list[str]:
+        calls.append(dict(lora_config))
+        return original(lora_config, task)
+
+    for module in (config, spec):
+        monkeypatch.setattr(module, "validate_lora_config", counted)
+    return calls
+
+
+def _lora_door_check(capsys: Any, tmp_path: Path) -> None:
+    assert cli.main(["run", "--check"]) == 0
+
+
+def _lora_door_launch(capsys: Any, tmp_path: Path) -> None:
+    from kftune.components.train_lora.step.cli import launch_main
+
+    assert launch_main([*LAUNCH, "--dataset-uri", "s3://bucket/data",
+                        "--lora-config", json.dumps({"r": 4, "target_modules": ["q"]})]) == 0
+
+
+def _lora_door_client(capsys: Any, tmp_path: Path) -> None:
+    from kftune import TrainingClient
+
+    client = TrainingClient(backend="local", output_root=tmp_path / "runs")
+    call = _client_call({"name": "../elsewhere"})  # refused after the whole check
+    call.pop("output_uri")
+    with pytest.raises(InputError):
+        client.train(**call)
+
+
+def _lora_door_component(capsys: Any, tmp_path: Path) -> None:
+    with pytest.raises(InputError):  # refused after the whole check of its slice
+        _component("train_lora", {"kubernetes_options": {"env": {"A": f"--token {HF_TOKEN}"}}},
+                   tmp_path)
+
+
+@pytest.mark.parametrize("door", [_lora_door_check, _lora_door_launch, _lora_door_client,
+                                  _lora_door_component], ids=lambda door: door.__name__[11:])
+def test_lora_settings_are_checked_once_per_door(door: Callable[..., None], capsys: Any,
+                                                 tmp_path: Path,
+                                                 lora_checks: list[dict[str, Any]]) -> None:
+    door(capsys, tmp_path)
+    assert len(lora_checks) == 1, lora_checks
