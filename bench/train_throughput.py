@@ -406,10 +406,22 @@ def _trl_common(args, name: str, micro_batch: int) -> dict:
             "gradient_checkpointing": False}
 
 
+def _trl_dataset(columns):
+    """A `datasets.Dataset` of `columns` with a fixed fingerprint.
+
+    `Dataset.from_dict`/`from_list` fingerprint the table by pickling it with dill, which fails on
+    Python 3.12 with pyarrow 26 ("Can't pickle <class 'MonthDayNano'>"): the peers would not start.
+    """
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    rows = len(next(iter(columns.values())))
+    return Dataset(InMemoryTable.from_pydict(columns), fingerprint=f"kftune-bench-{rows}")
+
+
 def cmd_trl_dpo(args):
     """TRL's DPOTrainer + PEFT LoRA (reference = the base with the adapter off), bf16 weights."""
     import torch
-    from datasets import Dataset
     from peft import LoraConfig
     from trl import DPOConfig, DPOTrainer
 
@@ -423,7 +435,8 @@ def cmd_trl_dpo(args):
                        max_length=synth.MAX_LEN, beta=0.1, loss_type=["sigmoid"])
     trainer_ref, times, tokens, losses = [], [], [], []
     trainer = DPOTrainer(
-        model=model, args=config, train_dataset=Dataset.from_list(rows),
+        model=model, args=config,
+        train_dataset=_trl_dataset({key: [row[key] for row in rows] for key in rows[0]}),
         processing_class=tokenizer,
         peft_config=LoraConfig(task_type="CAUSAL_LM", **synth.LORA_CONFIGS[args.lora]),
         callbacks=[_trl_timing(args, trainer_ref, times, tokens, losses)])
@@ -439,7 +452,6 @@ def cmd_trl_sft(args):
     import importlib.util
 
     import torch
-    from datasets import Dataset
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
@@ -455,7 +467,7 @@ def cmd_trl_sft(args):
     trainer_ref, times, tokens, losses = [], [], [], []
     trainer = SFTTrainer(
         model=model, args=config,
-        train_dataset=Dataset.from_dict({"text": synth.read_texts(args.data)}),
+        train_dataset=_trl_dataset({"text": synth.read_texts(args.data)}),
         processing_class=tokenizer,
         peft_config=LoraConfig(task_type="CAUSAL_LM", **synth.LORA_CONFIGS[args.lora]),
         callbacks=[_trl_timing(args, trainer_ref, times, tokens, losses)])
