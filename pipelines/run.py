@@ -28,13 +28,25 @@ from .run_output import StepCounter, step_counter
 logger = logging.getLogger("kftune")
 
 
+# kfp.local's own notes, logged on the root logger: the switches it skipped (the step counter
+# already counts only the steps that run) and its workspace clean-up.
+_ROOT_NOTES = ("Skipping conditional task ", "Skipping task ", "Cleaned up workspace")
+
+
+def _not_a_launcher_note(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith(_ROOT_NOTES)
+
+
 def configure_logging(debug: bool) -> None:
-    """Log format and level for the `kftune` command; kfp.local's expected warnings hidden."""
+    """Log format and level for the `kftune` command; without `debug`, kfp.local's notes hidden."""
     logging.basicConfig(
         level=logging.DEBUG if debug else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    root = logging.getLogger()
+    root.removeFilter(_not_a_launcher_note)
     if not debug:
+        root.addFilter(_not_a_launcher_note)
         # kfp.local's notes that Kubernetes settings and the image are not used on this machine:
         # expected for a local run, which uses this Python environment instead of the image.
         warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")

@@ -274,3 +274,23 @@ def test_the_step_total_counts_the_steps_the_switches_turn_on(arguments, expecte
 
     spec = json_format.MessageToDict(make_pipeline(download_retries=0).pipeline_spec)
     assert planned_steps(spec, arguments) == expected
+
+
+def test_kfp_locals_root_logger_notes_are_hidden_without_debug(caplog):
+    # kfp.local logs its skipped switches and its workspace clean-up on the root logger (the demo
+    # printed four "INFO root: Skipping conditional task condition-N" lines after its last step).
+    import logging
+
+    caplog.set_level(logging.INFO)
+    try:
+        run_module.configure_logging(debug=False)
+        logging.info("Skipping conditional task condition-7 (condition evaluated to False)")
+        logging.info("Cleaned up workspace: /tmp/runs/x/workspace")
+        logging.getLogger("kftune").info("Output directory: /tmp/runs/x")
+        run_module.configure_logging(debug=True)
+        logging.info("Skipping conditional task condition-8 (condition evaluated to False)")
+    finally:
+        run_module.configure_logging(debug=True)  # no filter left for the other tests
+    assert [record.getMessage() for record in caplog.records] == [
+        "Output directory: /tmp/runs/x",
+        "Skipping conditional task condition-8 (condition evaluated to False)"]
