@@ -362,6 +362,25 @@ def _predict_classes(
     return predictions
 
 
+def _padded(batch: Sequence[tuple[Sequence[int], Sequence[int]]], pad_id: int,
+            device: Any) -> tuple[Any, Any, Any]:
+    """`batch`'s (ids, labels) rows right-padded: (input ids, labels, attention mask) on `device`.
+
+    Padding carries `pad_id`, no label (`IGNORE_INDEX`) and no attention.
+    """
+    import torch
+
+    width = max(len(ids) for ids, _ in batch)
+    input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    attention = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, (ids, row_labels) in enumerate(batch):
+        input_ids[row, : len(ids)] = torch.tensor(ids)
+        labels[row, : len(row_labels)] = torch.tensor(row_labels)
+        attention[row, : len(ids)] = 1
+    return input_ids.to(device), labels.to(device), attention.to(device)
+
+
 def _lm_loss(
     model: Any,
     examples: list[tuple[list[int], list[int]]],
@@ -383,15 +402,7 @@ def _lm_loss(
     with torch.inference_mode():
         for start in range(0, len(examples), config.batch_size):
             batch = examples[start : start + config.batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (ids, row_labels) in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                labels[row, : len(row_labels)] = torch.tensor(row_labels)
-                attention[row, : len(ids)] = 1
-            input_ids, labels, attention = (t.to(device) for t in (input_ids, labels, attention))
+            input_ids, labels, attention = _padded(batch, pad_id, device)
             logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
             flat_labels = labels.reshape(-1)
             loss = torch.nn.functional.cross_entropy(
@@ -784,17 +795,8 @@ def _pair_log_probs(model: Any, examples: list[Any], pad_id: int, config: EvalCo
     with torch.inference_mode():
         for start in range(0, len(sequences), 2 * config.batch_size):
             batch = sequences[start : start + 2 * config.batch_size]
-            width = max(len(ids) for ids, _ in batch)
-            input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
-            labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
-            attention = torch.zeros((len(batch), width), dtype=torch.long)
-            for row, (ids, row_labels) in enumerate(batch):
-                input_ids[row, : len(ids)] = torch.tensor(ids)
-                labels[row, : len(ids)] = torch.tensor(row_labels)
-                attention[row, : len(ids)] = 1
-            logits = model(input_ids=input_ids.to(device),
-                           attention_mask=attention.to(device)).logits.float()
-            labels = labels.to(device)
+            input_ids, labels, attention = _padded(batch, pad_id, device)
+            logits = model(input_ids=input_ids, attention_mask=attention).logits.float()
             token = -torch.nn.functional.cross_entropy(
                 logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
             log_probs.extend(float(value) for value in token.sum(dim=1))
