@@ -333,10 +333,7 @@ def _benchmark(arguments: Mapping[str, Any], model_task: Any, tuned_model: Any,
         batch_size=arguments["benchmark_batch_size"],
         task_source=arguments["benchmark_task_source"],
     ).set_display_name("Benchmark base vs fine-tuned (lm-evaluation-harness)")
-    kubernetes.use_secret_as_env(task, secret_name=arguments["hf_token_secret"],
-                                 secret_key_to_env=HF_TOKEN_SECRET_KEYS, optional=True)
-    kubernetes.use_secret_as_env(task, secret_name=arguments["s3_secret"],
-                                 secret_key_to_env=S3_SECRET_KEYS, optional=True)
+    _with_source_secrets(task, arguments)
     for claim in pvc_claims:
         kubernetes.mount_pvc(task, pvc_name=claim, mount_path=f"{PVC_ROOT}/{claim}")
     return task
@@ -400,17 +397,16 @@ def _add_downloads(arguments: Mapping[str, Any], download_retries: int) -> tuple
         download.set_caching_options(True)
         if download_retries:
             download.set_retry(**{**retry.DEFAULTS.kfp_retry(), "num_retries": download_retries})
-        kubernetes.use_secret_as_env(
-            download,
-            secret_name=arguments["hf_token_secret"],
-            secret_key_to_env=HF_TOKEN_SECRET_KEYS,
-            optional=True,
-        )
-        kubernetes.use_secret_as_env(
-            download, secret_name=arguments["s3_secret"], secret_key_to_env=S3_SECRET_KEYS,
-            optional=True,
-        )
+        _with_source_secrets(download, arguments)
     return data_task, model_task
+
+
+def _with_source_secrets(task: Any, arguments: Mapping[str, Any]) -> None:
+    """The Hub token and S3 credentials Secrets as `task`'s env (each optional), for its sources."""
+    kubernetes.use_secret_as_env(task, secret_name=arguments["hf_token_secret"],
+                                 secret_key_to_env=HF_TOKEN_SECRET_KEYS, optional=True)
+    kubernetes.use_secret_as_env(task, secret_name=arguments["s3_secret"],
+                                 secret_key_to_env=S3_SECRET_KEYS, optional=True)
 
 
 lora_finetune_pipeline = make_pipeline()
