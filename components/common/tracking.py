@@ -30,13 +30,22 @@ def training_run_id(adapter_dir: str | Path) -> str:
     return str(record.get("mlflow_run_id") or "") if isinstance(record, dict) else ""
 
 
+def fail_fast_requests() -> None:
+    """MLflow's HTTP client: one retry and a 10 s timeout, unless the user set them.
+
+    MLflow retries a failed request 7 times with backoff (minutes): a tracker that does not
+    answer should cost seconds, since tracking is best effort.
+    """
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+
+
 def log_to_training_run(adapter_dir: str | Path, figures: Mapping[str, float]) -> bool:
     """Logs `figures` to the adapter's training run; whether they were logged."""
     run_id = training_run_id(adapter_dir)
     if not run_id or not os.environ.get("MLFLOW_TRACKING_URI"):
         return False
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    fail_fast_requests()
     try:
         from mlflow.entities import Metric  # pyright: ignore[reportMissingImports]
         from mlflow.tracking import MlflowClient  # pyright: ignore[reportMissingImports]

@@ -39,6 +39,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
+from ...common import tracking
+
 LOG = logging.getLogger("kftune.trainer")
 
 STATUS_URL_ENV = "KUBEFLOW_TRAINER_STATUS_URL"
@@ -200,10 +202,7 @@ class MlflowReporter:
         uri = environ.get(TRACKING_URI_ENV)
         if not uri:
             return None
-        # MLflow retries a failed request 7 times with backoff (minutes): a tracker that does
-        # not answer should cost seconds. The user's own settings win.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        tracking.fail_fast_requests()
         try:
             # The `tracking` extra: not every trainer image has it.
             import mlflow  # pyright: ignore[reportMissingImports]

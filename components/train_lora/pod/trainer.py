@@ -49,6 +49,7 @@ from ...common.artifacts import atomic_directory, read_manifest, write_manifest
 from ...common.errors import InputError, Problems, writing
 from ...common.report import write_history
 from ...common.tasks import model_task
+from ...common.tracking import TRACKING_FILE
 from .. import fit
 from ..config import TrainConfig, TrainingSettings, build_lora_config, lora_config_problem
 from . import checkpoint, data, kernels, loading, preference, sharding
@@ -1055,7 +1056,7 @@ def _train(cfg: TrainConfig, settings: TrainingSettings, runtime: Runtime,
             reporter.close(metrics)
     tracking = progress_lib.tracking_record(progress.reporters)
     if tracking:  # for the evaluate step, which adds its results to the same run
-        (Path(cfg.output_dir) / "final" / "tracking.json").write_text(json.dumps(tracking))
+        (Path(cfg.output_dir) / "final" / TRACKING_FILE).write_text(json.dumps(tracking))
     assert metrics is not None  # set unless the loop raised
     return metrics
 
